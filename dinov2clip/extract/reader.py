@@ -1,0 +1,89 @@
+"""Reading webdataset shards sample by sample, counting what cannot be used instead of failing.
+
+Plain tarfile rather than the webdataset pipeline: a truncated or corrupt tar must cost only the
+samples it loses, counted by reason, and the samples before the damage must still be kept.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class RawSample:
+    key: str
+    image: bytes
+    captions: list[str]
+    url: str = ""
+
+
+@dataclass
+class ShardContents:
+    samples: list[RawSample] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def read_shard(path: Path, multi_caption: bool) -> ShardContents:
+    """All usable samples of one tar, in order; multi_caption: the .txt holds one caption a line."""
+    out = ShardContents()
+    if path.stat().st_size == 0:
+        out.skipped["zero_byte_file"] += 1
+        return out
+    groups: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                fh = tar.extractfile(member)
+                data = fh.read() if fh else b""
+                if key not in groups:
+                    groups[key] = {}
+                    order.append(key)
+                groups[key][ext.lower()] = data
+    except (tarfile.TarError, EOFError, OSError):
+        out.skipped["truncated_tar"] += 1
+        # The last group may be cut in half; it is kept only if it still has an image and a text.
+    if not order and not out.skipped:
+        out.skipped["empty_shard"] += 1
+    for key in order:
+        sample, reason = _to_sample(key, groups[key], multi_caption)
+        if sample is None:
+            out.skipped[reason] += 1
+        else:
+            out.samples.append(sample)
+    return out
+
+
+def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
+    image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+    if image is None:
+        return None, "no_image"
+    if not image:
+        return None, "zero_byte_image"
+    if "txt" not in parts:
+        return None, "no_caption"
+    text = parts["txt"].decode("utf-8", errors="replace")
+    if multi_caption:
+        captions = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        captions = [" ".join(text.split())]  # one caption; stray newlines become spaces
+    captions = [c for c in captions if c]
+    if not captions:
+        return None, "empty_caption"
+    url = ""
+    if "json" in parts:
+        import json
+
+        try:
+            url = str(json.loads(parts["json"]).get("url", "") or "")
+        except (ValueError, AttributeError):
+            pass
+    return RawSample(key=key, image=image, captions=captions, url=url), ""

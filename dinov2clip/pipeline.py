@@ -1,0 +1,147 @@
+"""The `pipeline` command line: a thin typer layer over each stage's run(cfg).
+
+Parsed arguments never leave this module: each command loads the TOML config, applies --set
+overrides and calls the stage function. Bad input ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dinov2clip.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Align frozen DINOv2 image embeddings with CLIP's image-text space.\n\n"
+    "Stages: data -> extract -> train -> eval. Each reads and writes files under the config's "
+    "artifacts directory, so any stage can be re-run alone. Start with: "
+    "pipeline run --stage all --config configs/demo.toml",
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Experiment TOML file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable), "
+                 "e.g. --set train.epochs=4."),
+]
+
+
+class Stage(str, Enum):
+    data = "data"
+    extract = "extract"
+    train = "train"
+    eval = "eval"
+    all = "all"
+
+
+def _setup_logging() -> None:
+    # Libraries (open_clip, faiss) log chatter at INFO on the root logger: show ours only.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("dinov2clip").setLevel(logging.INFO)
+
+
+def _guarded(fn: Callable[[], object]) -> None:
+    """Run fn; user errors become one line on stderr and exit code 2, never a traceback."""
+    _setup_logging()
+    try:
+        fn()
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except FloatingPointError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(3) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; completed shards and epochs are kept, re-run to resume",
+                   err=True)
+        raise typer.Exit(130) from None
+
+
+def _load(config: Path, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False) -> None:
+    if stage == "data":
+        from dinov2clip import data
+
+        data.run(cfg)
+    elif stage == "extract":
+        from dinov2clip import extract
+
+        extract.run(cfg)
+    elif stage == "train":
+        from dinov2clip import train
+
+        train.run(cfg, resume=resume, force=force)
+    elif stage == "eval":
+        from dinov2clip import evaluate
+
+        evaluate.run(cfg)
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    stage: Annotated[Stage, typer.Option(help="One stage, or all four in order.")] = Stage.all,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Train: continue the run's last epoch.")] = False,
+    force: Annotated[bool, typer.Option(help="Train: replace an existing run.")] = False,
+) -> None:
+    """Run one stage, or the whole pipeline in this process (--stage all)."""
+
+    def go() -> None:
+        cfg = _load(config, overrides)
+        stages = ["data", "extract", "train", "eval"] if stage == Stage.all else [stage.value]
+        for s in stages:
+            logging.getLogger("dinov2clip").info("=== stage %s ===", s)
+            _run_stage(s, cfg, resume=resume, force=force)
+
+    _guarded(go)
+
+
+@app.command()
+def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
+    """Download CC12M with img2dataset, install eval sets, or generate the synthetic demo set."""
+    _guarded(lambda: _run_stage("data", _load(config, overrides)))
+
+
+@app.command()
+def extract(config: ConfigOpt, overrides: SetOpt = None) -> None:
+    """Embed shards with DINOv2 and CLIP into sharded npy + Parquet (resumable; torchrun-ready)."""
+    _guarded(lambda: _run_stage("extract", _load(config, overrides)))
+
+
+@app.command()
+def train(
+    config: ConfigOpt,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
+    force: Annotated[bool, typer.Option(help="Delete an existing run and start over.")] = False,
+) -> None:
+    """Fit the projector over cached embeddings; keeps the best epoch by validation."""
+    _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force))
+
+
+@app.command(name="eval")
+def eval_(config: ConfigOpt, overrides: SetOpt = None) -> None:
+    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble."""
+    _guarded(lambda: _run_stage("eval", _load(config, overrides)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

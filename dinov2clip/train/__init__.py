@@ -1,0 +1,13 @@
+"""The train stage: a projector fitted over cached embedding tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dinov2clip.config import Config
+
+
+def run(cfg: Config, resume: bool = False, force: bool = False) -> Path:
+    from dinov2clip.train.loop import train
+
+    return train(cfg, resume=resume, force=force)

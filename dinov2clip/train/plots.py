@@ -1,0 +1,43 @@
+"""Training curves from metrics.jsonl: loss.png (per step) and val.png (per epoch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def draw_curves(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
+    ax.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="val loss")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=run_dir.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["epoch"] for r in epochs]
+    for key, label in (("val_pct_clip", "val % of CLIP (R@1, both ways)"),
+                       ("val_cosine", "val cosine to CLIP x100")):
+        scale = 100.0 if key == "val_cosine" else 1.0
+        ax.plot(xs, [scale * r[key] for r in epochs], "o-", label=label)
+    ax.set(xlabel="epoch", ylabel="%", title=f"{run_dir.name}: validation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "val.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny demo config in a temp dir, and one full pipeline run over it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config_text(artifacts: Path, **sections: str) -> str:
+    """The demo config shrunk for tests, with artifacts under a temp dir."""
+    text = (REPO / "configs" / "demo.toml").read_text()
+    text = text.replace('artifacts = "artifacts/demo"', f'artifacts = "{artifacts}"')
+    text = text.replace('"artifacts/demo/models', f'"{artifacts}/models')
+    text = text.replace("num_train = 1536", "num_train = 384")
+    text = text.replace("num_eval = 250", "num_eval = 60")
+    text = text.replace("shard_size = 256", "shard_size = 128")
+    text = text.replace("epochs = 8", "epochs = 4")
+    text = text.replace("num_workers = 2", "num_workers = 0")
+    return text
+
+
+def run_cli(*args: str, cwd: Path = REPO, check: bool = True,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "dinov2clip.pipeline", *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(config path, artifacts dir) after one `pipeline run --stage all` on the tiny config."""
+    root = tmp_path_factory.mktemp("demo")
+    artifacts = root / "artifacts"
+    config = root / "demo.toml"
+    config.write_text(tiny_config_text(artifacts))
+    run_cli("run", "--stage", "all", "--config", str(config))
+    return config, artifacts

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+
+from dinov2clip.config import ConfigError, config_hash, load_config
+from tests.conftest import REPO, run_cli
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_load_with_seed_defaults():
+    seed = load_config(REPO / "configs" / "cc12m-seed.toml")
+    assert seed.extract.dino_model == "facebook/dinov2-base"
+    assert (seed.extract.clip_model, seed.extract.clip_pretrained) == ("ViT-B-16", "openai")
+    p = seed.train.projector
+    assert (p.kind, p.in_dim, p.out_dim, p.width, p.depth, p.head_width) == (
+        "residual", 768, 512, 2048, 6, 1024)
+    assert (seed.train.epochs, seed.train.batch_size, seed.train.scheduler) == (16, 4096,
+                                                                                "onecycle")
+    assert seed.train.loss == {"unit_mse": 1.0} and seed.train.pooling == "token_mean"
+    assert seed.data.image_size == 256 and seed.data.resize_mode == "keep_ratio"
+    demo = load_config(REPO / "configs" / "demo.toml")
+    assert demo.data.synthetic.tiny_models and demo.train.device == "cpu"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'train\.epochz'"):
+        load_config(path)
+
+
+def test_nested_unknown_key(tmp_path):
+    path = write(tmp_path, "[train.projector]\nwidht = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.projector\.widht'"):
+        load_config(path)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train\.epochs' must be int, got str"):
+        load_config(write(tmp_path, '[train]\nepochs = "four"\n'))
+    with pytest.raises(ConfigError, match=r"'train\.loss\.unit_mse' must be float"):
+        load_config(write(tmp_path, '[train]\nloss = {unit_mse = "a"}\n'))
+    with pytest.raises(ConfigError, match="must be int, got bool"):
+        load_config(write(tmp_path, "[train]\nepochs = true\n"))
+
+
+def test_int_is_accepted_where_float_is_expected(tmp_path):
+    cfg = load_config(write(tmp_path, "[train]\nlr = 1\n"))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    path = write(tmp_path, "[train]\nepochs = 3\n")
+    cfg = load_config(path, ["train.epochs=5", "train.run=abc", "train.projector.width=64",
+                             "eval.ks=[1, 2]"])
+    assert (cfg.train.epochs, cfg.train.run, cfg.train.projector.width) == (5, "abc", 64)
+    assert cfg.eval.ks == [1, 2]
+    with pytest.raises(ConfigError, match="unknown key 'train.nope'"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(path, ["train.epochs"])
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+
+
+def test_config_hash_changes_with_values(tmp_path):
+    a = load_config(write(tmp_path, "[train]\nepochs = 3\n"))
+    b = load_config(tmp_path / "c.toml", ["train.epochs=4"])
+    assert config_hash(a.train) != config_hash(b.train)
+    assert config_hash(a.train) == config_hash(load_config(tmp_path / "c.toml").train)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    path = write(tmp_path, "[train]\nepochz = 3\n")
+    proc = run_cli("train", "--config", str(path), check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown key 'train.epochz'" in lines[0]
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("extract", "--config", str(tmp_path / "missing.toml"), check=False)
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+
+
+def test_cli_help_lists_every_command():
+    out = run_cli("--help").stdout
+    for command in ("run", "data", "extract", "train", "eval"):
+        assert command in out
+    assert "--stage" in run_cli("run", "--help").stdout

@@ -1,0 +1,92 @@
+"""The real entry point, end to end, on the tiny demo config: every artifact DESIGN.md names."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def test_data_stage_writes_shards_eval_set_and_models(demo_run):
+    _, art = demo_run
+    assert sorted(p.name for p in (art / "shards" / "shapes").glob("*.tar")) == [
+        "00000.tar", "00001.tar", "00002.tar"]
+    assert (art / "shards" / "shapes" / "00000_stats.json").exists()
+    assert (art / "shards" / "shapes" / "00000.parquet").exists()
+    assert list((art / "evalsets" / "shapes-test" / "test").glob("*.tar"))
+    assert (art / "models" / "tiny-dinov2" / "config.json").exists()
+    assert (art / "models" / "tiny-dinov2" / "preprocessor_config.json").exists()
+    assert (art / "models" / "tiny-clip" / "open_clip_model.safetensors").exists()
+
+
+def test_embeddings_are_aligned_typed_and_normalised(demo_run):
+    _, art = demo_run
+    emb = art / "embeddings" / "shapes" / "tiny"
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert manifest["n_images"] == 384 and manifest["incomplete_shards"] == []
+    assert manifest["dims"] == {"dino": 48, "clip": 32}
+    for shard in ("00000", "00001", "00002"):
+        meta = pq.read_table(emb / "meta" / f"{shard}.parquet").to_pydict()
+        n = len(meta["key"])
+        assert n == 128 and meta["row"] == list(range(n))
+        arrays = {a: np.load(emb / a / f"{shard}.npy") for a in
+                  ("dino_cls", "dino_mean", "clip_image", "clip_text")}
+        assert arrays["dino_cls"].shape == arrays["dino_mean"].shape == (n, 48)
+        assert arrays["clip_image"].shape == arrays["clip_text"].shape == (n, 32)
+        assert all(a.dtype == np.float16 for a in arrays.values())
+        for a in ("clip_image", "clip_text"):
+            norms = np.linalg.norm(arrays[a].astype(np.float32), axis=1)
+            np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+        assert not np.allclose(arrays["dino_cls"], arrays["dino_mean"])
+        assert (emb / "done" / f"{shard}.json").exists()
+    # The training captions are the shards' own .txt, in order.
+    src = pq.read_table(art / "shards" / "shapes" / "00001.parquet").to_pydict()
+    meta = pq.read_table(emb / "meta" / "00001.parquet").to_pydict()
+    assert [c[0] for c in meta["captions"]] == src["caption"]
+    assert meta["key"] == src["key"]
+
+
+def test_eval_set_embeddings_map_captions_to_images(demo_run):
+    _, art = demo_run
+    emb = art / "embeddings" / "shapes-test" / "tiny"
+    meta = pq.read_table(emb / "meta" / "0.parquet").to_pydict()
+    text = np.load(emb / "clip_text" / "0.npy")
+    assert len(meta["key"]) == 60
+    assert text.shape[0] == sum(meta["n_captions"]) == sum(len(c) for c in meta["captions"])
+    assert set(meta["n_captions"]) == {4, 5}  # uneven caption counts survive
+    starts = np.cumsum([0] + meta["n_captions"][:-1]).tolist()
+    assert meta["caption_start"] == starts
+
+
+def test_training_run_learns_and_keeps_its_artifacts(demo_run):
+    _, art = demo_run
+    run = art / "runs" / "demo"
+    cfg = json.loads((run / "config.json").read_text())
+    assert "git_sha" in cfg and cfg["config"]["train"]["run"] == "demo"
+    assert json.loads((run / "projector.json").read_text())["width"] == 128
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.safetensors")) == [
+        f"epoch_{e:03d}.safetensors" for e in range(1, 5)]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["loss"] for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == 4
+    assert steps[-1] < 0.5 * steps[0], "training loss must fall"
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+    assert epochs[-1]["val_cosine"] > 0.5
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "val.png").exists()
+
+
+def test_eval_writes_results_report_and_chart(demo_run):
+    _, art = demo_run
+    out = art / "runs" / "demo" / "eval"
+    results = json.loads((out / "results.json").read_text())
+    res = results["sets"]["shapes-test"]
+    assert res["n_images"] == 60 and res["n_captions"] == 270
+    for row in ("clip", "projected", "ensemble"):
+        assert set(res[row]) == {f"{d}_R@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)}
+        assert all(0.0 <= v <= 100.0 for v in res[row].values())
+        assert res[row]["t2i_R@1"] <= res[row]["t2i_R@5"] <= res[row]["t2i_R@10"]
+    assert "randomly initialised" in results["note"]
+    report = (out / "report.md").read_text()
+    assert "## shapes-test" in report and "% of CLIP" in report
+    assert (out / "recall.png").stat().st_size > 1000
+    assert (out / "config.json").exists()

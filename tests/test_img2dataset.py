@@ -1,0 +1,89 @@
+"""img2dataset against a local http.server serving generated JPEGs, then extract on its shards."""
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dinov2clip.data.synthetic import draw, jpeg_bytes, random_scene
+from tests.conftest import run_cli, tiny_config_text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """A `python -m http.server` on 127.0.0.1 serving 12 generated JPEGs."""
+    www = tmp_path / "www"
+    www.mkdir()
+    rng = random.Random(0)
+    captions = {}
+    for i in range(12):
+        scene = random_scene(rng)
+        (www / f"img{i}.jpg").write_bytes(jpeg_bytes(draw(scene, 320, rng)))
+        captions[f"img{i}.jpg"] = scene.caption(0)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(www)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/img0.jpg", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url, captions
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_img2dataset_shards_feed_extract(tmp_path, image_server):
+    url, captions = image_server
+    tsv = tmp_path / "pairs.tsv"
+    rows = [f"{url}/{name}\t{cap}" for name, cap in captions.items()]
+    rows.append(f"{url}/missing.jpg\ta picture that is not there")  # a 404 to count
+    tsv.write_text("url\tcaption\n" + "\n".join(rows) + "\n")
+    artifacts = tmp_path / "artifacts"
+    config = tmp_path / "c.toml"
+    text = tiny_config_text(artifacts)
+    text = text.replace('dataset = "shapes"\n', f'dataset = "web"\nurl_list = "{tsv}"\n'
+                        'processes_count = 1\nthread_count = 4\nnumber_sample_per_shard = 8\n'
+                        'image_size = 256\n', 1)
+    text = text.replace("num_train = 384", "num_train = 0").replace("num_eval = 60",
+                                                                     "num_eval = 0")
+    text = text.replace('datasets = ["shards/shapes", "evalsets/shapes-test"]',
+                        'datasets = ["shards/web"]')
+    config.write_text(text)
+    proc = run_cli("data", "--config", str(config))
+    assert "12/13 downloaded" in proc.stderr  # the one-line summary of _stats.json
+    shards = sorted((artifacts / "shards" / "web").glob("*.tar"))
+    assert len(shards) == 2
+    stats = [json.loads(p.read_text()) for p in
+             sorted((artifacts / "shards" / "web").glob("*_stats.json"))]
+    assert sum(s["successes"] for s in stats) == 12
+
+    run_cli("extract", "--config", str(config))
+    emb = artifacts / "embeddings" / "web" / "tiny"
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert manifest["n_images"] == 12 and manifest["skipped"] == {}
+    got = {}
+    for shard in sorted((emb / "meta").glob("*.parquet")):
+        meta = pq.read_table(shard).to_pydict()
+        n = len(meta["key"])
+        assert np.load(emb / "dino_cls" / f"{shard.stem}.npy").shape == (n, 48)
+        assert np.load(emb / "clip_text" / f"{shard.stem}.npy").shape == (n, 32)
+        got.update({u.rsplit("/", 1)[1]: c[0] for u, c in zip(meta["url"], meta["captions"],
+                                                               strict=True)})
+    assert got == captions
