@@ -46,10 +46,24 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class EvalSetConfig:
+    """Where one retrieval set comes from; it is installed as <artifacts>/evalsets/<name>/test."""
+
+    source: str = "hf"  # hf | local | karpathy
+    repo: str = ""  # hf: dataset repo id; empty: the known repo for mscoco, flickr30k, flickr8k
+    revision: str = "main"  # hf: branch, tag or commit
+    path: str = ""  # local: a dir holding test/N.tar; karpathy: the dataset_*.json file
+    image_root: str = ""  # karpathy: images are <image_root>/<filepath>/<filename>
+    split: str = "test"  # karpathy: train | restval | val | test
+    shard_size: int = 1000  # karpathy: images per tar
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cc12m"  # name under <artifacts>/shards/
     url_list: str = ""  # CC12M TSV/Parquet (path or URL); empty: skip the img2dataset download
     input_format: str = "tsv"
+    header: bool = True  # false: a header-less list whose first columns are url, caption (CC12M)
     url_col: str = "url"
     caption_col: str = "caption"
     image_size: int = 256
@@ -59,7 +73,8 @@ class DataConfig:
     number_sample_per_shard: int = 10000
     max_samples: int = 0  # 0: all rows
     timeout: int = 10
-    eval_sets: dict[str, str] = field(default_factory=dict)  # name -> local CLIP_benchmark dir
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)  # evalsets/<name>/test
+    webdatasets: dict[str, str] = field(default_factory=dict)  # shards/<name> -> an existing dir
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

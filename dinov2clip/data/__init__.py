@@ -1,10 +1,12 @@
-"""The data stage: training shards and retrieval eval sets, into <artifacts>/shards, /evalsets."""
+"""The data stage: training shards and retrieval eval sets, into <artifacts>/shards, /evalsets.
+
+Each thing it does ends in one summary line in the log: the img2dataset download (successes and
+failures by reason), each eval set (images, captions, where from), each linked webdataset.
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 
 from dinov2clip.config import Config, ConfigError, write_resolved
 
@@ -12,19 +14,42 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> None:
-    root = cfg.root
-    d = cfg.data
+    root, d = cfg.root, cfg.data
+    check_names(cfg)
     root.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, root, "data_config.json")
     if d.synthetic.num_train or d.synthetic.num_eval or d.synthetic.tiny_models:
         _make_synthetic(cfg)
-    if d.url_list:
+    for name, src in d.webdatasets.items():
+        from dinov2clip.data.webdatasets import link_webdataset
+
+        log.info(link_webdataset(name, src, root / "shards"))
+    for name, spec in d.eval_sets.items():
+        from dinov2clip.data.evalsets import format_eval_summary, install_eval_set
+
+        log.info(format_eval_summary(name, install_eval_set(name, spec, root / "evalsets" / name)))
+    if d.url_list:  # last: the long job, after every quick check above has passed
         from dinov2clip.data.download import download_pairs, format_summary
 
-        summary = download_pairs(d, root / "shards" / d.dataset, root / "tmp")
+        summary = download_pairs(d, root / "shards" / d.dataset, root / "downloads")
         log.info(format_summary(d.dataset, summary))
-    for name, src in d.eval_sets.items():
-        _install_eval_set(name, Path(src), root / "evalsets" / name)
+
+
+def check_names(cfg: Config) -> None:
+    """Two sources writing one directory is a config mistake: stop before anything is written."""
+    d = cfg.data
+    makes_shards = bool(d.url_list) or d.synthetic.num_train > 0
+    if makes_shards and d.dataset in d.webdatasets:
+        raise ConfigError(f"data.webdatasets.{d.dataset}: shards/{d.dataset} is also written "
+                          "by the download or synthetic set (data.dataset); use another name")
+    if d.synthetic.num_eval and d.synthetic.eval_name in d.eval_sets:
+        raise ConfigError(f"data.eval_sets.{d.synthetic.eval_name}: evalsets/"
+                          f"{d.synthetic.eval_name} is also the synthetic eval set; use another "
+                          "name")
+    for name in [*d.webdatasets, *d.eval_sets]:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"data: {name!r} is not a usable dataset name (a plain directory "
+                              "name is needed)")
 
 
 def _make_synthetic(cfg: Config) -> None:
@@ -43,16 +68,3 @@ def _make_synthetic(cfg: Config) -> None:
         tiny_models.build_tiny_dinov2(root / "models" / "tiny-dinov2", seed=s.seed)
         tiny_models.build_tiny_clip(root / "models" / "tiny-clip", seed=s.seed)
         log.info("tiny random models written to %s", root / "models")
-
-
-def _install_eval_set(name: str, src: Path, dest: Path) -> None:
-    """Copy a local CLIP_benchmark-format set (a dir holding test/N.tar) into the artifacts."""
-    test = src / "test" if (src / "test").is_dir() else src
-    tars = sorted(test.glob("*.tar"))
-    if not tars:
-        raise ConfigError(f"data.eval_sets.{name}: no .tar shards in {test}")
-    (dest / "test").mkdir(parents=True, exist_ok=True)
-    for tar in tars:
-        if not (dest / "test" / tar.name).exists():
-            shutil.copy2(tar, dest / "test" / tar.name)
-    log.info("eval set %s: %d shards from %s", name, len(tars), test)

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, DataConfig
+from dinov2clip.io_utils import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
+
+# What decides the contents of each shard: a resumed download must not change any of them.
+REQUEST_KEYS = ("url_list", "input_format", "header", "url_col", "caption_col", "max_samples",
+                "number_sample_per_shard", "image_size", "resize_mode")
 
 
 def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
     """Run img2dataset into out_dir; a re-run resumes (incremental mode skips finished shards)."""
+    from dinov2clip.data.urllists import prepare_url_list
+
+    check_same_request(cfg, out_dir, work_dir / f"{cfg.dataset}.request.json")
+    url_list, input_format = prepare_url_list(cfg, work_dir)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     from img2dataset import download
 
-    url_list = _limited_url_list(cfg, work_dir) if cfg.max_samples else cfg.url_list
     out_dir.mkdir(parents=True, exist_ok=True)
     download(
-        url_list=str(url_list),
-        input_format=cfg.input_format,
+        url_list=url_list,
+        input_format=input_format,
         url_col=cfg.url_col,
         caption_col=cfg.caption_col,
         output_folder=str(out_dir),
@@ -32,34 +41,25 @@ def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
         thread_count=cfg.thread_count,
         number_sample_per_shard=cfg.number_sample_per_shard,
         timeout=cfg.timeout,
-        incremental_mode="incremental",
+        incremental_mode="incremental",  # shards with a _stats.json are done and skipped
         enable_wandb=False,
         distributor="multiprocessing",
     )
     return summarise_stats(out_dir)
 
 
-def _limited_url_list(cfg: DataConfig, work_dir: Path) -> Path:
-    """The first max_samples rows of the URL list, as a file img2dataset can read."""
-    src = Path(cfg.url_list)
-    if not src.exists():
-        raise ConfigError(f"data.url_list not found: {src}")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.input_format == "parquet":
-        import pyarrow.parquet as pq
-
-        out = work_dir / f"urls_first_{cfg.max_samples}.parquet"
-        pq.write_table(pq.read_table(src).slice(0, cfg.max_samples), out)
-        return out
-    delim = "\t" if cfg.input_format == "tsv" else ","
-    out = work_dir / f"urls_first_{cfg.max_samples}.{cfg.input_format}"
-    with open(src, newline="") as fin, open(out, "w", newline="") as fout:
-        reader, writer = csv.reader(fin, delimiter=delim), csv.writer(fout, delimiter=delim)
-        for i, row in enumerate(reader):
-            if i > cfg.max_samples:  # row 0 is the header
-                break
-            writer.writerow(row)
-    return out
+def check_same_request(cfg: DataConfig, out_dir: Path, record_path: Path) -> None:
+    """Stop a re-run whose list or sharding differs from the download it would resume."""
+    request = {k: getattr(cfg, k) for k in REQUEST_KEYS}
+    if record_path.exists() and any(out_dir.glob("*_stats.json")):
+        previous = read_json(record_path)
+        changed = [k for k in REQUEST_KEYS if previous.get(k) != request[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"data.{k} is {request[k]!r} but {out_dir} was downloaded with "
+                              f"{previous.get(k)!r}; resuming would mix the two: use another "
+                              f"data.dataset name, or delete {out_dir} to start over")
+    atomic_write_json(record_path, request)
 
 
 def summarise_stats(shard_dir: Path) -> dict:
@@ -72,10 +72,15 @@ def summarise_stats(shard_dir: Path) -> dict:
         for reason, n in stats.get("status_dict", {}).items():
             if reason != "success":
                 reasons[reason] += n
-    return {"count": total, "successes": ok, "failures": dict(reasons.most_common())}
+    return {"count": total, "successes": ok, "failures": dict(reasons.most_common()),
+            "shards": len(list(shard_dir.glob("*.tar")))}
 
 
-def format_summary(name: str, s: dict) -> str:
-    fails = ", ".join(f"{n} {r}" for r, n in list(s["failures"].items())[:5]) or "none"
+def format_summary(name: str, s: dict, top: int = 5) -> str:
+    failures = list(s["failures"].items())
+    text = ", ".join(f"{n} {' '.join(r.split())}" for r, n in failures[:top]) or "none"
+    if len(failures) > top:
+        text += f", {sum(n for _, n in failures[top:])} more in {len(failures) - top} other reasons"
     rate = 100.0 * s["successes"] / s["count"] if s["count"] else 0.0
-    return f"{name}: {s['successes']}/{s['count']} downloaded ({rate:.1f}%); failures: {fails}"
+    return (f"{name}: {s['successes']}/{s['count']} downloaded ({rate:.1f}%) into "
+            f"{s['shards']} shards; failures: {text}")
