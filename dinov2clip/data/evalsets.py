@@ -113,7 +113,8 @@ def source_record(name: str, spec: EvalSetConfig) -> dict:
 
 
 def describe(record: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in record.items())
+    rest = " ".join(f"{k}={v}" for k, v in sorted(record.items()) if k != "source")
+    return f"source {record['source']} ({rest})"
 
 
 def fetch_from_hub(name: str, repo: str, revision: str, dest: Path) -> str:
@@ -124,13 +125,17 @@ def fetch_from_hub(name: str, repo: str, revision: str, dest: Path) -> str:
     """
     from huggingface_hub import HfApi, snapshot_download
 
+    try:  # the hub client's HTTP library raises its own connection errors
+        from httpx2 import TransportError
+    except ImportError:  # pragma: no cover - another huggingface_hub major version
+        TransportError = OSError  # noqa: N806
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
         commit = HfApi(endpoint=endpoint).repo_info(repo, repo_type="dataset",
                                                     revision=revision).sha
         snapshot_download(repo_id=repo, repo_type="dataset", revision=commit,
                           allow_patterns=["test/*"], local_dir=dest, endpoint=endpoint)
-    except OSError as err:  # the hub client's errors (not found, offline, HTTP) are all OSErrors
+    except (OSError, TransportError) as err:  # the hub's errors (not found, HTTP) are OSErrors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"data.eval_sets.{name}: cannot fetch {repo}@{revision} from the "
                           f"Hugging Face hub ({reason}); without internet, install it from a "

@@ -1,0 +1,192 @@
+"""Eval sets by name from a fake Hugging Face hub on 127.0.0.1, and from local directories."""
+
+import hashlib
+import http.server
+import json
+import logging
+import re
+import tarfile
+import threading
+import urllib.parse
+
+import pytest
+
+from dinov2clip import data
+from dinov2clip.config import ConfigError, load_config
+from dinov2clip.data.synthetic import write_eval_set
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def eval_set_files(tmp_path, name, n_images, seed):
+    """{repo path: bytes} of a CLIP_benchmark-style repo: test/N.tar plus files not to fetch."""
+    write_eval_set(tmp_path / name, n_images, 3, 64, seed, shard_size=4)
+    files = {f"test/{p.name}": p.read_bytes() for p in (tmp_path / name / "test").glob("*.tar")}
+    files["test/nshards.txt"] = str(len(files)).encode()
+    files["train/0.tar"] = b"not to be fetched"
+    files["README.md"] = b"# card"
+    return files
+
+
+class FakeHub:
+    """The hub routes snapshot_download uses: repo info, tree listing, HEAD and GET of files."""
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        self.repos, self.requests = repos, []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.respond(self, body=True)
+
+            def do_HEAD(self):
+                hub.respond(self, body=False)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def respond(self, h, body: bool) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
+        self.requests.append((h.command, path))
+        api = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(revision|tree)/([^/]+)", path)
+        resolve = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo = self.repos.get((api or resolve)[1]) if (api or resolve) else None
+        if repo is None or (resolve and resolve[3] not in repo):
+            return self.send(h, 404, b'{"error": "not found"}', {}, body)
+        if resolve:
+            blob = repo[resolve[3]]
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(blob).hexdigest()}"'}
+            return self.send(h, 200, blob, headers, body)
+        if api[2] == "revision":
+            info = {"id": api[1], "sha": COMMIT, "siblings": [{"rfilename": p} for p in repo]}
+        else:
+            info = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                    for p, b in repo.items()]
+        self.send(h, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+
+    @staticmethod
+    def send(h, status: int, payload: bytes, headers: dict, body: bool) -> None:
+        h.send_response(status)
+        for k, v in {**headers, "Content-Length": str(len(payload))}.items():
+            h.send_header(k, v)
+        h.end_headers()
+        if body:
+            h.wfile.write(payload)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    fake = FakeHub({"clip-benchmark/wds_mscoco_captions": eval_set_files(tmp_path, "coco", 6, 1),
+                    "clip-benchmark/wds_flickr8k": eval_set_files(tmp_path, "f8k", 3, 2)})
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield fake
+    fake.close()
+
+
+def config(tmp_path, eval_sets: str, extra: str = ""):
+    path = tmp_path / "c.toml"
+    path.write_text(f'artifacts = "{tmp_path / "artifacts"}"\n{extra}\n'
+                    f"[data.synthetic]\ntiny_models = false\n[data.eval_sets]\n{eval_sets}\n")
+    return load_config(path)
+
+
+def test_known_sets_come_from_the_clip_benchmark_repos(tmp_path, hub, caplog):
+    cfg = config(tmp_path, 'mscoco = { source = "hf" }\nflickr8k = {}\n')
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    for name, repo in [("mscoco", "wds_mscoco_captions"), ("flickr8k", "wds_flickr8k")]:
+        test = cfg.root / "evalsets" / name / "test"
+        files = hub.repos[f"clip-benchmark/{repo}"]
+        assert sorted(p.name for p in test.iterdir()) == sorted(
+            p.split("/")[1] for p in files if p.startswith("test/"))
+        for p in test.glob("*.tar"):
+            assert p.read_bytes() == files[f"test/{p.name}"]
+        assert not (cfg.root / "evalsets" / name / "train").exists()
+        record = json.loads((cfg.root / "evalsets" / name / "source.json").read_text())
+        assert record["source"] == {"source": "hf", "repo": f"clip-benchmark/{repo}",
+                                    "revision": "main"}
+        assert record["commit"] == COMMIT
+    fetched = {p for m, p in hub.requests if "/resolve/" in p and m == "GET"}
+    base = f"/datasets/clip-benchmark/{{}}/resolve/{COMMIT}/test/"
+    assert fetched == {base.format("wds_mscoco_captions") + n for n in ("0.tar", "1.tar",
+                                                                        "nshards.txt")} | {
+        base.format("wds_flickr8k") + n for n in ("0.tar", "nshards.txt")}
+    assert "eval set mscoco: installed, 6 images, 15 captions in 2 shards from " \
+           "clip-benchmark/wds_mscoco_captions@0123456789; skipped: none" in caplog.text
+    assert "eval set flickr8k: installed, 3 images, 8 captions in 1 shards" in caplog.text
+
+    hub.requests.clear()  # a re-run finds both installed and does not touch the network
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    assert hub.requests == [] and "eval set mscoco: already installed, 6 images" in caplog.text
+
+
+def test_unknown_set_name_lists_the_known_ones(tmp_path, hub):
+    with pytest.raises(ConfigError, match=r"data.eval_sets.coco: unknown eval set 'coco' \(known "
+                                          r"on the hub: mscoco, flickr30k, flickr8k\)"):
+        data.run(config(tmp_path, "coco = {}"))
+    # Any other clip-benchmark-format repo can be named outright.
+    cfg = config(tmp_path, 'coco = { repo = "clip-benchmark/wds_mscoco_captions" }')
+    data.run(cfg)
+    assert len(list((cfg.root / "evalsets" / "coco" / "test").glob("*.tar"))) == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ('{ source = "s3" }', r"data.eval_sets.mscoco.source must be one of hf, local, karpathy"),
+    ('{ path = "/x" }', r"data.eval_sets.mscoco.path is not used with source = 'hf' \(it reads: "
+                        r"repo, revision\)"),
+    ('{ source = "local" }', r"data.eval_sets.mscoco.path is required with source = 'local'"),
+    ('{ source = "local", path = "/nowhere" }', r"mscoco.path: /nowhere is not a directory"),
+    ('{ source = "karpathy", path = "d.json" }', r"mscoco.image_root is required"),
+    ('{ repo = "clip-benchmark/absent" }', r"cannot fetch clip-benchmark/absent@main from the "
+                                           r"Hugging Face hub \(.*404"),
+])
+def test_bad_eval_set_specs_are_one_line_errors(tmp_path, hub, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        data.run(config(tmp_path, f"mscoco = {spec}"))
+
+
+def test_unreachable_hub_suggests_a_local_copy(tmp_path, hub, monkeypatch):
+    hub.close()
+    with pytest.raises(ConfigError, match="cannot fetch clip-benchmark/wds_flickr8k@main .* "
+                                          "source = 'local'"):
+        data.run(config(tmp_path, "flickr8k = {}"))
+
+
+def test_local_sets_are_copied_and_checked(tmp_path, caplog):
+    write_eval_set(tmp_path / "mine", 5, 2, 64, seed=3, shard_size=2)
+    cfg = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "mine"}" }}')
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    test = cfg.root / "evalsets" / "mine" / "test"
+    assert sorted(p.name for p in test.glob("*.tar")) == ["0.tar", "1.tar", "2.tar"]
+    assert (test / "2.tar").read_bytes() == (tmp_path / "mine" / "test" / "2.tar").read_bytes()
+    assert f"eval set mine: installed, 5 images, 8 captions in 3 shards from {tmp_path}/mine" \
+        in caplog.text
+
+    # The same name from another source stops rather than mixing two sets in one directory.
+    write_eval_set(tmp_path / "other", 2, 2, 64, seed=4)
+    other = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "other"}" }}')
+    with pytest.raises(ConfigError, match=r"evalsets/mine was built from source local "
+                                          r"\(path=.*/mine\); delete it to rebuild"):
+        data.run(other)
+
+
+def test_a_local_dir_in_another_format_is_refused(tmp_path):
+    (tmp_path / "wrong").mkdir()
+    with tarfile.open(tmp_path / "wrong" / "0.tar", "w") as tar:
+        (tmp_path / "a.jpg").write_bytes(b"x")
+        tar.add(tmp_path / "a.jpg", arcname="s0.jpg")  # an image with no captions
+    with pytest.raises(ConfigError, match=r"no sample in .* has an image .* and a .txt of "
+                                          r"captions \(found extensions: jpg\)"):
+        data.run(config(tmp_path, f'w = {{ source = "local", path = "{tmp_path / "wrong"}" }}'))
