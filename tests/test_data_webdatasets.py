@@ -1,0 +1,95 @@
+"""Any image-caption webdataset, img2dataset's or not, linked as shards/<name> and extracted."""
+
+import io
+import json
+import logging
+import random
+import tarfile
+
+import pytest
+import webdataset as wds
+
+from dinov2clip import data, extract
+from dinov2clip.config import ConfigError, load_config
+from dinov2clip.data.synthetic import draw, random_scene
+from tests.conftest import tiny_config_text
+
+
+def own_webdataset(directory, shards=2, per_shard=5):
+    """Not img2dataset's layout: PNG images, other shard names, no parquet or _stats.json."""
+    directory.mkdir(parents=True)
+    rng, captions = random.Random(0), {}
+    for s in range(shards):
+        with wds.TarWriter(str(directory / f"part-{s}.tar")) as sink:
+            for i in range(per_shard):
+                scene, buf = random_scene(rng), io.BytesIO()
+                draw(scene, 64, rng).save(buf, format="PNG")
+                key = f"sample{s}_{i}"
+                captions[key] = scene.caption(1)
+                sink.write({"__key__": key, "png": buf.getvalue(), "txt": captions[key]})
+    return captions
+
+
+def config(tmp_path, webdatasets: str, extra_data: str = "", tiny_models: bool = False):
+    path = tmp_path / "c.toml"
+    text = tiny_config_text(tmp_path / "artifacts")
+    assert "tiny_models = true" in text
+    text = text.replace("tiny_models = true", f"tiny_models = {str(tiny_models).lower()}")
+    text = text.replace('dataset = "shapes"\n',
+                        f'dataset = "shapes"\nwebdatasets = {{ {webdatasets} }}\n{extra_data}', 1)
+    text = text.replace("num_train = 384", "num_train = 0").replace("num_eval = 60",
+                                                                     "num_eval = 0")
+    text = text.replace('datasets = ["shards/shapes", "evalsets/shapes-test"]',
+                        'datasets = ["shards/mine"]')
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_own_webdataset_is_linked_and_extracted(tmp_path, caplog):
+    captions = own_webdataset(tmp_path / "elsewhere" / "wds")
+    cfg = config(tmp_path, f'mine = "{tmp_path / "elsewhere" / "wds"}"', tiny_models=True)
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    link = cfg.root / "shards" / "mine"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "elsewhere" / "wds").resolve()
+    assert f"webdataset mine: linked shards/mine -> {tmp_path}/elsewhere/wds (2 shards)" \
+        in caplog.text
+
+    extract.run(cfg)
+    emb = cfg.root / "embeddings" / "mine" / "tiny"
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert manifest["n_images"] == len(captions) and manifest["skipped"] == {}
+    assert sorted(manifest["shards"]) == ["part-0", "part-1"]
+
+
+def test_what_is_not_an_image_caption_webdataset_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"data.webdatasets.mine: no .tar shards directly in "):
+        data.run(config(tmp_path, f'mine = "{tmp_path / "empty"}"'))
+    with pytest.raises(ConfigError, match=r"data.webdatasets.mine: .*/absent is not a directory"):
+        data.run(config(tmp_path, f'mine = "{tmp_path / "absent"}"'))
+
+    (tmp_path / "jsononly").mkdir()
+    with tarfile.open(tmp_path / "jsononly" / "0.tar", "w") as tar:
+        for name in ("k0.jpg", "k0.json"):  # the caption is inside the JSON: not readable
+            (tmp_path / name).write_bytes(b"{}")
+            tar.add(tmp_path / name, arcname=name)
+    with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp\) and a .txt "
+                                          r"caption; found extensions: jpg, json"):
+        data.run(config(tmp_path, f'mine = "{tmp_path / "jsononly"}"'))
+
+
+def test_a_name_already_in_use_is_refused(tmp_path, caplog):
+    own_webdataset(tmp_path / "a")
+    own_webdataset(tmp_path / "b")
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(config(tmp_path, f'mine = "{tmp_path / "a"}"'))
+        data.run(config(tmp_path, f'mine = "{tmp_path / "a"}"'))  # a re-run keeps the link
+    assert "webdataset mine: already linked shards/mine" in caplog.text
+    with pytest.raises(ConfigError, match=r"shards/mine already links to .*/a; remove that link "
+                                          r"to point it at .*/b"):
+        data.run(config(tmp_path, f'mine = "{tmp_path / "b"}"'))
+    with pytest.raises(ConfigError, match=r"data.webdatasets.shapes: shards/shapes is also "
+                                          r"written by the download or synthetic set"):
+        data.run(config(tmp_path, f'shapes = "{tmp_path / "b"}"',
+                        'url_list = "somewhere.tsv"\n'))
