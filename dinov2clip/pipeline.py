@@ -112,7 +112,7 @@ def run(
 
 @app.command()
 def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
-    """Download CC12M with img2dataset, install eval sets, or generate the synthetic demo set."""
+    """Download CC12M (img2dataset), install eval sets, link webdatasets, or make the demo set."""
     _guarded(lambda: _run_stage("data", _load(config, overrides)))
 
 

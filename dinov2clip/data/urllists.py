@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -92,16 +93,15 @@ def copy_rows(cfg: DataConfig, tmp: str) -> None:
             out.write(f"{cfg.url_col}{delim}{cfg.caption_col}\n".encode())
         else:
             out.write(stream.readline())
-        limit = cfg.max_samples or None
-        bar = tqdm(desc="url list", unit=" rows", total=limit, mininterval=2)
-        n = 0
-        for line in stream:
-            if limit is not None and n >= limit:
-                break  # a remote list is read no further
-            out.write(line)
-            n += 1
-            bar.update()
-        bar.close()
+        if not cfg.max_samples:  # all of it: a plain copy, not a loop over 12M lines
+            with tqdm.wrapattr(out, "write", desc="url list", unit="B", unit_scale=True,
+                               mininterval=2) as sink:
+                shutil.copyfileobj(stream, sink, length=1 << 20)
+            return
+        # islice stops reading at the last row kept: a remote list is fetched no further.
+        rows = itertools.islice(stream, cfg.max_samples)
+        out.writelines(tqdm(rows, desc="url list", unit=" rows", total=cfg.max_samples,
+                            mininterval=2))
 
 
 def download(url: str, tmp: str) -> None:
