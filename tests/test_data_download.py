@@ -4,8 +4,12 @@ import dataclasses
 import functools
 import gzip
 import http.server
+import os
 import random
+import signal
+import sys
 import threading
+import time
 from collections import Counter
 
 import pyarrow as pa
@@ -155,3 +159,21 @@ def test_summary_names_top_reasons_and_the_rest():
     assert "\n" not in line
     assert line.endswith("failures: 7 reason 0 line, 6 reason 1 line, 5 reason 2 line, "
                          "4 reason 3 line, 3 reason 4 line, 3 more in 2 other reasons")
+
+
+def test_ctrl_c_in_img2dataset_is_an_interrupt_not_a_success(tmp_path, monkeypatch):
+    import img2dataset
+
+    def download_killed_by_ctrl_c(**kwargs):
+        # img2dataset's own handler: clean up, then sys.exit(0).
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the signal arrives first
+
+    monkeypatch.setattr(img2dataset, "download", download_killed_by_ctrl_c)
+    (tmp_path / "l.tsv").write_text("url\tcaption\n")
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        download_pairs(DataConfig(url_list=str(tmp_path / "l.tsv")), tmp_path / "out", tmp_path)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not (tmp_path / "cc12m.summary.json").exists()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, DataConfig
@@ -28,24 +31,45 @@ def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
     from img2dataset import download
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    download(
-        url_list=url_list,
-        input_format=input_format,
-        url_col=cfg.url_col,
-        caption_col=cfg.caption_col,
-        output_folder=str(out_dir),
-        output_format="webdataset",
-        image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode,
-        processes_count=cfg.processes_count,
-        thread_count=cfg.thread_count,
-        number_sample_per_shard=cfg.number_sample_per_shard,
-        timeout=cfg.timeout,
-        incremental_mode="incremental",  # shards with a _stats.json are done and skipped
-        enable_wandb=False,
-        distributor="multiprocessing",
-    )
-    return summarise_stats(out_dir)
+    with sigint_is_an_interrupt():
+        download(
+            url_list=url_list,
+            input_format=input_format,
+            url_col=cfg.url_col,
+            caption_col=cfg.caption_col,
+            output_folder=str(out_dir),
+            output_format="webdataset",
+            image_size=cfg.image_size,
+            resize_mode=cfg.resize_mode,
+            processes_count=cfg.processes_count,
+            thread_count=cfg.thread_count,
+            number_sample_per_shard=cfg.number_sample_per_shard,
+            timeout=cfg.timeout,
+            incremental_mode="incremental",  # shards with a _stats.json are done and skipped
+            enable_wandb=False,
+            distributor="multiprocessing",
+        )
+    summary = summarise_stats(out_dir)
+    atomic_write_json(work_dir / f"{cfg.dataset}.summary.json", summary)
+    return summary
+
+
+@contextmanager
+def sigint_is_an_interrupt() -> Iterator[None]:
+    """img2dataset's Ctrl-C handler exits with code 0, as if the download had finished.
+
+    Turn that back into KeyboardInterrupt (the CLI: exit 130, "re-run to resume"), so that a
+    `make data && make extract` stops, and put the previous handler back.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_same_request(cfg: DataConfig, out_dir: Path, record_path: Path) -> None:
