@@ -190,3 +190,17 @@ def test_a_local_dir_in_another_format_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"no sample in .* has an image .* and a .txt of "
                                           r"captions \(found extensions: jpg\)"):
         data.run(config(tmp_path, f'w = {{ source = "local", path = "{tmp_path / "wrong"}" }}'))
+
+
+def test_eval_set_tables_are_checked_and_settable_from_the_command_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[data.eval_sets]\nmscoco = { sorce = "hf" }\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'data.eval_sets.mscoco.sorce' \(known: "
+                                          r"image_root, path, repo, revision, shard_size, "
+                                          r"source, split\)"):
+        load_config(path)
+    path.write_text("")
+    cfg = load_config(path, ["data.eval_sets.flickr8k.source=hf",
+                             "data.eval_sets.v.source=karpathy", "data.eval_sets.v.split=val"])
+    assert cfg.data.eval_sets["flickr8k"].source == "hf"
+    assert (cfg.data.eval_sets["v"].source, cfg.data.eval_sets["v"].split) == ("karpathy", "val")
