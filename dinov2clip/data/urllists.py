@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dinov2clip.config import ConfigError, DataConfig
+from dinov2clip.config import ConfigError, DataConfig, config_hash
 from dinov2clip.io_utils import atomic_write
 
 TEXT_FORMATS = {"tsv": "\t", "csv": ",", "tsv.gz": "\t", "csv.gz": ","}
@@ -49,7 +49,9 @@ def prepare_url_list(cfg: DataConfig, work_dir: Path) -> tuple[str, str]:
     if not remote and Path(cfg.url_list).is_dir():
         raise ConfigError(f"data.url_list: {cfg.url_list} is a directory; max_samples and "
                           "header = false need a single file")
-    stem = cfg.url_list.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or "urls"
+    # Made files are named after what went into them, so a changed setting never reuses one.
+    origin = config_hash([cfg.url_list, cfg.header, cfg.url_col, cfg.caption_col])[:8]
+    stem = (cfg.url_list.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or "urls") + "-" + origin
     subset = f"_first{cfg.max_samples}" if cfg.max_samples else ""
     if fmt in TEXT_FORMATS:
         plain = fmt.removesuffix(".gz")
