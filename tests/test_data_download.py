@@ -64,6 +64,9 @@ def test_remote_headerless_tsv_subset_streams_only_its_rows(tmp_path, web):
 
     full, _ = prepare_url_list(dataclasses.replace(cfg, max_samples=0), tmp_path / "work")
     assert rows_of(full) == ["url\tcaption", *lines]
+    # Another setting makes another file: here the first line is taken as the header.
+    headed, _ = prepare_url_list(dataclasses.replace(cfg, header=True), tmp_path / "work")
+    assert headed != path and rows_of(headed) == lines[:4]
 
 
 def test_gzipped_and_parquet_lists(tmp_path, web):
