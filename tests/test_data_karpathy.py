@@ -24,13 +24,16 @@ def entry(i, split, filepath="val2014", ext="jpg", n_captions=2):
 
 @pytest.fixture
 def karpathy(tmp_path):
-    """dataset_coco.json-style file: 8 val images (3 of them unusable), 2 test, 1 train."""
+    """dataset_coco.json-style file: 9 val entries (4 of them unusable), 2 test, 1 train."""
     root, rng = tmp_path / "images", random.Random(0)
     images = [entry(i, "val") for i in range(8)]
     images[4] = entry(4, "val", ext="bmp")  # a type the extract stage can't read: re-encoded
     images[6] = entry(6, "val", n_captions=0)
+    images.append({"split": "val", "sentences": [{"raw": "an entry with no file name"}]})
     images += [entry(i, "test", filepath=None) for i in (8, 9)] + [entry(10, "train")]
     for i, e in enumerate(images):
+        if "filename" not in e:
+            continue
         path = root / e.get("filepath", "") / e["filename"]
         path.parent.mkdir(parents=True, exist_ok=True)
         if i == 2:
@@ -75,10 +78,12 @@ def test_split_is_written_as_clip_benchmark_shards(tmp_path, karpathy, caplog):
     assert names[-2:] == ["000004_COCO_val_000000000004.png", "000004_COCO_val_000000000004.txt"]
     assert Image.open(io.BytesIO(png)).size[0] > 0
     record = json.loads((val / "source.json").read_text())
-    assert record["skipped"] == {"missing_image": 1, "unreadable_image": 1, "no_caption": 1}
+    assert record["skipped"] == {"missing_image": 1, "unreadable_image": 1, "no_caption": 1,
+                                 "no_filename": 1}
     assert (record["n_images"], record["n_captions"], record["n_shards"]) == (5, 10, 3)
     assert "eval set coco-val: installed, 5 images, 10 captions in 3 shards from " \
-           f"{json_path} split val; skipped: 1 missing_image, 1 unreadable_image, 1 no_caption" \
+           f"{json_path} split val; skipped: 1 missing_image, 1 unreadable_image, 1 no_caption, " \
+           "1 no_filename" \
         in caplog.text
     test_samples = read_shard(cfg.root / "evalsets" / "coco-test" / "test" / "0.tar", True)
     assert [s.key for s in test_samples.samples] == ["000000_COCO_test_000000000008",

@@ -39,7 +39,9 @@ def plan_karpathy_split(name: str, spec: EvalSetConfig) -> list[dict]:
                           f"(splits there: {', '.join(present) or 'none'})")
     if not root.is_dir():
         raise ConfigError(f"{key}.image_root: {root} is not a directory")
-    probe = [image_path(root, im) for im in entries[:20]]
+    probe = [image_path(root, im) for im in entries[:20] if "filename" in im]
+    if not probe:
+        raise ConfigError(f"{key}.path: entries of split {spec.split!r} have no 'filename'")
     if not any(p.is_file() for p in probe):
         raise ConfigError(f"{key}.image_root: none of the first {len(probe)} images of split "
                           f"{spec.split!r} exist (looked for {probe[0]})")
@@ -74,6 +76,9 @@ def collect_samples(entries: list[dict], root: Path, first: int) -> tuple[list[d
         captions = [" ".join((s.get("raw") or " ".join(s.get("tokens", []))).split())
                     for s in entry.get("sentences", [])]
         captions = [c for c in captions if c]
+        if "filename" not in entry:
+            skipped["no_filename"] += 1
+            continue
         path = image_path(root, entry)
         if not captions:
             skipped["no_caption"] += 1
