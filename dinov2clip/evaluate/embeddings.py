@@ -34,12 +34,16 @@ def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
             arrays[n].append(np.load(emb_dir / n / f"{s}.npy"))
         meta = pq.read_table(emb_dir / "meta" / f"{s}.parquet", columns=["n_captions"])
         counts = np.asarray(meta.column("n_captions").to_pylist(), dtype=np.int64)
+        if counts.sum() != arrays["clip_text"][-1].shape[0]:
+            raise ConfigError(f"{emb_dir} shard {s}: meta lists {counts.sum()} captions but "
+                              f"clip_text has {arrays['clip_text'][-1].shape[0]} rows")
         owners.append(np.repeat(np.arange(len(counts)) + n_images, counts))
         n_images += len(counts)
     cat = {n: torch.from_numpy(np.concatenate(v)).float() for n, v in arrays.items()}
     c2i = torch.from_numpy(np.concatenate(owners)) if owners else torch.zeros(0, dtype=torch.long)
     if c2i.numel() == 0:
-        raise ConfigError(f"{emb_dir}: eval set has no captions")
+        raise ConfigError(f"eval set at {emb_dir} has no captions: nothing to retrieve "
+                          "(are its .txt files empty?)")
     return EvalEmbeddings(caption_to_image=c2i, **cat)
 
 

@@ -78,5 +78,5 @@ def recalls_percent(t2i_ranks, i2t_ranks, ks: list[int]) -> dict[str, float]:
 
 def percent_of(reference: dict[str, float], other: dict[str, float]) -> dict[str, float]:
     """other / reference per metric, in percent (reference 0 -> nan)."""
-    return {k: (100.0 * other[k] / reference[k]) if reference[k] else float("nan")
+    return {k: (100.0 * (other[k] / reference[k])) if reference[k] else float("nan")
             for k in reference}
