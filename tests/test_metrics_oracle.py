@@ -80,10 +80,11 @@ def test_rank_path_matches_oracle_at_every_chunk_size(case, chunk):
     assert recalls_percent(t2i, i2t, KS) == want
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 100000])
-def test_score_matrix_path_matches_oracle_at_every_chunk_size(case, chunk):
+@pytest.mark.parametrize(("chunk", "threads"), [(1, 1), (7, 3), (64, 2), (100000, 1)])
+def test_score_matrix_path_matches_oracle_at_every_chunk_size(case, chunk, threads):
     text, image, c2i, want = case
-    t2i, i2t = ranks_from_scores(score_matrix(text, image), c2i.numpy(), max(KS), chunk=chunk)
+    t2i, i2t = ranks_from_scores(score_matrix(text, image), c2i.numpy(), max(KS), chunk=chunk,
+                                 threads=threads)
     assert recalls_percent(t2i, i2t, KS) == want
     # Exact ranks, not just recalls: the same as the reference path, clipped at the cap.
     cap = max(KS)

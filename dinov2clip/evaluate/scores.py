@@ -15,6 +15,8 @@ it against a naive Python loop.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -48,12 +50,14 @@ def _count(hits: np.ndarray, axis: int) -> np.ndarray:
 
 
 def ranks_from_scores(scores: np.ndarray, caption_to_image: np.ndarray, cap: int,
-                      chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                      chunk: int = 256, threads: int | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(t2i (n_captions,), i2t (n_images,)) exact ranks, 0 = first, clipped at cap.
 
     t2i: rank of each caption's own image among all images. i2t: for each image, the best rank of
     any of its captions among all captions; an image without captions gets cap (never retrieved).
-    Equal scores: the lower index ranks first.
+    Equal scores: the lower index ranks first. Row blocks of `chunk` stay in cache while they
+    are counted; `threads` (default: torch's) split the rows, as numpy releases the GIL.
     """
     s = np.asarray(scores)
     if s.dtype != np.float32:
@@ -61,39 +65,47 @@ def ranks_from_scores(scores: np.ndarray, caption_to_image: np.ndarray, cap: int
     n_cap, n_img = s.shape
     c2i = np.asarray(caption_to_image, dtype=np.int64)
     own = s[np.arange(n_cap), c2i]  # (n_captions,) each caption's score with its own image
-    return _t2i_ranks(s, c2i, own, cap, chunk), _i2t_ranks(s, c2i, own, cap, chunk)
-
-
-def _t2i_ranks(s: np.ndarray, c2i: np.ndarray, own: np.ndarray, cap: int,
-               chunk: int) -> np.ndarray:
-    ranks = np.empty(s.shape[0], dtype=np.int64)
-    for a in range(0, s.shape[0], chunk):
-        block, target = s[a:a + chunk], own[a:a + chunk, None]  # (rows, n_images), (rows, 1)
-        ranks[a:a + chunk] = _count(block > target, axis=1)
-        # An equal score ahead of the own image only matters when it can still change a hit;
-        # the own image itself is one of the equal entries.
-        tied = (_count(block == target, axis=1) > 1) & (ranks[a:a + chunk] < cap)
-        for r in np.flatnonzero(tied):
-            ranks[a + r] += np.count_nonzero(block[r, :c2i[a + r]] == target[r, 0])
-    return np.minimum(ranks, cap)
-
-
-def _i2t_ranks(s: np.ndarray, c2i: np.ndarray, own: np.ndarray, cap: int,
-               chunk: int) -> np.ndarray:
-    n_cap, n_img = s.shape
     # An image's best rank is that of its best caption: the highest own score, lowest index.
     best = np.full(n_img, -np.inf, dtype=np.float32)
     np.maximum.at(best, c2i, own)
     is_best = own == best[c2i]
     first = np.full(n_img, n_cap, dtype=np.int64)
     np.minimum.at(first, c2i[is_best], np.flatnonzero(is_best))
-    ahead = np.zeros(n_img, dtype=np.int64)
-    equal = np.zeros(n_img, dtype=np.int64)
-    for a in range(0, n_cap, chunk):
-        block = s[a:a + chunk]  # (rows, n_images)
-        ahead += _count(block > best, axis=0)
-        equal += _count(block == best, axis=0)
+
+    t2i = np.empty(n_cap, dtype=np.int64)
+    parts = _row_ranges(n_cap, threads or torch.get_num_threads(), chunk)
+    with ThreadPoolExecutor(len(parts)) as pool:
+        counts = list(pool.map(lambda r: _count_rows(s, c2i, own, best, t2i, cap, chunk, *r),
+                               parts))
+    ahead = sum(c[0] for c in counts)
+    equal = sum(c[1] for c in counts)
     for j in np.flatnonzero((equal > 1) & (ahead < cap)):
         ahead[j] += np.count_nonzero(s[:first[j], j] == best[j])
     ahead[first == n_cap] = cap  # no captions at all
-    return np.minimum(ahead, cap)
+    return np.minimum(t2i, cap), np.minimum(ahead, cap)
+
+
+def _row_ranges(n: int, parts: int, chunk: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, -(-n // chunk)))
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+def _count_rows(s, c2i, own, best, t2i, cap, chunk, start, stop):
+    """Fill t2i[start:stop]; return this row range's (ahead, equal) counts per image column."""
+    ahead = np.zeros(s.shape[1], dtype=np.int64)
+    equal = np.zeros(s.shape[1], dtype=np.int64)
+    for a in range(start, stop, chunk):
+        b = min(a + chunk, stop)
+        block, target = s[a:b], own[a:b, None]  # (rows, n_images), (rows, 1)
+        ranks = _count(block > target, axis=1)
+        # An equal score ahead of the own image only matters where it can still change a hit;
+        # the own image itself is one of the equal entries.
+        tied = (_count(block == target, axis=1) > 1) & (ranks < cap)
+        for r in np.flatnonzero(tied):
+            ranks[r] += np.count_nonzero(block[r, :c2i[a + r]] == target[r, 0])
+        t2i[a:b] = ranks
+        # Image->text: captions ahead of each image's best caption, in this block of captions.
+        ahead += _count(block > best, axis=0)
+        equal += _count(block == best, axis=0)
+    return ahead, equal
