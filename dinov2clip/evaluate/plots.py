@@ -59,6 +59,7 @@ def epochs_chart(epochs: dict, path: Path) -> None:
         if best:
             ax.axvline(best, color="grey", lw=0.8, label=f"chosen epoch {best}")
         ax.set(xlabel="epoch", ylabel="% of CLIP (mean over k)", title=name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
