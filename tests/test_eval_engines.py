@@ -44,6 +44,16 @@ def test_tie_safe_topk_looks_past_a_long_run_of_equal_scores():
     assert got.tolist() == [[0, 1, 2, 3, 4]] * 7
 
 
+def test_tie_safe_topk_sorts_exactly_past_the_fetch_limit(monkeypatch):
+    from dinov2clip.evaluate import retrieval
+
+    monkeypatch.setattr(retrieval, "_MAX_FETCH", 8)  # 50 equal keys: more than FAISS may return
+    keys = torch.ones(50, 4)
+    keys[30] = 2.0  # one better key, far down the index order
+    got = tie_safe_topk(torch.ones(3, 4), keys, 5, use_gpu=False)
+    assert got.tolist() == [[30, 0, 1, 2, 3]] * 3
+
+
 @pytest.fixture(scope="module")
 def random_set():
     n_images = 120

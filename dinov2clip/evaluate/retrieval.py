@@ -21,6 +21,7 @@ import torch
 from dinov2clip.device import METRIC_DTYPE
 
 log = logging.getLogger(__name__)
+_MAX_FETCH = 1024  # GPU FAISS caps k (1024 or 2048 by version); longer tie runs sort exactly
 _GPU_OK: bool | None = None  # probed once per process
 
 
@@ -80,6 +81,9 @@ def tie_safe_topk(queries: torch.Tensor, keys: torch.Tensor, k: int,
     out = np.empty((q.shape[0], k), dtype=np.int64)
     todo, fetch = np.arange(q.shape[0]), min(k + 1, n_keys)
     while todo.size:
+        if fetch > _MAX_FETCH:  # a run of ties longer than FAISS may return: sort whole rows
+            out[todo] = _stable_topk(q[todo], _as_f32(keys), k)
+            break
         scores, ids = _sorted_by_score_then_id(*index.search(q[todo], fetch))
         ids = ids.astype(np.int64)
         open_tie = (scores[:, -1] == scores[:, k - 1]) if fetch < n_keys else np.zeros(
@@ -87,6 +91,11 @@ def tie_safe_topk(queries: torch.Tensor, keys: torch.Tensor, k: int,
         out[todo[~open_tie]] = ids[~open_tie, :k]
         todo, fetch = todo[open_tie], min(2 * fetch, n_keys)
     return torch.from_numpy(out)
+
+
+def _stable_topk(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    scores = queries @ keys.T  # (n, n_keys) float32
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def t2i_ranks_from_topk(topk: torch.Tensor, caption_to_image: torch.Tensor,
