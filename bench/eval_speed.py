@@ -105,7 +105,7 @@ def _machine(threads: int) -> str:
     except OSError:
         pass
     return (f"cpu: {cpu}, {os.cpu_count()} cores visible, torch on {threads} threads "
-            f"(numpy counting single-threaded); shared with other jobs unless stated")
+            f"(numpy counting on as many threads); shared with other jobs unless stated")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,14 @@ from pathlib import Path
 import torch
 
 from dinov2clip.config import Config, ConfigError, git_sha, to_dict
+from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval, resolve_engine
-from dinov2clip.evaluate.embeddings import EvalEmbeddings, load_eval_embeddings, project, run_config
+from dinov2clip.evaluate.embeddings import (
+    EvalEmbeddings,
+    load_eval_embeddings,
+    project_pooled,
+    run_config,
+)
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.train.data import pool
 from dinov2clip.train.projector import Projector
@@ -46,6 +52,13 @@ class EvalInputs:
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
         self.engine = resolve_engine(e.search, e.use_gpu_faiss)
+        try:
+            self.device = resolve_device(e.device)  # where the projector runs
+        except ValueError as err:
+            raise ConfigError(f"eval.device: {err}") from None
+
+    def projector(self, filename: str = "model.safetensors") -> Projector:
+        return Projector.from_pretrained(self.run_dir, filename=filename, device=self.device)
 
     def _set_dir(self, cfg: Config, name: str) -> Path:
         emb_dir = cfg.root / "embeddings" / name / self.tag
@@ -67,13 +80,12 @@ class EvalInputs:
 def evaluate_run(cfg: Config) -> dict:
     """results.json's content for the run's chosen projector (model.safetensors)."""
     inp = EvalInputs(cfg)
-    projector = Projector.from_pretrained(inp.run_dir)
+    projector = inp.projector()
     results = _header(cfg, inp, checkpoint="model.safetensors")
     started = time.perf_counter()
     for name, emb_dir in inp.set_dirs.items():
         emb = load_eval_embeddings(emb_dir)
-        projected = project(emb, projector, inp.train_cfg["pooling"],
-                            inp.train_cfg["num_patch_tokens"])
+        projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg["pooling"])
         ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.engine,
                      cfg.eval.use_gpu_faiss)
         res = {"n_images": emb.clip_image.shape[0], "n_captions": emb.clip_text.shape[0],
@@ -104,9 +116,9 @@ def evaluate_epochs(cfg: Config) -> dict:
     out["epochs"] = [epoch for epoch, _ in checkpoints]
     out["sets"] = {name: {"clip": ev.clip, "per_epoch": []} for name, (_, ev) in sets.items()}
     for epoch, filename in checkpoints:
-        projector = Projector.from_pretrained(inp.run_dir, filename=f"checkpoints/{filename}")
+        projector = inp.projector(f"checkpoints/{filename}")
         for name, (x, ev) in sets.items():
-            rows = ev.rows(_project_pooled(projector, x))
+            rows = ev.rows(project_pooled(projector, x, inp.train_cfg["pooling"]))
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
@@ -117,21 +129,14 @@ def evaluate_epochs(cfg: Config) -> dict:
     return out
 
 
-@torch.no_grad()
-def _project_pooled(projector: Projector, x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] != projector.cfg.in_dim:
-        raise ConfigError(f"embeddings give {x.shape[1]}-d features but the projector expects "
-                          f"{projector.cfg.in_dim}")
-    return torch.nn.functional.normalize(projector(x.float()), dim=-1)
-
-
 def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
     return {
         "run": inp.run_name, "ks": inp.ks, "sets": {}, "note": _note(cfg),
         "config": to_dict(cfg),
         "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run_dir), "tag": inp.tag,
                      "checkpoint": checkpoint, "best_epoch": _best_epoch(inp.run_dir),
-                     "engine": inp.engine, "train_config": inp.train_cfg},
+                     "engine": inp.engine, "projector_device": str(inp.device),
+                     "train_config": inp.train_cfg},
     }
 
 
