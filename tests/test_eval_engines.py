@@ -70,6 +70,8 @@ def test_exact_and_faiss_engines_agree_with_the_reference(random_set):
     exact = SetEval(text, clip, c2i, KS, engine="exact").rows(projected)
     via_faiss = SetEval(text, clip, c2i, KS, engine="faiss", use_gpu=False).rows(projected)
     assert exact == via_faiss
+    # The reference path on the same inputs: upcast, then L2-normalised again in float32.
+    text, clip, projected = (F.normalize(x.float(), dim=-1) for x in (text, clip, projected))
     assert exact["clip"] == retrieval_recalls(clip, text, c2i, KS)
     assert exact["projected"] == retrieval_recalls(projected, text, c2i, KS)
     assert exact["ensemble"] == retrieval_recalls(ensemble(clip, projected), text, c2i, KS)

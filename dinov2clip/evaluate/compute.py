@@ -39,20 +39,23 @@ class SetEval:
     def __init__(self, text: torch.Tensor, clip_image: torch.Tensor,
                  caption_to_image: torch.Tensor, ks: list[int], engine: str = "exact",
                  use_gpu: bool = True):
-        self.text = text.to(METRIC_DTYPE)  # (n_captions, D), upcast once (fp16 on disk)
-        self.clip_image = clip_image.to(METRIC_DTYPE)  # (n_images, D)
+        # (n_captions, D) and (n_images, D): upcast from the cache's fp16, then L2-normalised
+        # again as the protocol says: fp16 rounding leaves norms off by up to ~1e-3, enough to
+        # reorder near-equal scores.
+        _check_finite("CLIP text", text)
+        _check_finite("CLIP image", clip_image)
+        self.text = _unit(text)
+        self.clip_image = _unit(clip_image)
         self.c2i = caption_to_image.long()  # (n_captions,)
         self.ks, self.cap = list(ks), max(ks)
         self.engine, self.use_gpu = engine, use_gpu
-        _check_finite("CLIP text", self.text)
-        _check_finite("CLIP image", self.clip_image)
         self._clip_scores: np.ndarray | None = None
         self.clip = self._recalls(self.clip_image, "clip")
 
     def rows(self, projected: torch.Tensor) -> dict[str, dict[str, float]]:
         """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows."""
-        projected = projected.to(METRIC_DTYPE)
         _check_finite("projected", projected)
+        projected = _unit(projected)
         if projected.shape != self.clip_image.shape:
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
                               f"images {tuple(self.clip_image.shape)}")
@@ -86,6 +89,10 @@ class SetEval:
 def ensemble(clip_image: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
     """normalize(clip + projected): (n_images, D), float32."""
     return F.normalize(clip_image.to(METRIC_DTYPE) + projected.to(METRIC_DTYPE), dim=-1)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.to(METRIC_DTYPE), dim=-1)
 
 
 def _check_finite(what: str, x: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ from dinov2clip.device import METRIC_DTYPE
 log = logging.getLogger(__name__)
 _MAX_FETCH = 1024  # GPU FAISS caps k (1024 or 2048 by version); longer tie runs sort exactly
 _GPU_OK: bool | None = None  # probed once per process
+_GPU_RESOURCES = None  # must outlive every GPU index made with it
 
 
 def gpu_faiss_usable() -> bool:
@@ -54,7 +55,9 @@ def flat_ip_index(keys: torch.Tensor, use_gpu: bool = True):
     keys_np = _as_f32(keys)
     index = faiss.IndexFlatIP(keys_np.shape[1])
     if use_gpu and gpu_faiss_usable():
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        global _GPU_RESOURCES
+        _GPU_RESOURCES = _GPU_RESOURCES or faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index)
     index.add(keys_np)
     return index
 
