@@ -1,6 +1,9 @@
 """R@k both ways for one eval set and three image embeddings: CLIP, projected, ensemble.
 
-Two engines give the same numbers (tests/test_eval_engines.py):
+Two engines, one tie rule (score desc, index asc), so the same numbers: exactly wherever both
+compute the same scores (tests/test_metrics_oracle.py uses data where every score is exact), and
+on float data unless two BLAS libraries round a near-tie at the top-k boundary differently (no
+difference at the bench's real set sizes, bench/eval_speed.py --faiss):
 - "exact": one float32 matmul per embedding, ranks counted in both directions from it
   (scores.py); the ensemble's scores come from CLIP's and the projection's by linearity, so a
   set costs two matmuls. The fastest on a CPU.
