@@ -84,6 +84,7 @@ def evaluate_run(cfg: Config) -> dict:
     results = _header(cfg, inp, checkpoint="model.safetensors")
     started = time.perf_counter()
     for name, emb_dir in inp.set_dirs.items():
+        set_started = time.perf_counter()
         emb = load_eval_embeddings(emb_dir)
         projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg["pooling"])
         ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.engine,
@@ -95,6 +96,8 @@ def evaluate_run(cfg: Config) -> dict:
         if comparison:
             res["seed_comparison"] = comparison
         results["sets"][name] = res
+        log.info("%s: %d images, %d captions, evaluated in %.2fs (%s)", name, res["n_images"],
+                 res["n_captions"], time.perf_counter() - set_started, inp.engine)
     results["run_info"]["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results
 
