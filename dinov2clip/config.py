@@ -133,6 +133,8 @@ class EvalConfig:
     run: str = ""  # empty: train.run
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     use_gpu_faiss: bool = True
+    search: str = "auto"  # auto: FAISS if GPU FAISS is usable, else exact | exact | faiss
+    device: str = "auto"  # where the projector runs: auto | cpu | cuda | cuda:N
 
 
 @dataclass(frozen=True)

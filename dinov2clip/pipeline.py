@@ -71,7 +71,8 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])
 
 
-def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False) -> None:
+def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False,
+               all_epochs: bool = False) -> None:
     if stage == "data":
         from dinov2clip import data
 
@@ -87,7 +88,7 @@ def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = Fals
     elif stage == "eval":
         from dinov2clip import evaluate
 
-        evaluate.run(cfg)
+        evaluate.run(cfg, all_epochs=all_epochs)
 
 
 @app.command()
@@ -134,9 +135,26 @@ def train(
 
 
 @app.command(name="eval")
-def eval_(config: ConfigOpt, overrides: SetOpt = None) -> None:
-    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble."""
-    _guarded(lambda: _run_stage("eval", _load(config, overrides)))
+def eval_(
+    config: ConfigOpt,
+    overrides: SetOpt = None,
+    run_name: Annotated[str | None, typer.Option(
+        "--run", help="Evaluate runs/<name> (default: eval.run, else train.run).")] = None,
+    all_epochs: Annotated[bool, typer.Option(
+        "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
+        "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
+    search: Annotated[str | None, typer.Option(
+        help="auto (FAISS on a usable GPU, else exact), exact, or faiss.")] = None,
+) -> None:
+    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
+    extra = [f"eval.run={run_name!r}"] if run_name else []
+    extra += [f"eval.search={search!r}"] if search else []
+
+    def go() -> None:
+        cfg = _load(config, [*(overrides or []), *extra])
+        _run_stage("eval", cfg, all_epochs=all_epochs)
+
+    _guarded(go)
 
 
 def main() -> None:

@@ -53,22 +53,30 @@ def image_to_text_ranks(image: torch.Tensor, text: torch.Tensor, caption_to_imag
 
 
 def recall_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[int, float]:
-    """{k: share of queries whose rank is below k}, as a fraction in [0, 1]."""
-    return {k: float((ranks < k).to(METRIC_DTYPE).mean()) for k in ks}
+    """{k: share of queries whose rank is below k}, as a fraction in [0, 1] (exact count / n)."""
+    n = ranks.numel()
+    return {k: int((ranks < k).sum()) / n if n else float("nan") for k in ks}
 
 
 def retrieval_recalls(image: torch.Tensor, text: torch.Tensor, caption_to_image: torch.Tensor,
                       ks: list[int] = (1, 5, 10)) -> dict[str, float]:
     """{'t2i_R@1': .., 'i2t_R@1': .., ...} in percent, for one image/text embedding pair."""
-    ks = list(ks)
-    t2i = recall_from_ranks(text_to_image_ranks(text, image, caption_to_image), ks)
-    i2t = recall_from_ranks(image_to_text_ranks(image, text, caption_to_image), ks)
-    out = {f"t2i_R@{k}": 100.0 * v for k, v in t2i.items()}
-    out.update({f"i2t_R@{k}": 100.0 * v for k, v in i2t.items()})
+    return recalls_percent(text_to_image_ranks(text, image, caption_to_image),
+                           image_to_text_ranks(image, text, caption_to_image), ks)
+
+
+def recalls_percent(t2i_ranks, i2t_ranks, ks: list[int]) -> dict[str, float]:
+    """{'t2i_R@k': .., 'i2t_R@k': ..} in percent from the two rank vectors (tensor or array)."""
+    out = {}
+    for direction, ranks in (("t2i", torch.as_tensor(t2i_ranks)),
+                             ("i2t", torch.as_tensor(i2t_ranks))):
+        n = ranks.numel()
+        for k in ks:
+            out[f"{direction}_R@{k}"] = 100.0 * int((ranks < k).sum()) / n if n else float("nan")
     return out
 
 
 def percent_of(reference: dict[str, float], other: dict[str, float]) -> dict[str, float]:
     """other / reference per metric, in percent (reference 0 -> nan)."""
-    return {k: (100.0 * other[k] / reference[k]) if reference[k] else float("nan")
+    return {k: (100.0 * (other[k] / reference[k])) if reference[k] else float("nan")
             for k in reference}

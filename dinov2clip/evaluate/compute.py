@@ -1,0 +1,103 @@
+"""R@k both ways for one eval set and three image embeddings: CLIP, projected, ensemble.
+
+Two engines, one tie rule (score desc, index asc), so the same numbers: exactly wherever both
+compute the same scores (tests/test_metrics_oracle.py uses data where every score is exact), and
+on float data unless two BLAS libraries round a near-tie at the top-k boundary differently (no
+difference at the bench's real set sizes, bench/eval_speed.py --faiss):
+- "exact": one float32 matmul per embedding, ranks counted in both directions from it
+  (scores.py); the ensemble's scores come from CLIP's and the projection's by linearity, so a
+  set costs two matmuls. The fastest on a CPU.
+- "faiss": IndexFlatIP searches, one per direction and embedding, with ties fixed up
+  (retrieval.py). On a GPU that FAISS can use it is the fast one.
+"auto" picks faiss when GPU FAISS is usable, else exact. CLIP's own row does not depend on the
+projector, so a SetEval computes it once and reuses it for every checkpoint (--all-epochs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dinov2clip.config import ConfigError
+from dinov2clip.device import METRIC_DTYPE
+from dinov2clip.evaluate.metrics import percent_of, recalls_percent
+from dinov2clip.evaluate.retrieval import faiss_ranks, gpu_faiss_usable
+from dinov2clip.evaluate.scores import ensemble_scores_, ranks_from_scores, score_matrix
+
+ENGINES = ("auto", "exact", "faiss")
+
+
+def resolve_engine(name: str, use_gpu: bool) -> str:
+    if name not in ENGINES:
+        raise ConfigError(f"eval.search: unknown {name!r} (known: {', '.join(ENGINES)})")
+    if name == "auto":
+        return "faiss" if use_gpu and gpu_faiss_usable() else "exact"
+    return name
+
+
+class SetEval:
+    """One eval set's text side and CLIP images, kept for as many projections as asked."""
+
+    def __init__(self, text: torch.Tensor, clip_image: torch.Tensor,
+                 caption_to_image: torch.Tensor, ks: list[int], engine: str = "exact",
+                 use_gpu: bool = True):
+        # (n_captions, D) and (n_images, D): upcast from the cache's fp16, then L2-normalised
+        # again as the protocol says: fp16 rounding leaves norms off by up to ~1e-3, enough to
+        # reorder near-equal scores.
+        _check_finite("CLIP text", text)
+        _check_finite("CLIP image", clip_image)
+        self.text = _unit(text)
+        self.clip_image = _unit(clip_image)
+        self.c2i = caption_to_image.long()  # (n_captions,)
+        self.ks, self.cap = list(ks), max(ks)
+        self.engine, self.use_gpu = engine, use_gpu
+        self._clip_scores: np.ndarray | None = None
+        self.clip = self._recalls(self.clip_image, "clip")
+
+    def rows(self, projected: torch.Tensor) -> dict[str, dict[str, float]]:
+        """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows."""
+        _check_finite("projected", projected)
+        projected = _unit(projected)
+        if projected.shape != self.clip_image.shape:
+            raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
+                              f"images {tuple(self.clip_image.shape)}")
+        out = {"clip": self.clip}
+        if self.engine == "exact":
+            s = score_matrix(self.text, projected)  # (n_captions, n_images) float32
+            out["projected"] = self._from_scores(s)
+            ensemble_scores_(self._clip_scores, s, self.clip_image, projected)
+            out["ensemble"] = self._from_scores(s)
+        else:
+            out["projected"] = self._recalls(projected, "projected")
+            out["ensemble"] = self._recalls(ensemble(self.clip_image, projected), "ensemble")
+        out["projected_pct"] = percent_of(self.clip, out["projected"])
+        out["ensemble_pct"] = percent_of(self.clip, out["ensemble"])
+        return out
+
+    def _recalls(self, image: torch.Tensor, row: str) -> dict[str, float]:
+        if self.engine == "exact":
+            s = score_matrix(self.text, image)
+            if row == "clip":
+                self._clip_scores = s  # kept: every ensemble row starts from it
+            return self._from_scores(s)
+        t2i, i2t = faiss_ranks(image, self.text, self.c2i, self.cap, self.use_gpu)
+        return recalls_percent(t2i, i2t, self.ks)
+
+    def _from_scores(self, s: np.ndarray) -> dict[str, float]:
+        t2i, i2t = ranks_from_scores(s, self.c2i.numpy(), self.cap)
+        return recalls_percent(t2i, i2t, self.ks)
+
+
+def ensemble(clip_image: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+    """normalize(clip + projected): (n_images, D), float32."""
+    return F.normalize(clip_image.to(METRIC_DTYPE) + projected.to(METRIC_DTYPE), dim=-1)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.to(METRIC_DTYPE), dim=-1)
+
+
+def _check_finite(what: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise ConfigError(f"{what} embeddings contain NaN or inf; refusing to rank them")
