@@ -33,9 +33,15 @@ def draw_curves(run_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r["epoch"] for r in epochs]
     for key, label in (("val_pct_clip", "val % of CLIP (R@1, both ways)"),
-                       ("val_cosine", "val cosine to CLIP x100")):
+                       ("val_cosine", "val cosine to CLIP x100"),
+                       ("evalset_pct_clip", "eval set % of CLIP (R@1, both ways)")):
+        if epochs and key not in epochs[0]:
+            continue
         scale = 100.0 if key == "val_cosine" else 1.0
         ax.plot(xs, [scale * r[key] for r in epochs], "o-", label=label)
+    best = epochs[-1].get("best_epoch") if epochs else None
+    if best:
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
     ax.set(xlabel="epoch", ylabel="%", title=f"{run_dir.name}: validation")
     ax.legend()
     fig.tight_layout()
