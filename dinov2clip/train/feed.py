@@ -62,7 +62,7 @@ class Feed:
     def __init__(self, data: Split, batch_size: int, device: torch.device, seed: int,
                  gather_on_host: bool = False):
         self.data, self.batch_size, self.device, self.seed = data, batch_size, device, seed
-        self.on_device = data.x.device == device and not gather_on_host
+        self.on_device = data.x.device.type == device.type and not gather_on_host
         self.staging: list[Split] = []
         self.copied: list[torch.cuda.Event | None] = [None, None]
 
