@@ -2,11 +2,11 @@
 
 (a) the trainer: dinov2clip.train.loop.train(), the whole split as a few tensors, batches as index
     slices of a per-epoch permutation, bf16 autocast on GPU; samples/s is its own per-epoch
-    `train_samples_per_s` (training steps only, validation excluded), median over epochs after
-    the first.
+    `train_samples_per_s` (training steps only, validation excluded), epochs after the first.
 (b) the naive baseline: a map-style Dataset returning single rows from the memory-mapped npy
-    files, through a default DataLoader (shuffle, num_workers=0), fp32; median over windows of
-    steps after a warm-up.
+    files, through a default DataLoader (shuffle, num_workers=0), fp32; windows of steps after a
+    warm-up.
+The two alternate for --rounds rounds; each reports the median of its rates.
 
 Both run for the seed projector (54.6M params) and a small one (width 256, one block). On a GPU it
 also reports model FLOP utilisation: samples/s x 6 x params / the device's peak bf16 FLOP/s.
@@ -44,6 +44,11 @@ PROJECTORS = {
     "seed": {"kind": "residual", "width": 2048, "depth": 6, "head_width": 1024},
     "small": {"kind": "residual", "width": 256, "depth": 1, "head_width": 256},
 }
+GPU_NOTE = ("unmeasured: no GPU in the session that wrote this. On an H100: "
+            "bench/train_throughput.py"
+            " --n 2000000 --epochs 3 --projectors seed [--compile]; target >= 1,000,000 samples/s."
+            " MFU = samples/s x 6 x params / peak dense bf16 FLOP/s (H100 SXM 989e12: at most"
+            " 3.0M samples/s for 54.6M params; H100 PCIe 756e12: 2.3M)")
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense
 
 
@@ -169,6 +174,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--projectors", default="small,seed")
     ap.add_argument("--seed-epochs", type=int, default=2, help="trainer epochs, seed projector")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved (a), (b) measurements")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 peak, for MFU")
     ap.add_argument("--machine-note", default="", help="e.g. 'cpu: 2 cores, shared'")
@@ -184,6 +190,8 @@ def main() -> None:
               "device": args.device, "n_pairs": args.n, "batch_size": args.batch_size,
               "projectors": {}}
     peak = peak_flops(args.device, args.peak_tflops)
+    if not args.device.startswith("cuda"):
+        result["gpu"] = GPU_NOTE
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp) / "artifacts"
         emb_dir = random_shards(art, args.n, shard_size=min(args.n, 100_000))
@@ -191,14 +199,18 @@ def main() -> None:
             proj = PROJECTORS[name]
             params = count_parameters(Projector(load_config_projector(proj)))
             epochs = args.seed_epochs if name == "seed" else args.epochs
-            ours = trainer_rate(art, proj, args.batch_size, epochs, args.device, name,
-                                args.compile)
-            naive = naive_rate(emb_dir, proj, args.batch_size, args.device, args.naive_steps)
-            a = statistics.median(ours[1:] or ours)
+            ours, naive = [], []
+            for _ in range(args.rounds):  # interleaved, so a busy spell hits both paths
+                rates = trainer_rate(art, proj, args.batch_size, epochs, args.device, name,
+                                     args.compile)
+                ours += rates[1:] or rates  # the first epoch is warm-up
+                naive += naive_rate(emb_dir, proj, args.batch_size, args.device,
+                                    args.naive_steps)
+            a = statistics.median(ours)
             b = statistics.median(naive)
-            row = {"params": params, "flops_per_sample": 6 * params,
-                   "trainer_samples_per_s": a, "trainer_epochs_samples_per_s": ours,
-                   "naive_samples_per_s": b, "naive_windows_samples_per_s": naive,
+            row = {"n_pairs": args.n, "params": params, "flops_per_sample": 6 * params,
+                   "trainer_samples_per_s": a, "trainer_epoch_rates": ours,
+                   "naive_samples_per_s": b, "naive_window_rates": naive,
                    "ratio_trainer_over_naive": a / b}
             if peak:
                 row["trainer_mfu"] = a * 6 * params / peak
@@ -208,6 +220,10 @@ def main() -> None:
             result["projectors"][name] = row
             print(name, json.dumps(row, indent=1))
     out = args.out or Path(__file__).parent / "results" / f"train_throughput_{args.device}.json"
+    if out.exists():  # projectors measured in separate runs (the seed one is slow on a CPU)
+        kept = json.loads(out.read_text())
+        result["projectors"] = {**kept.get("projectors", {}), **result["projectors"]}
+        result["machine_earlier_runs"] = kept.get("machine")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", out, "| ratio:", {k: round(v["ratio_trainer_over_naive"], 2)
                                     for k, v in result["projectors"].items()})

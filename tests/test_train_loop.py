@@ -120,3 +120,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(art, monkeypatch):
         "epoch_001.safetensors"]
     weights = load_file(str(run_dir / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_schedulers_warm_up_and_decay():
+    from dinov2clip.train.loop import _scheduler
+
+    def lrs(kind):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = _scheduler(opt, kind, 1.0, 100, 0.1)
+        out = []
+        for _ in range(100):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    cos = lrs("cosine")
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)
+    assert cos[55] == pytest.approx(0.5, abs=0.02) and cos[-1] < 0.01
+    one = lrs("onecycle")  # PyTorch's OneCycleLR: peak at 30%, from max_lr / 25
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=1e-3)
+    assert one.index(max(one)) in (29, 30) and one[-1] < 1e-3
+    assert set(lrs("constant")) == {1.0}
