@@ -56,6 +56,9 @@ def test_existing_run_needs_resume_or_force_and_bad_options_fail_early(setup):
     code, errors = pipeline("train", "-c", config, "--force", "--set",
                             'train.select_metric="val_r1"')
     assert code == 2 and "train.select_metric: unknown 'val_r1'" in errors[0]
+    code, errors = pipeline("train", "-c", config, "--force", "--set",
+                            'train.val_evalset="coco-val"')
+    assert code == 2 and "embeddings directory not found" in errors[0] and "coco-val" in errors[0]
     assert (art / "runs" / "r" / "config.json").exists(), "refused before touching the run"
     code, errors = pipeline("train", "-c", config, "--average", "last:2")
     assert code == 2 and "no trained run" in errors[0]

@@ -142,3 +142,17 @@ def test_schedulers_warm_up_and_decay():
     assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=1e-3)
     assert one.index(max(one)) in (29, 30) and one[-1] < 1e-3
     assert set(lrs("constant")) == {1.0}
+
+
+def test_concat_pooling_linear_baseline_selected_on_the_eval_set(art):
+    cfg = load(art, "train.run=linear", "train.epochs=3", 'train.pooling="concat"',
+               'train.projector.kind="linear"', "train.projector.in_dim=32",
+               'train.scheduler="cosine"', 'train.val_evalset="syn-val"',
+               'train.select_metric="evalset_pct_clip"', "train.lr=1e-2")
+    run_dir = train(cfg)
+    epochs = epochs_of(run_dir)
+    scores = [r["evalset_pct_clip"] for r in epochs]
+    assert epochs[-1]["best_epoch"] == 1 + scores.index(max(scores))
+    assert Projector.from_pretrained(run_dir).cfg.in_dim == 32
+    with pytest.raises(ConfigError, match="must not see a test set"):
+        train(load(art, "train.run=x", 'train.val_evalset="syn-val"', 'eval.sets=["syn-val"]'))

@@ -49,6 +49,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     emb_dir = cfg.root / "embeddings" / t.dataset / tag
     select_sign = _check_options(cfg)  # cheap checks first: fail before loading gigabytes
     _check_dims(cfg, emb_dir)
+    evalset = _load_evalset(cfg, tag)
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
@@ -63,7 +64,6 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     place = placer(t.placement, device, reserve)
     train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
                                     place_train=place, place_val=place)
-    evalset = _load_evalset(cfg, tag)
     if pcfg.standardize:
         mean, std = _feature_stats(train_set.x)
         model.input_norm.mean.copy_(mean)
@@ -196,8 +196,13 @@ def _load_evalset(cfg: Config, tag: str):
     name = cfg.train.val_evalset
     if not name:
         return None
-    pairs = load_eval_pairs(cfg.root / "embeddings" / name / tag, cfg.train.pooling,
-                            cfg.train.num_patch_tokens)
+    emb_dir = cfg.root / "embeddings" / name / tag
+    pairs = load_eval_pairs(emb_dir, cfg.train.pooling, cfg.train.num_patch_tokens)
+    p = cfg.train.projector
+    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, p.out_dim):
+        raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}-d "
+                          f"inputs and {pairs.clip_image.shape[1]}-d CLIP, the projector is "
+                          f"{p.in_dim}->{p.out_dim}")
     return pairs, V.clip_recalls(pairs)
 
 
