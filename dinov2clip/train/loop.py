@@ -206,7 +206,7 @@ def _load_evalset(cfg: Config, tag: str):
     return pairs, V.clip_recalls(pairs)
 
 
-def _feature_stats(x: torch.Tensor, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+def _feature_stats(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and std over rows, in float64 chunks (x may not fit twice in fp32)."""
     s = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     s2 = torch.zeros_like(s)

@@ -42,7 +42,7 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
     """Val loss (in training-size batches, as contrastive terms see them), cosine to CLIP, and
     R@1/5 of projected images against their own captions, also as % of CLIP's own recalls."""
     pred = predict(model, val.x, device, dtype)
-    img, txt = val.clip_img.float(), val.clip_txt.float()
+    img, txt = val.clip_img.to(device).float(), val.clip_txt.to(device).float()  # may be on host
     total = 0.0
     for s in range(0, len(val), batch_size):
         loss, _ = loss_fn(pred[s:s + batch_size], img[s:s + batch_size], txt[s:s + batch_size])
