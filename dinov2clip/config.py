@@ -117,14 +117,19 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     scheduler: str = "onecycle"  # onecycle | cosine | constant
-    grad_clip: float = 1.0
+    warmup_fraction: float = 0.05  # cosine: share of all steps spent warming up linearly
+    grad_clip: float = 1.0  # max global grad norm; 0: off
     val_fraction: float = 0.01
     val_retrieval_max: int = 10000  # val pairs used for the per-epoch retrieval check
+    val_evalset: str = ""  # an eval set logged per epoch as validation, e.g. "mscoco-val"
     select_metric: str = "val_pct_clip"  # best epoch by this (higher is better, or val_loss)
-    log_every: int = 50  # steps between metrics.jsonl lines
+    log_every: int = 50  # steps between metrics.jsonl lines (and the only GPU syncs)
     seed: int = 0
     device: str = "auto"
     compute_dtype: str = "bf16"
+    placement: str = "auto"  # auto: the training split on the GPU when it fits | device | pinned
+    compile: bool = False  # torch.compile the projector for the training steps
+    ema_decay: float = 0.0  # > 0: validate and save an EMA of the weights, e.g. 0.999
 
 
 @dataclass(frozen=True)

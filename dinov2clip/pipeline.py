@@ -129,8 +129,16 @@ def train(
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last completed epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Delete an existing run and start over.")] = False,
+    average: Annotated[str | None, typer.Option(
+        help="Instead of training: average the run's saved epochs uniformly, 'last:4' or "
+        "'3,5,7', into runs/<run>-avg-<spec> (evaluate it with --set eval.run=...).")] = None,
 ) -> None:
     """Fit the projector over cached embeddings; keeps the best epoch by validation."""
+    if average is not None:
+        from dinov2clip import train as train_stage
+
+        _guarded(lambda: train_stage.average(_load(config, overrides), average))
+        return
     _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force))
 
 

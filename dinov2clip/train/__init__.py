@@ -11,3 +11,10 @@ def run(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     from dinov2clip.train.loop import train
 
     return train(cfg, resume=resume, force=force)
+
+
+def average(cfg: Config, spec: str) -> Path:
+    """runs/<run>-avg-<spec>: the uniform average of the run's chosen epochs."""
+    from dinov2clip.train.weight_average import average_run
+
+    return average_run(cfg.root / "runs" / cfg.train.run, spec)

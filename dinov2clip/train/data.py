@@ -1,12 +1,15 @@
-"""Cached embedding shards into memory (or onto the GPU) as a few big tensors.
+"""Cached embedding shards into a few big tensors, on the GPU when they fit, else in host memory.
 
-Batches are index slices of one permutation per epoch: no per-sample Python, no DataLoader.
+Shards are memory-mapped and read once; each is pooled and split by key hash straight into
+preallocated destination tensors, so the peak is the split itself plus one shard. Batches are then
+index slices of one permutation per epoch (train/feed.py): no per-sample Python, no DataLoader.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import torch
 from dinov2clip.config import ConfigError
 
 POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
+ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
 
 
 @dataclass
@@ -24,14 +28,22 @@ class Split:
     x: torch.Tensor  # (N, in_dim) pooled DINOv2 features, float16
     clip_img: torch.Tensor  # (N, D_clip) float16, L2-normalised
     clip_txt: torch.Tensor  # (N, D_clip) float16, L2-normalised: each image's first caption
-    keys: list[str]
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device),
-                     self.keys)
+        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device))
+
+
+@dataclass
+class EvalPairs:
+    """A retrieval set (several captions per image) for per-epoch validation."""
+
+    x: torch.Tensor  # (n_images, in_dim) pooled DINOv2 features, float32
+    clip_image: torch.Tensor  # (n_images, D_clip) float32, L2-normalised
+    clip_text: torch.Tensor  # (n_captions, D_clip) float32, L2-normalised
+    caption_to_image: torch.Tensor  # (n_captions,) int64 image row of each caption
 
 
 def pool(cls: torch.Tensor, patch_mean: torch.Tensor, pooling: str,
@@ -44,7 +56,7 @@ def pool(cls: torch.Tensor, patch_mean: torch.Tensor, pooling: str,
     if pooling == "token_mean":  # the seed's mean over all 1 + P tokens of last_hidden_state
         return (cls.float() + num_patch_tokens * patch_mean.float()).div(
             num_patch_tokens + 1).to(cls.dtype)
-    if pooling == "concat":
+    if pooling == "concat":  # cls ‖ patch_mean, as DINOv2's linear heads and dino.txt use
         return torch.cat([cls, patch_mean], dim=-1)
     raise ConfigError(f"train.pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
 
@@ -78,36 +90,113 @@ def check_complete(emb_dir: Path) -> list[str]:
     return done
 
 
-def load_split(emb_dir: Path, pooling: str, val_fraction: float,
-               num_patch_tokens: int = 256) -> tuple[Split, Split]:
-    """All completed shards, pooled, split into (train, val) by key hash."""
+def data_fingerprint(emb_dir: Path) -> list:
+    """What identifies the cached data for --resume: each shard's done-marker record."""
     shards = check_complete(emb_dir)
-    parts = [_load_shard(emb_dir, s) for s in shards]
-    keys = [k for p in parts for k in p["keys"]]
-    cls = torch.from_numpy(np.concatenate([p["dino_cls"] for p in parts]))
-    mean = torch.from_numpy(np.concatenate([p["dino_mean"] for p in parts]))
-    x = pool(cls, mean, pooling, num_patch_tokens)
-    img = torch.from_numpy(np.concatenate([p["clip_image"] for p in parts]))
-    txt = torch.from_numpy(np.concatenate([p["clip_text"] for p in parts]))
-    is_val = torch.tensor([is_val_key(k, val_fraction) for k in keys], dtype=torch.bool)
-    if is_val.all() or not is_val.any():
+    out = []
+    for s in shards:
+        record = json.loads((emb_dir / "done" / f"{s}.json").read_text())
+        out.append([s, record.get("n_images"), record.get("models_hash")])
+    return out
+
+
+# Where a split's tensors go: given its size in bytes, (device, pin_memory).
+Placer = Callable[[int], tuple[torch.device, bool]]
+
+
+def on_cpu(n_bytes: int) -> tuple[torch.device, bool]:
+    return torch.device("cpu"), False
+
+
+def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_tokens: int = 256,
+               place_train: Placer = on_cpu, place_val: Placer = on_cpu) -> tuple[Split, Split]:
+    """All completed shards, pooled and split into (train, val) by key hash, placed as asked."""
+    shards = check_complete(emb_dir)
+    masks = [_val_mask(emb_dir, s, val_fraction) for s in shards]
+    n_val = sum(int(m.sum()) for m in masks)
+    n_all = sum(len(m) for m in masks)
+    if n_val in (0, n_all):
         raise ConfigError(f"train.val_fraction={val_fraction} leaves an empty split "
-                          f"of {len(keys)} pairs")
+                          f"of {n_all} pairs")
+    d_dino = _mmap(emb_dir, "dino_cls", shards[0]).shape[1]
+    d_clip = _mmap(emb_dir, "clip_image", shards[0]).shape[1]
+    d_in = pooled_dim(d_dino, pooling)
+    train = _empty_split(n_all - n_val, d_in, d_clip, place_train)
+    val = _empty_split(n_val, d_in, d_clip, place_val)
+    at = {"train": 0, "val": 0}
+    for shard, is_val in zip(shards, masks, strict=True):
+        part = _read_shard(emb_dir, shard, pooling, num_patch_tokens)
+        for name, dest, rows in (("train", train, ~is_val), ("val", val, is_val)):
+            idx = torch.from_numpy(np.flatnonzero(rows))
+            s, e = at[name], at[name] + len(idx)
+            for field, src in zip(("x", "clip_img", "clip_txt"), part, strict=True):
+                getattr(dest, field)[s:e].copy_(src.index_select(0, idx))
+            at[name] = e
+    return train, val
 
-    def take(mask: torch.Tensor) -> Split:
-        idx = mask.nonzero().squeeze(1)
-        return Split(x[idx], img[idx], txt[idx], [keys[i] for i in idx.tolist()])
 
-    return take(~is_val), take(is_val)
+def load_eval_pairs(emb_dir: Path, pooling: str, num_patch_tokens: int = 256) -> EvalPairs:
+    """An eval set's embeddings; meta caption_start/n_captions give the caption -> image map."""
+    shards = check_complete(emb_dir)
+    xs, imgs, txts, owners, n_images = [], [], [], [], 0
+    for s in shards:
+        meta = pq.read_table(emb_dir / "meta" / f"{s}.parquet",
+                             columns=["caption_start", "n_captions"]).to_pydict()
+        starts = np.asarray(meta["caption_start"], dtype=np.int64)
+        counts = np.asarray(meta["n_captions"], dtype=np.int64)
+        # Caption rows of image i are caption_start[i] .. + n_captions[i] in this shard's clip_text.
+        rows = np.concatenate([np.arange(a, a + c, dtype=np.int64)
+                               for a, c in zip(starts, counts, strict=True)] or [[]])
+        cls, mean = (_read(emb_dir, a, s) for a in ARRAYS[:2])
+        xs.append(pool(cls, mean, pooling, num_patch_tokens).float())
+        imgs.append(_read(emb_dir, "clip_image", s).float())
+        txts.append(_read(emb_dir, "clip_text", s)[torch.from_numpy(rows.astype(np.int64))]
+                    .float())
+        owners.append(torch.from_numpy(np.repeat(np.arange(len(counts)) + n_images, counts)))
+        n_images += len(counts)
+    c2i = torch.cat(owners)
+    if c2i.numel() == 0:
+        raise ConfigError(f"{emb_dir}: eval set has no captions")
+    return EvalPairs(torch.cat(xs), torch.cat(imgs), torch.cat(txts), c2i)
 
 
-def _load_shard(emb_dir: Path, shard: str) -> dict:
-    meta = pq.read_table(emb_dir / "meta" / f"{shard}.parquet",
-                         columns=["key", "caption_start"]).to_pydict()
-    arrays = {name: np.load(emb_dir / name / f"{shard}.npy", mmap_mode="r")
-              for name in ("dino_cls", "dino_mean", "clip_image", "clip_text")}
-    first_caption = np.asarray(meta["caption_start"], dtype=np.int64)
-    return {"keys": meta["key"], "dino_cls": np.asarray(arrays["dino_cls"]),
-            "dino_mean": np.asarray(arrays["dino_mean"]),
-            "clip_image": np.asarray(arrays["clip_image"]),
-            "clip_text": np.asarray(arrays["clip_text"])[first_caption]}
+def _val_mask(emb_dir: Path, shard: str, val_fraction: float) -> np.ndarray:
+    keys = pq.read_table(emb_dir / "meta" / f"{shard}.parquet", columns=["key"]).column(0)
+    return np.fromiter((is_val_key(k, val_fraction) for k in keys.to_pylist()), dtype=bool)
+
+
+def _mmap(emb_dir: Path, array: str, shard: str) -> np.ndarray:
+    return np.load(emb_dir / array / f"{shard}.npy", mmap_mode="r")
+
+
+def _read(emb_dir: Path, array: str, shard: str) -> torch.Tensor:
+    """One shard's array, read into (writable) memory."""
+    return torch.from_numpy(np.array(_mmap(emb_dir, array, shard)))
+
+
+def _empty_split(n: int, d_in: int, d_clip: int, place: Placer) -> Split:
+    n_bytes = n * (d_in + 2 * d_clip) * 2  # float16
+    device, pin = place(n_bytes)
+
+    def empty(d: int) -> torch.Tensor:
+        return torch.empty((n, d), dtype=torch.float16, device=device, pin_memory=pin)
+
+    return Split(empty(d_in), empty(d_clip), empty(d_clip))
+
+
+def _read_shard(emb_dir: Path, shard: str, pooling: str,
+                num_patch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, clip_img, clip_txt) of one shard in host memory: pooled, first caption per image."""
+    starts = pq.read_table(emb_dir / "meta" / f"{shard}.parquet", columns=["caption_start"])
+    first_caption = np.asarray(starts.column(0).to_pylist(), dtype=np.int64)
+    arr = {a: _mmap(emb_dir, a, shard) for a in ARRAYS}
+    n = len(first_caption)
+    for a in ("dino_cls", "dino_mean", "clip_image"):
+        if arr[a].shape[0] != n:
+            raise ConfigError(f"{emb_dir}: shard {shard} has {arr[a].shape[0]} rows in {a} "
+                              f"but {n} in its meta (re-run extract)")
+    cls, mean = (torch.from_numpy(np.array(arr[a])) for a in ARRAYS[:2])
+    x = pool(cls, mean, pooling, num_patch_tokens).to(torch.float16)
+    img = torch.from_numpy(np.array(arr["clip_image"])).to(torch.float16)
+    txt = torch.from_numpy(arr["clip_text"][first_caption])
+    return x, img, txt.to(torch.float16)

@@ -1,8 +1,10 @@
 """The training loop, top to bottom: cached tensors in, best projector out.
 
-One epoch is a permutation of the training rows cut into index slices; each step is one slice
-through the projector and the weighted loss. After every epoch: validation, a checkpoint, a
-train_state for --resume, the best model so far, metrics.jsonl and the plots.
+One epoch is a seeded permutation of the training rows cut into index slices (train/feed.py); each
+step is one slice through the projector and the weighted loss. The step never waits for the GPU:
+the non-finite check accumulates on device and is read only when a line is logged. After every
+epoch: validation, the epoch's weights, the best model so far, metrics.jsonl, the plots, and last
+train_state.pt, the commit point for --resume.
 """
 
 from __future__ import annotations
@@ -14,141 +16,223 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from dinov2clip.config import Config, ConfigError, config_hash, to_dict, write_resolved
+from dinov2clip.config import Config, ConfigError, to_dict, write_resolved
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
 from dinov2clip.extract import embeddings_tag
-from dinov2clip.train.data import Split, load_split
+from dinov2clip.train import validate as V
+from dinov2clip.train.data import (
+    POOLINGS,
+    check_complete,
+    data_fingerprint,
+    load_eval_pairs,
+    load_split,
+    pooled_dim,
+)
+from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
 from dinov2clip.train.projector import Projector, count_parameters, save_weights, unwrap
+from dinov2clip.train.state import EMA, load_state, save_state
 
 log = logging.getLogger(__name__)
+SCHEDULERS = ("onecycle", "cosine", "constant")
 
 
 def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
-    t = cfg.train
+    t, pcfg = cfg.train, cfg.train.projector
+    tag = t.tag or embeddings_tag(cfg)
     run_dir = cfg.root / "runs" / t.run
-    emb_dir = cfg.root / "embeddings" / t.dataset / (t.tag or embeddings_tag(cfg))
+    emb_dir = cfg.root / "embeddings" / t.dataset / tag
+    select_sign = _check_options(cfg)  # cheap checks first: fail before loading gigabytes
+    _check_dims(cfg, emb_dir)
+    evalset = _load_evalset(cfg, tag)
+    torch.manual_seed(t.seed)
+    model = Projector(pcfg)
+    loss_fn = WeightedLoss(t.loss)
     _prepare_run_dir(run_dir, resume, force)
     device = resolve_device(t.device)
     dtype = compute_dtype(t.compute_dtype, device)
-    torch.manual_seed(t.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 loss matmuls (B x B logits)
 
-    train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens)
-    pcfg = _check_dims(cfg, train_set, emb_dir)
-    model = Projector(pcfg)
+    reserve = reserve_bytes(count_parameters(model), t.batch_size, pcfg.width, pcfg.depth,
+                            t.ema_decay > 0)
+    place = placer(t.placement, device, reserve)
+    train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
+                                    place_train=place, place_val=place)
     if pcfg.standardize:
-        x = train_set.x.float()
-        model.input_norm.mean.copy_(x.mean(0))
-        model.input_norm.std.copy_(x.std(0).clamp_min(1e-6))
+        mean, std = _feature_stats(train_set.x)
+        model.input_norm.mean.copy_(mean)
+        model.input_norm.std.copy_(std)
     model.to(device)
-    loss_fn = WeightedLoss(t.loss).to(device)
+    step_model = torch.compile(model) if t.compile else model  # saved unwrapped, see unwrap()
+    loss_fn.to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / t.batch_size)
-    sched = _scheduler(opt, t.scheduler, t.lr, t.epochs * steps_per_epoch)
-    train_set, val_set = train_set.to(device), val_set.to(device)
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
+                            fused=device.type == "cuda")
+    feed = Feed(train_set, t.batch_size, device, t.seed)
+    sched = _scheduler(opt, t.scheduler, t.lr, t.epochs * len(feed), t.warmup_fraction)
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    eval_model = ema.module if ema else model  # what is validated and saved
 
-    fingerprint = {"projector": to_dict(pcfg), "loss": t.loss, "data": str(emb_dir),
-                   "n_train": len(train_set), "pooling": t.pooling}
+    fingerprint = _fingerprint(cfg, emb_dir, len(train_set), len(val_set))
     start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
-    if resume and (run_dir / "train_state.pt").exists():
-        start_epoch, best = _load_state(run_dir, fingerprint, model, loss_fn, opt, sched)
-    else:
+    if resume:
+        start_epoch, best = load_state(run_dir, fingerprint, model, loss_fn, opt, sched, ema)
+    if start_epoch == 0:
         write_resolved(cfg, run_dir)
-    log.info("training %s projector (%.1fM params) on %d pairs, validating on %d, %s/%s",
-             pcfg.kind, count_parameters(model) / 1e6, len(train_set), len(val_set), device,
-             dtype)
+    log.info("training %s projector (%.1fM params) on %d pairs (%s), validating on %d, %s/%s",
+             pcfg.kind, count_parameters(model) / 1e6, len(train_set), train_set.x.device,
+             len(val_set), device, dtype)
 
     metrics = open(run_dir / "metrics.jsonl", "a")
     for epoch in range(start_epoch, t.epochs):
         model.train()
-        perm = torch.randperm(len(train_set), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", unit="step")
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
+                   unit="step")
         t0 = time.perf_counter()
-        for i in bar:
-            idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
+        for i, (x, img, txt) in enumerate(bar):
             with autocast(device, dtype):
-                pred = model(train_set.x[idx].float())
-            loss, parts = loss_fn(pred.float(), train_set.clip_img[idx].float(),
-                                  train_set.clip_txt[idx].float())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {i}; the last good "
-                    f"checkpoint is kept in {run_dir / 'checkpoints'}")
+                pred = step_model(x)
+            loss, parts = loss_fn(pred.float(), img, txt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             opt.step()
             sched.step()
-            step = epoch * steps_per_epoch + i + 1
-            if i % t.log_every == 0 or i == steps_per_epoch - 1:
+            if ema is not None:
+                ema.update()
+            nonfinite |= ~torch.isfinite(loss)  # stays on device: no sync per step
+            if i % t.log_every == 0 or i == len(feed) - 1:  # the only syncs in the loop
+                _stop_if_nonfinite(nonfinite, epoch, i, run_dir)
                 rate = (i + 1) * t.batch_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:,.0f}")
-                _log(metrics, {"kind": "step", "epoch": epoch + 1, "step": step,
-                               "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                _log(metrics, {"kind": "step", "epoch": epoch + 1,
+                               "step": epoch * len(feed) + i + 1, "loss": loss.item(),
+                               "lr": sched.get_last_lr()[0],
                                **{f"loss_{k}": v.item() for k, v in parts.items()}})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
 
-        val = validate(model, loss_fn, val_set, t.val_retrieval_max, device, dtype)
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                  "train_loss": loss.item(), **val}
-        score = -val["val_loss"] if t.select_metric == "val_loss" else val[t.select_metric]
-        save_weights(model, run_dir / "checkpoints" / f"epoch_{epoch + 1:03d}.safetensors")
-        if score > best["score"]:
+        val = V.validate_split(eval_model, loss_fn, val_set, t.batch_size, t.val_retrieval_max,
+                               device, dtype)
+        if evalset is not None:
+            val.update(V.validate_evalset(eval_model, evalset[0], evalset[1], device, dtype))
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(feed),
+                  "train_loss": loss.item(), "train_seconds": seconds,
+                  "train_samples_per_s": len(train_set) / seconds, **val}
+        save_weights(eval_model, run_dir / "checkpoints" / f"epoch_{epoch + 1:03d}.safetensors")
+        score = select_sign * val[t.select_metric]
+        if best["epoch"] < 0 or score > best["score"]:  # a nan score never beats a real one
             best = {"epoch": epoch + 1, "score": score}
-            unwrap(model).save_pretrained(run_dir)
+            unwrap(eval_model).save_pretrained(run_dir)
         record["best_epoch"] = best["epoch"]
         _log(metrics, record)
-        _save_state(run_dir, epoch + 1, best, fingerprint, model, loss_fn, opt, sched)
         draw_curves(run_dir)
-        log.info("epoch %d: %s", epoch + 1, ", ".join(
-            f"{k} {v:.4g}" for k, v in val.items()))
+        save_state(run_dir, epoch + 1, best, fingerprint, model, loss_fn, opt, sched, ema)
+        log.info("epoch %d (%.0f samples/s): %s", epoch + 1, record["train_samples_per_s"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
     metrics.close()
-    log.info("best epoch %d (%s); projector in %s", best["epoch"], t.select_metric, run_dir)
+    log.info("best epoch %d by %s; projector in %s", best["epoch"], t.select_metric, run_dir)
     return run_dir
 
 
-@torch.no_grad()
-def validate(model, loss_fn, val: Split, max_retrieval: int, device, dtype) -> dict:
-    """Val loss, cosine to CLIP, and R@1/5 against the val captions, also as % of CLIP's."""
-    model.eval()
-    preds = []
-    for s in range(0, len(val), 8192):
-        with autocast(device, dtype):
-            preds.append(model(val.x[s:s + 8192].float()).float())
-    pred = torch.cat(preds)
-    loss, _ = loss_fn(pred, val.clip_img.float(), val.clip_txt.float())
-    n = min(len(val), max_retrieval)
-    proj = F.normalize(pred[:n], dim=-1).cpu()
-    img, txt = val.clip_img[:n].float().cpu(), val.clip_txt[:n].float().cpu()
-    pairs = torch.arange(n)
-    ours = retrieval_recalls(proj, txt, pairs, ks=[1, 5])
-    clip = retrieval_recalls(img, txt, pairs, ks=[1, 5])
-    pct = percent_of(clip, ours)
-    return {
-        "val_loss": loss.item(),
-        "val_cosine": F.cosine_similarity(pred, val.clip_img.float(), dim=-1).mean().item(),
-        **{f"val_{k}": v for k, v in ours.items()},
-        **{f"val_clip_{k}": v for k, v in clip.items()},
-        "val_pct_clip": 0.5 * (pct["t2i_R@1"] + pct["i2t_R@1"]),
-    }
+def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
+    if nonfinite.item():
+        kept = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
+        where = f"checkpoints/{kept[-1].name}" if kept else "no checkpoint yet"
+        raise FloatingPointError(
+            f"the loss became nan or inf in epoch {epoch + 1} (by step {step + 1}); stopped "
+            f"without saving this epoch. Last good weights: {where} in {run_dir}; try a lower "
+            "train.lr or train.grad_clip")
 
 
-def _check_dims(cfg: Config, train_set: Split, emb_dir: Path):
-    """The projector config, after checking its dims against the cached embeddings."""
+def _check_dims(cfg: Config, emb_dir: Path) -> None:
+    """The projector's dims against the cached embeddings' npy headers (read, not loaded)."""
     t, p = cfg.train, cfg.train.projector
-    d_in, d_out = train_set.x.shape[1], train_set.clip_img.shape[1]
-    if (p.in_dim, p.out_dim) != (d_in, d_out):
+    first = check_complete(emb_dir)[0]
+    d_dino = np.load(emb_dir / "dino_cls" / f"{first}.npy", mmap_mode="r").shape[1]
+    d_clip = np.load(emb_dir / "clip_image" / f"{first}.npy", mmap_mode="r").shape[1]
+    d_in = pooled_dim(d_dino, t.pooling)
+    if (p.in_dim, p.out_dim) != (d_in, d_clip):
         raise ConfigError(
             f"train.projector dims {p.in_dim}->{p.out_dim} do not match the embeddings in "
-            f"{emb_dir}: {t.pooling} pooling gives {d_in}-d inputs, CLIP is {d_out}-d")
-    return p
+            f"{emb_dir}: {t.pooling} pooling of {d_dino}-d DINOv2 gives {d_in}-d inputs, CLIP "
+            f"is {d_clip}-d")
+
+
+def _check_options(cfg: Config) -> float:
+    """+1 if a higher select_metric is better, -1 for the val loss; unknown names fail now."""
+    t = cfg.train
+    if t.pooling not in POOLINGS:
+        raise ConfigError(f"train.pooling: unknown {t.pooling!r} (known: {', '.join(POOLINGS)})")
+    if t.scheduler not in SCHEDULERS:
+        raise ConfigError(f"train.scheduler: unknown {t.scheduler!r} (known: "
+                          f"{', '.join(SCHEDULERS)})")
+    if t.placement not in PLACEMENTS:
+        raise ConfigError(f"train.placement: unknown {t.placement!r} (known: "
+                          f"{', '.join(PLACEMENTS)})")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    known = V.metric_names(with_evalset=bool(t.val_evalset))
+    if t.select_metric not in known:
+        raise ConfigError(f"train.select_metric: unknown {t.select_metric!r} (known: "
+                          f"{', '.join(known)})")
+    if t.val_evalset and t.val_evalset in cfg.eval.sets:
+        raise ConfigError(f"train.val_evalset {t.val_evalset!r} is also in eval.sets: model "
+                          "selection must not see a test set")
+    return -1.0 if t.select_metric == "val_loss" else 1.0
+
+
+def _load_evalset(cfg: Config, tag: str):
+    """(pairs, CLIP's recalls on them) for train.val_evalset, or None."""
+    name = cfg.train.val_evalset
+    if not name:
+        return None
+    emb_dir = cfg.root / "embeddings" / name / tag
+    pairs = load_eval_pairs(emb_dir, cfg.train.pooling, cfg.train.num_patch_tokens)
+    p = cfg.train.projector
+    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, p.out_dim):
+        raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}-d "
+                          f"inputs and {pairs.clip_image.shape[1]}-d CLIP, the projector is "
+                          f"{p.in_dim}->{p.out_dim}")
+    return pairs, V.clip_recalls(pairs)
+
+
+def _feature_stats(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std over rows, in float64 chunks (x may not fit twice in fp32)."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s)
+    for i in range(0, x.shape[0], chunk):
+        c = x[i:i + chunk].double()
+        s += c.sum(0)
+        s2 += c.square().sum(0)
+    n = x.shape[0]
+    mean = s / n
+    var = (s2 - n * mean.square()) / max(n - 1, 1)
+    return mean.float().cpu(), var.clamp_min(1e-12).sqrt().float().cpu()
+
+
+def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
+    """What must not change under --resume, by part, so a refusal can say which part changed."""
+    t = cfg.train
+    return {
+        "architecture": {"projector": to_dict(t.projector), "pooling": t.pooling,
+                         "num_patch_tokens": t.num_patch_tokens},
+        "data": {"dir": str(emb_dir), "shards": data_fingerprint(emb_dir),
+                 "val_fraction": t.val_fraction, "n_train": n_train, "n_val": n_val},
+        "loss": dict(t.loss),
+        "schedule": {k: getattr(t, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                "scheduler", "warmup_fraction", "grad_clip",
+                                                "seed", "ema_decay")},
+    }
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
@@ -160,60 +244,24 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _scheduler(opt, kind: str, lr: float, total_steps: int):
-    if kind == "onecycle":
+def _scheduler(opt, kind: str, lr: float, total_steps: int, warmup_fraction: float):
+    if kind == "onecycle":  # the seed's schedule, PyTorch defaults (30% warm-up, cosine anneal)
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps, 1))
-    if kind == "cosine":  # 5% linear warm-up, then cosine decay to zero
-        warm = max(1, total_steps // 20)
+    if kind == "cosine":  # linear warm-up, then cosine decay to zero
+        warm = max(1, int(total_steps * warmup_fraction))
+        decay = max(1, total_steps - warm)
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps -
-                                                                                warm))))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / decay)))
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    raise ConfigError(f"train.scheduler: unknown {kind!r} (known: onecycle, cosine, constant)")
+    raise ConfigError(f"train.scheduler: unknown {kind!r} (known: {', '.join(SCHEDULERS)})")
 
 
 def _log(fh, record: dict) -> None:
     fh.write(json.dumps(record) + "\n")
     fh.flush()
-
-
-def _save_state(run_dir, epoch, best, fingerprint, model, loss_fn, opt, sched) -> None:
-    from dinov2clip.io_utils import atomic_write
-
-    state = {"epoch": epoch, "best": best, "fingerprint": config_hash(fingerprint),
-             "model": unwrap(model).state_dict(), "loss": loss_fn.state_dict(),
-             "opt": opt.state_dict(), "sched": sched.state_dict(),
-             "rng": torch.get_rng_state()}
-    atomic_write(run_dir / "train_state.pt", lambda tmp: torch.save(state, tmp))
-
-
-def _load_state(run_dir, fingerprint, model, loss_fn, opt, sched) -> tuple[int, dict]:
-    # train_state.pt is written by this trainer for its own resume, never downloaded.
-    state = torch.load(run_dir / "train_state.pt", map_location="cpu", weights_only=False)
-    if state["fingerprint"] != config_hash(fingerprint):
-        raise ConfigError(f"cannot resume {run_dir}: its architecture, loss or data differ from "
-                          "this config (use --force to start over)")
-    unwrap(model).load_state_dict(state["model"], strict=True)
-    loss_fn.load_state_dict(state["loss"], strict=True)
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    torch.set_rng_state(state["rng"])
-    _truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-    return state["epoch"], state["best"]
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop lines logged after the last completed epoch, so a resumed log has no duplicates."""
-    from dinov2clip.io_utils import atomic_write_text
-
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["epoch"] <= epoch]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))

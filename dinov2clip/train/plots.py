@@ -1,4 +1,7 @@
-"""Training curves from metrics.jsonl: loss.png (per step) and val.png (per epoch)."""
+"""Training curves from metrics.jsonl: loss.png (per step) and val.png (per epoch).
+
+Drawn with matplotlib's Figure API (no pyplot state, no GUI backend), after every epoch.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +16,33 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def draw_curves(run_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     records = read_metrics(run_dir / "metrics.jsonl")
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
     ax.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="val loss")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title=run_dir.name)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=110)
-    plt.close(fig)
+    fig.savefig(run_dir / "loss.png", dpi=100)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     xs = [r["epoch"] for r in epochs]
     for key, label in (("val_pct_clip", "val % of CLIP (R@1, both ways)"),
-                       ("val_cosine", "val cosine to CLIP x100")):
+                       ("val_cosine", "val cosine to CLIP x100"),
+                       ("evalset_pct_clip", "eval set % of CLIP (R@1, both ways)")):
+        if epochs and key not in epochs[0]:
+            continue
         scale = 100.0 if key == "val_cosine" else 1.0
         ax.plot(xs, [scale * r[key] for r in epochs], "o-", label=label)
+    best = epochs[-1].get("best_epoch") if epochs else None
+    if best:
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
     ax.set(xlabel="epoch", ylabel="%", title=f"{run_dir.name}: validation")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "val.png", dpi=110)
-    plt.close(fig)
+    fig.savefig(run_dir / "val.png", dpi=100)

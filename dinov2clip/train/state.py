@@ -1,0 +1,90 @@
+"""What survives a kill: per-epoch weights, the EMA, and train_state.pt for --resume.
+
+train_state.pt is written last at the end of an epoch, by atomic rename: it is the commit point.
+A run killed at any moment resumes from the last epoch whose train_state landed, and replays the
+rest exactly (seeded permutations, restored optimiser and scheduler), so on CPU the final weights
+are bitwise those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dinov2clip.config import ConfigError
+from dinov2clip.io_utils import atomic_write, atomic_write_text
+from dinov2clip.train.projector import unwrap
+
+log = logging.getLogger(__name__)
+
+STATE = "train_state.pt"
+
+
+class EMA:
+    """An exponential moving average of the weights: ema += (1 - decay) * (weights - ema)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.params = list(self.module.parameters())
+        self.source = list(unwrap(model).parameters())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.params, self.source, 1.0 - self.decay)
+
+
+def fingerprint_diff(saved: dict, current: dict) -> list[str]:
+    """Names of the parts (architecture, data, ...) that differ between two fingerprints."""
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def save_state(run_dir: Path, epoch: int, best: dict, fingerprint: dict, model, loss_fn, opt,
+               sched, ema: EMA | None) -> None:
+    state = {"epoch": epoch, "best": best, "fingerprint": fingerprint,
+             "model": unwrap(model).state_dict(), "loss": loss_fn.state_dict(),
+             "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "ema": ema.module.state_dict() if ema else None}
+    atomic_write(run_dir / STATE, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
+               ema: EMA | None) -> tuple[int, dict]:
+    """(last completed epoch, best so far); refuses a run whose architecture or data differ."""
+    path = run_dir / STATE
+    if not path.exists():  # killed before the first epoch ended: start over in place
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        return 0, {"epoch": -1, "score": float("-inf")}
+    # train_state.pt is written by this trainer for its own resume, never downloaded.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    differ = fingerprint_diff(state["fingerprint"], fingerprint)
+    if differ:
+        raise ConfigError(f"cannot resume {run_dir}: its {', '.join(differ)} differ from this "
+                          "config (use --force to start over, or a new train.run)")
+    unwrap(model).load_state_dict(state["model"], strict=True)
+    loss_fn.load_state_dict(state["loss"], strict=True)
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"], strict=True)
+    truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
+    log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    return state["epoch"], state["best"]
+
+
+def truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop lines logged after the last completed epoch, so a resumed log has no duplicates."""
+    if path.exists():
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= epoch:
+                    keep.append(line)
+            except (ValueError, KeyError):  # a line cut short by the kill
+                continue
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))

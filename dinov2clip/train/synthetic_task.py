@@ -1,0 +1,72 @@
+"""A synthetic alignment task with known structure, written in the extract stage's layout.
+
+A shared latent z drives both "models": DINO-like features are one fixed random non-linear map of
+part of z plus noise; CLIP-like image and caption embeddings are another map of all of z, the
+captions shifted by a fixed modality offset and each with its own noise. Latent dimensions DINO
+never sees cap what any projector can reach, so "% of CLIP" stays below 100, as with real models.
+Tests and bench/synthetic_alignment.py use it; no weights needed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from dinov2clip.extract.mapper import Embeddings
+from dinov2clip.extract.writer import ShardWriter
+
+
+class AlignmentTask:
+    def __init__(self, d_dino: int = 64, d_clip: int = 32, latent: int = 24,
+                 clip_only_dims: int = 2, noise: float = 0.1, seed: int = 0):
+        rng = np.random.default_rng(seed)  # the fixed "world": the same maps for every sample
+        self.latent, self.seen, self.noise = latent, latent - clip_only_dims, noise
+        self.dino_in = rng.normal(size=(self.seen, 2 * d_dino)) / np.sqrt(self.seen)
+        self.dino_cls = rng.normal(size=(2 * d_dino, d_dino)) / np.sqrt(d_dino)
+        self.dino_patch = rng.normal(size=(2 * d_dino, d_dino)) / np.sqrt(d_dino)
+        self.clip_in = rng.normal(size=(latent, 2 * d_clip)) / np.sqrt(latent)
+        self.clip_out = rng.normal(size=(2 * d_clip, d_clip)) / np.sqrt(d_clip)
+        self.text_offset = 0.5 * rng.normal(size=d_clip) / np.sqrt(d_clip)  # a modality gap
+
+    def sample(self, n: int, captions_per_image: int = 1, seed: int = 1) -> Embeddings:
+        """n images; clip_text holds captions_per_image rows per image, image after image."""
+        rng = np.random.default_rng(seed)
+        z = rng.normal(size=(n, self.latent))
+        h = np.tanh(3.0 * z[:, :self.seen] @ self.dino_in)  # (n, 2 * d_dino)
+        cls = h @ self.dino_cls + self.noise * rng.normal(size=(n, self.dino_cls.shape[1]))
+        patch = h @ self.dino_patch + self.noise * rng.normal(size=cls.shape)
+        g = np.tanh(2.0 * z @ self.clip_in) @ self.clip_out  # (n, d_clip), CLIP's "concept"
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        image = _unit(g + self.noise * rng.normal(size=g.shape))
+        text = np.repeat(g + self.text_offset, captions_per_image, axis=0)
+        text = _unit(text + 3 * self.noise * rng.normal(size=text.shape))
+        f16 = np.float16
+        return Embeddings(cls.astype(f16), patch.astype(f16), image.astype(f16), text.astype(f16))
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1,
+                     shard_size: int = 1000, prefix: str = "k") -> Path:
+    """emb as embeddings/<dataset>/<tag>: npy + meta Parquet per shard, done-markers, manifest."""
+    writer = ShardWriter(Path(out_dir), models_hash="synthetic-task")
+    n, k = emb.dino_cls.shape[0], captions_per_image
+    names = []
+    for start in range(0, n, shard_size):
+        stop = min(n, start + shard_size)
+        name = f"{len(names):05d}"
+        part = Embeddings(emb.dino_cls[start:stop], emb.dino_mean[start:stop],
+                          emb.clip_image[start:stop], emb.clip_text[start * k:stop * k])
+        meta = [{"key": f"{prefix}{i:08d}", "captions": [f"caption {j}" for j in range(k)],
+                 "url": "", "row": i - start, "caption_start": (i - start) * k, "n_captions": k}
+                for i in range(start, stop)]
+        writer.write(name, part, meta, Counter(), source="synthetic")
+        names.append(name)
+    writer.write_manifest({"models": "synthetic alignment task",
+                           "dims": {"dino": emb.dino_cls.shape[1],
+                                    "clip": emb.clip_image.shape[1]}}, names)
+    return Path(out_dir)

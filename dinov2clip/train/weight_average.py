@@ -1,0 +1,65 @@
+"""A uniform average of per-epoch weights: the seed's "ensemble of training stages".
+
+`pipeline train --average last:4` (or `--average 3,5,7`) reads runs/<run>/checkpoints and writes
+a sibling run, runs/<run>-avg-last4 (or <run>-avg-3-5-7), with projector.json, model.safetensors,
+the source run's config.json and average.json naming the epochs, so `pipeline eval
+--set eval.run=<run>-avg-last4` evaluates it like any other run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dinov2clip.config import ConfigError
+from dinov2clip.io_utils import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def parse_epochs(spec: str, available: list[int]) -> list[int]:
+    """'last:K' -> the last K saved epochs; '3,5,7' -> exactly those, each of which must exist."""
+    spec = spec.strip()
+    if m := re.fullmatch(r"last:(\d+)", spec):
+        k = int(m.group(1))
+        if not 1 <= k <= len(available):
+            raise ConfigError(f"--average {spec}: the run has {len(available)} saved epochs")
+        return available[-k:]
+    if not re.fullmatch(r"\d+(,\d+)*", spec):
+        raise ConfigError(f"--average expects last:K or a list like 3,5,7, got {spec!r}")
+    epochs = sorted({int(e) for e in spec.split(",")})
+    missing = [e for e in epochs if e not in available]
+    if missing:
+        raise ConfigError(f"--average {spec}: no checkpoint for epoch(s) "
+                          f"{', '.join(map(str, missing))} (saved: {available})")
+    return epochs
+
+
+def saved_epochs(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in
+                  (run_dir / "checkpoints").glob("epoch_*.safetensors"))
+
+
+def average_run(run_dir: Path, spec: str) -> Path:
+    """Write the averaged run next to run_dir; returns its directory."""
+    if not (run_dir / "projector.json").is_file():
+        raise ConfigError(f"no trained run at {run_dir} (projector.json missing)")
+    epochs = parse_epochs(spec, saved_epochs(run_dir))
+    states = [load_file(str(run_dir / "checkpoints" / f"epoch_{e:03d}.safetensors"))
+              for e in epochs]
+    mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype).contiguous()
+            for k, v in states[0].items()}
+    label = spec.replace(":", "").replace(",", "-")
+    out = run_dir.parent / f"{run_dir.name}-avg-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "projector.json", out / "projector.json")
+    shutil.copyfile(run_dir / "config.json", out / "config.json")
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(mean, tmp))
+    atomic_write_json(out / "average.json", {"source_run": str(run_dir), "epochs": epochs})
+    log.info("averaged epochs %s of %s into %s", epochs, run_dir, out)
+    return out

@@ -1,0 +1,59 @@
+"""A real SIGKILL mid-run, then --resume: the final weights are bitwise those of a whole run."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dinov2clip.train.loop import train
+from tests.conftest import REPO
+from tests.train_helpers import load, make_embeddings, one_thread, write_config
+
+single_thread = pytest.fixture(one_thread)
+EPOCHS = 4
+
+
+def epoch_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    drop = {"train_seconds", "train_samples_per_s"}
+    return [{k: v for k, v in r.items() if k not in drop}
+            for r in map(json.loads, lines) if r["kind"] == "epoch"]
+
+
+def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, single_thread):
+    art = tmp_path / "artifacts"
+    make_embeddings(art, n=400)
+    config = write_config(art)
+    killed = art / "runs" / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dinov2clip.pipeline", "train", "-c",
+                             str(config), "--set", "train.run=killed", "--set",
+                             f"train.epochs={EPOCHS}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (killed / "train_state.pt").exists() and proc.poll() is None:
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.6))  # anywhere in the next epoch, or its writes
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done = torch.load(killed / "train_state.pt", weights_only=False)["epoch"]
+    assert 1 <= done < EPOCHS
+
+    train(load(art, "train.run=killed", f"train.epochs={EPOCHS}"), resume=True)
+    whole = train(load(art, "train.run=whole", f"train.epochs={EPOCHS}"))
+
+    for name in ["model.safetensors"] + [f"checkpoints/epoch_{e:03d}.safetensors"
+                                         for e in range(1, EPOCHS + 1)]:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert epoch_records(killed) == epoch_records(whole)  # no duplicated or lost epochs
