@@ -68,7 +68,11 @@ class DinoV2Clip:
         """
         run_dir = Path(run_dir)
         cfg = read_run_config(run_dir)
-        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
+            dev = device if isinstance(device, torch.device) else resolve_device(device)
+            amp = compute_dtype(dtype, dev)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         projector = Projector.from_pretrained(run_dir, device=dev)  # raises when weights are gone
         projector.requires_grad_(False)
         ex, tr = cfg["extract"], cfg["train"]
@@ -89,7 +93,7 @@ class DinoV2Clip:
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                    dino=dino, dino_spec=dino_spec, pooling=tr["pooling"],
                    num_patch_tokens=int(tr.get("num_patch_tokens", 256)), device=dev,
-                   dtype=compute_dtype(dtype, dev), batch_size=batch_size)
+                   dtype=amp, batch_size=batch_size)
 
     @property
     def dim(self) -> int:

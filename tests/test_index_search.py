@@ -91,6 +91,12 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
                         chunk_size=3, device="cpu", num_workers=0)
     finally:
         shutil.rmtree(collection / "zzz")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not an index directory"):
+        build_index(run_dir=art / "runs" / "demo", images=collection,
+                    out_dir=tmp_path / "precious", force=True, device="cpu")
+    assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
 def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):

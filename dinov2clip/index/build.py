@@ -47,7 +47,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
     chunks = plan_chunks(images, chunk_size)
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
     if force and out_dir.exists():
-        shutil.rmtree(out_dir)
+        _remove_old_index(out_dir)
     model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype,
                                        batch_size=batch_size)
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
@@ -61,6 +61,14 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
         log.info("embedded %d images in %.1fs (%.1f img/s)", n_new, time.perf_counter() - t0,
                  n_new / max(time.perf_counter() - t0, 1e-9))
     return _assemble(store, chunks, out_dir, run_dir, images, kind, exact_max, model.dim)
+
+
+def _remove_old_index(out_dir: Path) -> None:
+    # --force deletes a directory only if it is an index: a mistyped --out must not cost data.
+    looks_like_index = (out_dir / "chunks").is_dir() or (out_dir / "index.json").is_file()
+    if not looks_like_index and any(out_dir.iterdir()):
+        raise ConfigError(f"--force: {out_dir} is not an index directory; not deleting it")
+    shutil.rmtree(out_dir)
 
 
 class ChunkStore:
