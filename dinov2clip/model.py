@@ -28,6 +28,7 @@ from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_
 from dinov2clip.train.data import pool, pooled_dim
 from dinov2clip.train.projector import Projector
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
 
 
@@ -58,11 +59,12 @@ class DinoV2Clip:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, *, device: str | torch.device = "auto",
-                        dtype: str = "bf16", image_tower: bool = True, clip_image: bool = False,
-                        batch_size: int = 64) -> DinoV2Clip:
+                        dtype: str | torch.dtype = "bf16", image_tower: bool = True,
+                        clip_image: bool = False, batch_size: int = 64) -> DinoV2Clip:
         """Load the run's DINOv2 backbone, projector and CLIP text tower.
 
-        dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32); CPU always runs fp32.
+        dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32, or the torch dtype);
+        CPU always runs fp32.
         image_tower=False skips DINOv2 (text-only use, e.g. search); clip_image=True keeps
         CLIP's own image tower (for comparing with CLIP, as zero-shot does), else it is dropped.
         """
@@ -70,7 +72,7 @@ class DinoV2Clip:
         cfg = read_run_config(run_dir)
         try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
             dev = device if isinstance(device, torch.device) else resolve_device(device)
-            amp = compute_dtype(dtype, dev)
+            amp = compute_dtype(_DTYPE_NAMES.get(dtype, dtype), dev)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         projector = Projector.from_pretrained(run_dir, device=dev)  # raises when weights are gone

@@ -122,7 +122,8 @@ def test_towers_left_out_say_so(demo_run):
 
     _, art = demo_run
     text_only = DinoV2Clip.from_pretrained(art / "runs" / "demo", device="cpu",
-                                           image_tower=False)
+                                           dtype=torch.bfloat16, image_tower=False)
+    assert text_only.dtype == torch.float32  # CPU computes in fp32 whatever the GPU dtype
     assert text_only.clip.visual is None and text_only.dino is None
     assert text_only.encode_text("a dog").shape == (1, 32)
     with pytest.raises(ConfigError, match="image_tower=False"):
