@@ -111,9 +111,8 @@ class DinoV2Clip:
         """
         if self.dino is None:
             raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
-        x = self._as_model_input(images, self.dino_spec)
-        outs = [self._project(self._dino_features(x[i:i + self.batch_size]))
-                for i in range(0, x.shape[0], self.batch_size)]
+        outs = [self._project(self._dino_features(x))
+                for x in self._batches(images, self.dino_spec)]
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 
     @torch.inference_mode()
@@ -122,11 +121,10 @@ class DinoV2Clip:
         if self.clip.visual is None:
             raise ConfigError("CLIP's image tower was not loaded "
                               "(from_pretrained(clip_image=True))")
-        x = self._as_model_input(images, self.clip_spec)
         outs = []
-        for i in range(0, x.shape[0], self.batch_size):
+        for x in self._batches(images, self.clip_spec):
             with autocast(self.device, self.dtype):
-                img = self.clip.encode_image(x[i:i + self.batch_size])
+                img = self.clip.encode_image(x)
             outs.append(F.normalize(img.float(), dim=-1).cpu())
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 
@@ -163,17 +161,20 @@ class DinoV2Clip:
     def _project(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(feats.float()).float(), dim=-1).cpu()
 
-    def _as_model_input(self, images: ImageInput, spec: PreprocessSpec) -> torch.Tensor:
-        """(B, 3, crop, crop) normalised float on the model's device."""
+    def _batches(self, images: ImageInput, spec: PreprocessSpec):
+        """(b, 3, crop, crop) normalised float batches on the model's device, decoded lazily."""
         if isinstance(images, torch.Tensor):
-            return _check_tensor(images, spec).to(self.device)
+            _check_tensor(images, spec)
+            for i in range(0, images.shape[0], self.batch_size):
+                x = images[i:i + self.batch_size].to(self.device)
+                yield normalise(x, spec) if x.dtype == torch.uint8 else x.float()
+            return
         if isinstance(images, Image.Image | str | Path):
             images = [images]
-        crops = [resize_and_crop(_open(im), spec) for im in images]
-        if not crops:
-            return torch.zeros(0, 3, spec.crop, spec.crop, device=self.device)
-        u8 = torch.from_numpy(np.stack(crops)).to(self.device)
-        return normalise(u8, spec)
+        images = list(images)
+        for i in range(0, len(images), self.batch_size):
+            crops = [resize_and_crop(_open(im), spec) for im in images[i:i + self.batch_size]]
+            yield normalise(torch.from_numpy(np.stack(crops)).to(self.device), spec)
 
 
 def _open(image: Image.Image | str | Path) -> Image.Image:
@@ -183,11 +184,11 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:
     if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1:] == (spec.crop, spec.crop, 3):
-        return normalise(x, spec)
+        return
     if x.is_floating_point() and x.ndim == 4 and x.shape[1:] == (3, spec.crop, spec.crop):
-        return x.float()
+        return
     raise ValueError(f"image tensor must be uint8 (B, {spec.crop}, {spec.crop}, 3) cropped, or "
                      f"float (B, 3, {spec.crop}, {spec.crop}) normalised; got {x.dtype} "
                      f"{tuple(x.shape)}")

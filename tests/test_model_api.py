@@ -72,6 +72,12 @@ def test_tensor_inputs_equal_the_pil_path(demo_model, eval_samples):
     u8 = torch.from_numpy(np.stack([resize_and_crop(im, spec) for im in images]))
     torch.testing.assert_close(demo_model.encode_image(u8), from_pil)
     torch.testing.assert_close(demo_model.encode_image(normalise(u8, spec)), from_pil)
+    demo_model.batch_size = 2  # batches of 2 + 1: the same rows, in order
+    try:
+        torch.testing.assert_close(demo_model.encode_image(images), from_pil)
+        torch.testing.assert_close(demo_model.encode_image(u8), from_pil)
+    finally:
+        demo_model.batch_size = 64
     with pytest.raises(ValueError, match="uint8"):
         demo_model.encode_image(u8.permute(0, 3, 1, 2))  # channels-first uint8 is ambiguous
 
