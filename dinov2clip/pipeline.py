@@ -165,6 +165,91 @@ def eval_(
     _guarded(go)
 
 
+# --- Use: zero-shot classification, indexing a collection, text search -------------------------
+
+RunOpt = Annotated[Path, typer.Option("--run", help="A training run directory (runs/<run>).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+DtypeOpt = Annotated[str, typer.Option(help="GPU autocast dtype: bf16 | fp16 | fp32 (CPU: fp32).")]
+BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
+WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers decoding images.")]
+
+
+@app.command()
+def zeroshot(
+    run_dir: RunOpt,
+    data: Annotated[Path, typer.Option("--data", help="Folder with one sub-folder per class.")],
+    classnames: Annotated[Path | None, typer.Option(
+        help="Class names: JSON list or {folder: name}, or TXT one per line (sorted folder "
+             "order). Default: folder names, _ as spaces.")] = None,
+    templates: Annotated[str, typer.Option(help="Prompt set: imagenet80 | short | plain.")
+                         ] = "imagenet80",
+    out: Annotated[Path | None, typer.Option(
+        help="Results JSON. Default: <run>/zeroshot/<data folder name>.json")] = None,
+    max_per_class: Annotated[int, typer.Option(help="Use at most this many images per class "
+                                                    "(0: all).")] = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+    batch_size: BatchOpt = 64,
+    num_workers: WorkersOpt = 2,
+) -> None:
+    """Zero-shot top-1/top-5 for CLIP, projected DINOv2 and their ensemble, with % of CLIP."""
+    from dinov2clip.evaluate.zeroshot import run_zeroshot
+
+    _guarded(lambda: run_zeroshot(
+        run_dir=run_dir, data_dir=data, classnames_file=classnames, templates=templates, out=out,
+        device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        max_per_class=max_per_class))
+
+
+@app.command()
+def index(
+    run_dir: RunOpt,
+    images: Annotated[Path, typer.Option(
+        "--images", help="An image folder (recursive: jpg png webp) or a folder of *.tar "
+                         "webdataset shards.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Index directory. Default: <run>/index/<images folder name>")] = None,
+    kind: Annotated[str, typer.Option(
+        help="auto (exact up to --exact-max, IVF beyond) | flat | ivf | hnsw")] = "auto",
+    exact_max: Annotated[int, typer.Option(help="Largest collection given an exact index.")
+                         ] = 100_000,
+    chunk_size: Annotated[int, typer.Option(help="Folder images per resumable chunk.")] = 4096,
+    force: Annotated[bool, typer.Option(help="Delete an existing index and start over.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+    batch_size: BatchOpt = 64,
+    num_workers: WorkersOpt = 2,
+) -> None:
+    """Embed an image collection with projected DINOv2 into a FAISS index (resumable)."""
+    from dinov2clip.index import build_index
+
+    _guarded(lambda: build_index(
+        run_dir=run_dir, images=images, out_dir=out, chunk_size=chunk_size, exact_max=exact_max,
+        kind=kind, device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        force=force))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The text to search for.")],
+    index_dir: Annotated[Path, typer.Option("--index", help="A directory `pipeline index` "
+                                                           "wrote.")],
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    html: Annotated[Path | None, typer.Option(help="Also write a page showing the images.")
+                    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run", help="Run whose text tower encodes the query. Default: the index's run.")
+                       ] = None,
+    nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Search an index with a text query: rank, score, path or URL, caption."""
+    from dinov2clip.index import search as search_index
+
+    _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
+                                  run_dir=run_dir, device=device, nprobe=nprobe))
+
+
 def main() -> None:
     app()
 

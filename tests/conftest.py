@@ -46,3 +46,32 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
     config.write_text(tiny_config_text(artifacts))
     run_cli("run", "--stage", "all", "--config", str(config))
     return config, artifacts
+
+
+# --- Use (DinoV2Clip, zero-shot, index/search) ---------------------------------------------------
+
+
+def write_shape_classes(root: Path, classes=("circle", "square", "triangle"), per_class: int = 4,
+                        seed: int = 0, size: int = 96) -> Path:
+    """An ImageNet-style folder dataset: root/<shape>/<i>.png, one class per synthetic shape."""
+    import random
+
+    from dinov2clip.data.synthetic import Scene, draw, random_scene
+
+    rng = random.Random(seed)
+    for shape in classes:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            s = random_scene(rng)
+            draw(Scene(shape, s.colour, s.bg, s.size, s.cx, s.cy), size, rng).save(
+                root / shape / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_run):
+    """The demo run as a DinoV2Clip on CPU, with CLIP's image tower kept for comparisons."""
+    from dinov2clip.model import DinoV2Clip
+
+    _, art = demo_run
+    return DinoV2Clip.from_pretrained(art / "runs" / "demo", device="cpu", clip_image=True)

@@ -1,0 +1,181 @@
+"""Zero-shot classification on a folder-per-class dataset (ImageNet layout).
+
+Each class's classifier is the mean of its L2-normalised prompt embeddings, normalised again
+(CLIP's prompt ensembling). CLIP's image embeddings, projected DINOv2 and their ensemble are
+scored against the same classifier, so "% of CLIP" compares image towers and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dinov2clip.config import ConfigError
+from dinov2clip.evaluate.templates import get_templates
+from dinov2clip.index.images import ImageCrops, collate_crops, list_images
+from dinov2clip.io_utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+ROWS = ("clip", "projected", "ensemble")
+LABELS = {"clip": "CLIP", "projected": "projected DINOv2", "ensemble": "ensemble"}
+
+
+@dataclass
+class FolderDataset:
+    classnames: list[str]  # prompt text per class, in label order
+    folders: list[str]  # class folder names, sorted; label = position
+    files: list[Path]
+    labels: list[int]
+
+
+def load_folder_dataset(root: Path, classnames_file: Path | None = None,
+                        max_per_class: int = 0) -> FolderDataset:
+    """Classes are root's sub-folders (sorted); images anywhere below each of them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"dataset folder not found: {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ConfigError(f"{root}: no class sub-folders (expected <root>/<class>/<image>)")
+    names = _classnames(folders, classnames_file)
+    files, labels = [], []
+    for label, folder in enumerate(folders):
+        found = list_images(root / folder)
+        found = found[:max_per_class] if max_per_class > 0 else found
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise ConfigError(f"{root}: no images (.jpg .jpeg .png .webp) in any class folder")
+    return FolderDataset(names, folders, files, labels)
+
+
+def _classnames(folders: list[str], path: Path | None) -> list[str]:
+    """Folder names with _ as spaces; or a JSON list/dict or TXT (one per line) overriding them."""
+    if path is None:
+        return [f.replace("_", " ") for f in folders]
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"class-name file not found: {path}")
+    text = path.read_text()
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else [
+            line.strip() for line in text.splitlines() if line.strip()]
+    except ValueError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if isinstance(loaded, dict):  # folder name -> class name, e.g. ImageNet wnid -> label
+        missing = [f for f in folders if f not in loaded]
+        if missing:
+            raise ConfigError(f"{path}: no class name for folder {missing[0]!r}")
+        return [str(loaded[f]) for f in folders]
+    if not isinstance(loaded, list) or len(loaded) != len(folders):
+        n = len(loaded) if isinstance(loaded, list) else "no"
+        raise ConfigError(f"{path}: {n} class names for {len(folders)} class folders "
+                          "(give one per folder, in sorted folder order, or a JSON dict)")
+    return [str(x) for x in loaded]
+
+
+def build_classifier(encode_text, classnames: list[str], templates: tuple[str, ...]
+                     ) -> torch.Tensor:
+    """(n_classes, dim) L2-normalised: per class, the mean of its normalised prompt embeddings."""
+    rows = []
+    for name in tqdm(classnames, desc="classifier", unit="class", leave=False):
+        emb = encode_text([t.format(name) for t in templates])  # (n_templates, dim), unit norm
+        rows.append(F.normalize(emb.float().mean(dim=0), dim=-1))
+    return torch.stack(rows)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """Percent of rows whose label is among the k highest logits (k capped at n_classes)."""
+    out = {}
+    for k in ks:
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (n, k)
+        out[f"top{k}"] = 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
+    return out
+
+
+def percent_of_clip(clip: dict, other: dict) -> dict:
+    return {k: (100.0 * other[k] / clip[k] if clip[k] > 0 else None) for k in clip}
+
+
+def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
+                 templates: str = "imagenet80", out: Path | None = None, device: str = "auto",
+                 dtype: str = "bf16", batch_size: int = 64, num_workers: int = 2,
+                 max_per_class: int = 0) -> dict:
+    from dinov2clip.model import DinoV2Clip
+
+    prompts = get_templates(templates)
+    data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
+    model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype, clip_image=True,
+                                       batch_size=batch_size)
+    log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
+             len(data.classnames), len(prompts))
+    classifier = build_classifier(model.encode_text, data.classnames, prompts)
+    emb, labels, skipped = _embed(model, data, batch_size, num_workers)
+    if not labels:
+        raise ConfigError(f"{data_dir}: no readable images (skipped: {dict(skipped)})")
+    y = torch.tensor(labels)
+    images = {"clip": emb["clip"], "projected": emb["projected"],
+              "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
+    results = {"run_dir": str(run_dir), "data_dir": str(data_dir), "templates": templates,
+               "n_templates": len(prompts), "n_classes": len(data.classnames),
+               "n_images": len(labels), "skipped": dict(sorted(skipped.items()))}
+    for row in ROWS:
+        results[row] = topk_accuracy(images[row] @ classifier.T, y)
+    results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
+    results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
+    out = Path(out) if out else Path(run_dir) / "zeroshot" / f"{Path(data_dir).name}.json"
+    atomic_write_json(out, results)
+    print_zeroshot(results)
+    log.info("zero-shot results in %s", out)
+    return results
+
+
+def _embed(model, data: FolderDataset, batch_size: int, num_workers: int):
+    loader = DataLoader(ImageCrops(data.files, [model.dino_spec, model.clip_spec]),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=collate_crops)
+    parts = {"clip": [], "projected": []}
+    labels, skipped = [], Counter()
+    bar = tqdm(total=len(data.files), desc="zero-shot", unit="img")
+    for batch in loader:
+        for i, reason in batch.failures:
+            skipped[reason] += 1
+            log.debug("skipped %s: %s", data.files[i], reason)
+        if batch.indices:
+            parts["projected"].append(model.encode_image(batch.crops[0]))
+            parts["clip"].append(model.encode_clip_image(batch.crops[1]))
+            labels += [data.labels[i] for i in batch.indices]
+        bar.update(len(batch.indices) + len(batch.failures))
+    bar.close()
+    if skipped:
+        log.warning("skipped %d unreadable images: %s", sum(skipped.values()), dict(skipped))
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}, labels, skipped
+
+
+def print_zeroshot(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"zero-shot: {results['n_images']} images, {results['n_classes']} "
+                        f"classes, {results['n_templates']} prompts ({results['templates']})")
+    table.add_column("image tower")
+    for k in ("top1", "top5"):
+        table.add_column(k, justify="right")
+        table.add_column(f"{k} % of CLIP", justify="right")
+    for row in ROWS:
+        pct = results.get(f"{row}_pct") or {}
+        cells = []
+        for k in ("top1", "top5"):
+            cells.append(f"{results[row][k]:.2f}")
+            cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
+        table.add_row(LABELS[row], *cells)
+    Console().print(table)
+    if results["skipped"]:
+        Console().print(f"skipped: {results['skipped']}")

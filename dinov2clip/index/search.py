@@ -1,0 +1,135 @@
+"""`pipeline search`: a text query against an index, as a table or a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from dinov2clip.config import ConfigError
+from dinov2clip.index import faiss_index
+from dinov2clip.index.sources import read_tar_member
+from dinov2clip.io_utils import atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+THUMBNAIL_PX = 256
+
+
+def load_index(index_dir: Path):
+    """(faiss index, index.json summary, meta table) of a completed index."""
+    import faiss
+
+    index_dir = Path(index_dir)
+    summary_path = index_dir / "index.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"no finished index at {index_dir} (index.json missing; run "
+                          "`pipeline index`, or re-run it to finish)")
+    summary = read_json(summary_path)
+    index = faiss.read_index(str(index_dir / "index.faiss"))
+    faiss_index.configure_search(index, summary)
+    meta = pq.read_table(index_dir / "meta.parquet")
+    if index.ntotal != meta.num_rows:
+        raise ConfigError(f"{index_dir}: index holds {index.ntotal} vectors but meta.parquet "
+                          f"{meta.num_rows} rows")
+    return index, summary, meta
+
+
+def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
+           run_dir: Path | None = None, device: str = "auto", nprobe: int = 0) -> list[dict]:
+    from dinov2clip.model import DinoV2Clip
+
+    if not query or not query.strip():
+        raise ConfigError("empty query: give the text to search for")
+    if k < 1:
+        raise ConfigError(f"-k must be at least 1, got {k}")
+    index, summary, meta = load_index(index_dir)
+    if nprobe:
+        faiss_index.configure_search(index, summary, nprobe)
+    model = DinoV2Clip.from_pretrained(run_dir or summary["run_dir"], device=device,
+                                       image_tower=False)
+    if model.dim != index.d:
+        raise ConfigError(f"the index holds {index.d}-d embeddings but the run's text tower "
+                          f"gives {model.dim}-d")
+    q = model.encode_text([query]).numpy()  # (1, dim), L2-normalised
+    scores, ids = index.search(q, min(k, index.ntotal))
+    hits = []
+    for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1):
+        if i < 0:  # IVF with few probed lists can return fewer than k
+            continue
+        row = {c: meta.column(c)[int(i)].as_py() for c in meta.column_names}
+        hits.append({"rank": rank, "score": float(score), "id": int(i), **row})
+    print_hits(query, hits)
+    if html_out:
+        write_html(Path(html_out), query, hits)
+        log.info("wrote %s", html_out)
+    return hits
+
+
+def where(hit: dict) -> str:
+    """What a user can open: the URL when there is one, else the file (or tar + key)."""
+    if hit.get("url"):
+        return hit["url"]
+    return hit["path"] if hit["kind"] == "file" else f"{hit['path']}#{hit['key']}"
+
+
+def print_hits(query: str, hits: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"search: {query!r}")
+    table.add_column("rank", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("path or URL", overflow="fold")
+    table.add_column("caption", overflow="fold")
+    for h in hits:
+        table.add_row(str(h["rank"]), f"{h['score']:.4f}", where(h), h.get("caption") or "")
+    Console().print(table)
+
+
+def write_html(path: Path, query: str, hits: list[dict]) -> None:
+    """One page, images inlined as thumbnails so it opens anywhere; remote URLs linked."""
+    cards = []
+    for h in hits:
+        src = _thumbnail_uri(h)
+        cards.append(
+            f'<figure><img src="{html.escape(src, quote=True)}" loading="lazy" alt="">'
+            f"<figcaption><b>#{h['rank']}</b> {h['score']:.4f}<br>"
+            f"{html.escape(h.get('caption') or '')}<br><small>{html.escape(where(h))}</small>"
+            "</figcaption></figure>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>search: {html.escape(query)}</title><style>"
+        "body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:12px}"
+        "figure{width:260px;margin:0}img{max-width:256px;max-height:256px;display:block}"
+        "figcaption{font-size:13px;word-break:break-all}</style></head><body>"
+        f"<h2>{html.escape(query)}</h2><main>{''.join(cards)}</main></body></html>\n")
+    atomic_write_text(path, page)
+
+
+def _thumbnail_uri(hit: dict) -> str:
+    data = None
+    if hit["kind"] == "file":
+        try:
+            data = Path(hit["path"]).read_bytes()
+        except OSError:
+            return Path(hit["path"]).as_uri()
+    elif hit["kind"] == "tar":
+        data = read_tar_member(Path(hit["path"]), hit["key"])
+    if data is None:
+        return hit.get("url") or ""
+    try:
+        from PIL import Image
+
+        from dinov2clip.extract.preprocess import decode
+
+        img = decode(data)
+        img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+    except Exception:  # noqa: BLE001 - a hit whose image no longer decodes keeps its link
+        return Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,124 @@
+"""What an index is built from: an image folder (in fixed-size chunks) or webdataset shards.
+
+The work is split into chunks, each embedded and stored on its own with a done-marker, so an
+interrupted build resumes at the first unfinished chunk. A chunk's fingerprint (its file list,
+or its shard's size and mtime) is kept in the marker: a collection that changed under a
+half-built index is an error, not a silent mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinov2clip.config import ConfigError
+from dinov2clip.index.images import IMAGE_SUFFIXES, list_images, sidecar_caption
+
+
+@dataclass(frozen=True)
+class Chunk:
+    name: str  # chunks/<kind>/<name>.*
+    files: tuple[Path, ...] = ()  # folder mode: image files
+    shard: Path | None = None  # shards mode: one webdataset tar
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        if self.shard is not None:
+            st = self.shard.stat()
+            h.update(f"{self.shard.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        for p in self.files:
+            h.update(str(p).encode() + b"\0")
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class ChunkItems:
+    """A chunk's images and one metadata row per image, in the same order."""
+
+    images: list[Path | bytes] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # key, path, url, caption, kind
+    skipped: Counter = field(default_factory=Counter)
+
+
+def plan_chunks(images: Path, chunk_size: int) -> list[Chunk]:
+    """Chunks over a folder of images (recursive) or a folder of *.tar shards (or one tar)."""
+    images = Path(images)
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if images.is_file() and images.suffix == ".tar":
+        return [Chunk(name=images.stem, shard=images)]
+    if not images.is_dir():
+        raise ConfigError(f"image folder or shard directory not found: {images}")
+    shards = sorted(images.glob("*.tar"))
+    if shards:
+        return [Chunk(name=p.stem, shard=p) for p in shards]
+    files = list_images(images)
+    if not files:
+        raise ConfigError(f"{images}: no images ({' '.join(IMAGE_SUFFIXES)}) and no *.tar shards")
+    return [Chunk(name=f"{i // chunk_size:05d}", files=tuple(files[i:i + chunk_size]))
+            for i in range(0, len(files), chunk_size)]
+
+
+def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
+    if chunk.shard is not None:
+        return _read_tar(chunk.shard)
+    items = ChunkItems()
+    for p in chunk.files:
+        items.images.append(p)
+        items.rows.append({"key": str(p.relative_to(root)) if root.is_dir() else p.name,
+                           "path": str(p.resolve()), "url": "", "caption": sidecar_caption(p),
+                           "kind": "file"})
+    return items
+
+
+def _read_tar(path: Path) -> ChunkItems:
+    """A webdataset tar's images, with its .txt caption and .json url where present."""
+    out = ChunkItems()
+    groups: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                fh = tar.extractfile(member)
+                groups.setdefault(key, {})[ext.lower()] = fh.read() if fh else b""
+    except (tarfile.TarError, EOFError, OSError):
+        out.skipped["truncated_tar"] += 1  # the samples before the damage are still kept
+    for key, parts in groups.items():
+        ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+        if ext is None:
+            out.skipped["no_image"] += 1
+            continue
+        out.images.append(parts[ext])
+        out.rows.append({"key": key, "path": str(path.resolve()), "url": _url(parts),
+                         "caption": " ".join(parts.get("txt", b"").decode(
+                             "utf-8", errors="replace").split()), "kind": "tar"})
+    return out
+
+
+def _url(parts: dict[str, bytes]) -> str:
+    if "json" not in parts:
+        return ""
+    try:
+        return str(json.loads(parts["json"]).get("url", "") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def read_tar_member(path: Path, key: str) -> bytes | None:
+    """The image bytes of one sample in a tar (for showing a search hit), or None."""
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                name, _, ext = member.name.partition(".")
+                if name == key and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+                    fh = tar.extractfile(member)
+                    return fh.read() if fh else None
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    return None

@@ -1,0 +1,198 @@
+"""DinoV2Clip: a trained run as one model, for inference in CLIP's image-text space.
+
+Images go through the frozen DINOv2 backbone and the run's projector; text goes through CLIP's
+text tower. Preprocessing, pooling and the forward pass are the extract stage's own building
+blocks, so an image embedded here equals the same image embedded by extract + projector.
+
+    m = DinoV2Clip.from_pretrained("artifacts/runs/seed")
+    img = m.encode_image([Image.open("dog.jpg")])      # (1, 512), L2-normalised
+    txt = m.encode_text(["a dog", "a cat"])             # (2, 512), L2-normalised
+    m.similarity(img, txt)                              # (1, 2) cosine similarities
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dinov2clip.config import ConfigError
+from dinov2clip.device import autocast, compute_dtype, resolve_device
+from dinov2clip.extract.mapper import load_clip, load_dino
+from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
+from dinov2clip.train.data import pool, pooled_dim
+from dinov2clip.train.projector import Projector
+
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """The resolved config a training run wrote next to its weights (the `config` part)."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise ConfigError(f"not a training run: {path} missing")
+    try:
+        return json.loads(path.read_text())["config"]
+    except (ValueError, KeyError):
+        raise ConfigError(f"{path}: not a resolved run config") from None
+
+
+class DinoV2Clip:
+    def __init__(self, *, projector: Projector, clip, tokenizer, clip_spec: PreprocessSpec,
+                 dino=None, dino_spec: PreprocessSpec | None = None, pooling: str = "token_mean",
+                 num_patch_tokens: int = 256, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32, batch_size: int = 64):
+        self.projector, self.clip, self.tokenizer = projector, clip, tokenizer
+        self.dino, self.dino_spec, self.clip_spec = dino, dino_spec, clip_spec
+        self.pooling, self.num_patch_tokens = pooling, num_patch_tokens
+        self.device = device or torch.device("cpu")
+        self.dtype, self.batch_size = dtype, batch_size
+        self.n_registers = int(getattr(dino.config, "num_register_tokens", 0) or 0) if dino else 0
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | Path, *, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "bf16", image_tower: bool = True,
+                        clip_image: bool = False, batch_size: int = 64) -> DinoV2Clip:
+        """Load the run's DINOv2 backbone, projector and CLIP text tower.
+
+        dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32, or the torch dtype);
+        CPU always runs fp32.
+        image_tower=False skips DINOv2 (text-only use, e.g. search); clip_image=True keeps
+        CLIP's own image tower (for comparing with CLIP, as zero-shot does), else it is dropped.
+        """
+        run_dir = Path(run_dir)
+        cfg = read_run_config(run_dir)
+        try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
+            dev = device if isinstance(device, torch.device) else resolve_device(device)
+            amp = compute_dtype(_DTYPE_NAMES.get(dtype, dtype), dev)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        projector = Projector.from_pretrained(run_dir, device=dev)  # raises when weights are gone
+        projector.requires_grad_(False)
+        ex, tr = cfg["extract"], cfg["train"]
+        clip, tokenizer, clip_spec = load_clip(ex["clip_model"], ex["clip_pretrained"], dev)
+        clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a tower that hides it
+        if clip_dim and clip_dim != projector.cfg.out_dim:
+            raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}-d "
+                              f"embeddings but CLIP {ex['clip_model']!r} is {clip_dim}-d")
+        if not clip_image:
+            clip.visual = None  # frees CLIP's image tower; encode_text does not use it
+        dino = dino_spec = None
+        if image_tower:
+            dino, dino_spec = load_dino(ex["dino_model"], dev)
+            d_in = pooled_dim(int(dino.config.hidden_size), tr["pooling"])
+            if d_in != projector.cfg.in_dim:
+                raise ConfigError(f"DINOv2 {ex['dino_model']!r} gives {d_in}-d {tr['pooling']} "
+                                  f"features but the projector expects {projector.cfg.in_dim}")
+        return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
+                   dino=dino, dino_spec=dino_spec, pooling=tr["pooling"],
+                   num_patch_tokens=int(tr.get("num_patch_tokens", 256)), device=dev,
+                   dtype=amp, batch_size=batch_size)
+
+    @property
+    def dim(self) -> int:
+        return int(self.projector.cfg.out_dim)
+
+    @torch.inference_mode()
+    def encode_image(self, images: ImageInput) -> torch.Tensor:
+        """(n, dim) float32 on CPU, L2-normalised: projected DINOv2 embeddings in CLIP space.
+
+        images: PIL images or file paths (resized and cropped here exactly as extract does);
+        or a tensor, either uint8 (B, H, W, 3) already resized and centre-cropped to the DINOv2
+        crop (RGB, 0-255), or float (B, 3, H, W) already normalised with DINOv2's mean/std.
+        """
+        if self.dino is None:
+            raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
+        outs = [self._project(self._dino_features(x))
+                for x in self._batches(images, self.dino_spec)]
+        return torch.cat(outs) if outs else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def encode_clip_image(self, images: ImageInput) -> torch.Tensor:
+        """(n, dim) CLIP's own L2-normalised image embeddings; same input rules, CLIP's crop."""
+        if self.clip.visual is None:
+            raise ConfigError("CLIP's image tower was not loaded "
+                              "(from_pretrained(clip_image=True))")
+        outs = []
+        for x in self._batches(images, self.clip_spec):
+            with autocast(self.device, self.dtype):
+                img = self.clip.encode_image(x)
+            outs.append(F.normalize(img.float(), dim=-1).cpu())
+        return torch.cat(outs) if outs else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
+        """(m, dim) float32 on CPU: CLIP text embeddings, L2-normalised."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or any(not t or not t.strip() for t in texts):
+            raise ConfigError("empty text query")
+        outs = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(texts[i:i + self.batch_size]).to(self.device)
+            with autocast(self.device, self.dtype):
+                txt = self.clip.encode_text(tokens)
+            outs.append(F.normalize(txt.float(), dim=-1).cpu())
+        return torch.cat(outs)
+
+    def similarity(self, images: ImageInput, texts: Sequence[str] | str | torch.Tensor
+                   ) -> torch.Tensor:
+        """(n_images, n_texts) cosine similarities; either side may be embeddings already."""
+        img = images if _is_embedding(images, self.dim) else self.encode_image(images)
+        txt = texts if isinstance(texts, torch.Tensor) else self.encode_text(texts)
+        return F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
+
+    def _dino_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) pooled DINOv2 features, exactly as extract caches and train pools them."""
+        with autocast(self.device, self.dtype):
+            hidden = self.dino(pixel_values=x).last_hidden_state  # (B, 1+R+P, D), post-norm
+        hidden = hidden.float()
+        cls = hidden[:, 0]
+        patch_mean = hidden[:, 1 + self.n_registers:].mean(dim=1)  # registers excluded
+        return pool(cls, patch_mean, self.pooling, self.num_patch_tokens)
+
+    def _project(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(feats.float()).float(), dim=-1).cpu()
+
+    def _batches(self, images: ImageInput, spec: PreprocessSpec):
+        """(b, 3, crop, crop) normalised float batches on the model's device, decoded lazily."""
+        if isinstance(images, torch.Tensor):
+            _check_tensor(images, spec)
+            for i in range(0, images.shape[0], self.batch_size):
+                x = images[i:i + self.batch_size].to(self.device)
+                yield normalise(x, spec) if x.dtype == torch.uint8 else x.float()
+            return
+        if isinstance(images, Image.Image | str | Path):
+            images = [images]
+        images = list(images)
+        for i in range(0, len(images), self.batch_size):
+            crops = [resize_and_crop(_open(im), spec) for im in images[i:i + self.batch_size]]
+            yield normalise(torch.from_numpy(np.stack(crops)).to(self.device), spec)
+
+
+def _open(image: Image.Image | str | Path) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    with Image.open(image) as img:
+        return img.convert("RGB")
+
+
+def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:
+    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1:] == (spec.crop, spec.crop, 3):
+        return
+    if x.is_floating_point() and x.ndim == 4 and x.shape[1:] == (3, spec.crop, spec.crop):
+        return
+    raise ValueError(f"image tensor must be uint8 (B, {spec.crop}, {spec.crop}, 3) cropped, or "
+                     f"float (B, 3, {spec.crop}, {spec.crop}) normalised; got {x.dtype} "
+                     f"{tuple(x.shape)}")
+
+
+def _is_embedding(x, dim: int) -> bool:
+    return isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == dim

@@ -1,0 +1,178 @@
+"""Index a collection with projected DINOv2, search it with CLIP text; resume; IVF; bad input."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import webdataset as wds
+from typer.testing import CliRunner
+
+from dinov2clip.config import ConfigError
+from dinov2clip.data.synthetic import jpeg_bytes
+from dinov2clip.index import build_index, faiss_index, search
+from dinov2clip.pipeline import app
+from tests.conftest import write_shape_classes
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """10 images in nested folders, one corrupt file, one caption in a sidecar .txt."""
+    root = write_shape_classes(tmp_path_factory.mktemp("coll") / "imgs", per_class=3,
+                               classes=("circle", "square", "star"))
+    (root / "circle" / "0.txt").write_text("a  big\ncircle")
+    (root / "square" / "bad.png").write_bytes(b"\x89PNG broken")
+    (root / "star" / "notes.md").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flat_index(demo_run, collection, tmp_path_factory):
+    _, art = demo_run
+    out = tmp_path_factory.mktemp("idx") / "flat"
+    summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
+                          chunk_size=4, device="cpu", batch_size=3, num_workers=0)
+    return out, summary
+
+
+def test_index_rows_are_the_api_embeddings_of_their_files(flat_index, demo_model):
+    out, summary = flat_index
+    assert summary["kind"] == "flat" and summary["n_images"] == 9 and summary["dim"] == 32
+    assert summary["skipped"] == {"corrupt_image": 1} and summary["n_chunks"] == 3
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    assert len(meta["path"]) == 9 and set(meta["kind"]) == {"file"}
+    assert meta["caption"][meta["key"].index("circle/0.png")] == "a big circle"
+    emb = np.concatenate([np.load(out / "chunks" / "emb" / f"{c:05d}.npy") for c in range(3)])
+    assert emb.dtype == np.float16 and emb.shape == (9, 32)
+    api = demo_model.encode_image(meta["path"])
+    cos = (torch.from_numpy(emb).float() * api).sum(1)
+    assert float(cos.min()) > 0.999
+
+
+def test_search_ranks_by_cosine_and_writes_html(flat_index, demo_model, tmp_path):
+    out, _ = flat_index
+    page = tmp_path / "hits.html"
+    hits = search(index_dir=out, query="a red circle", k=4, html_out=page, device="cpu")
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    brute = (demo_model.encode_image(meta["path"]) @ demo_model.encode_text("a red circle").T)[:, 0]
+    order = brute.argsort(descending=True)[:4].tolist()
+    assert [h["id"] for h in hits] == order
+    np.testing.assert_allclose([h["score"] for h in hits], brute[order].numpy(), atol=1e-3)
+    assert all(h["path"] == meta["path"][h["id"]] for h in hits)
+    text = page.read_text()
+    assert text.count("<figure>") == 4 and text.count('src="data:image/jpeg;base64,') == 4
+
+
+def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, tmp_path):
+    _, art = demo_run
+    src, _ = flat_index
+    import shutil
+
+    out = tmp_path / "resume"
+    shutil.copytree(src, out)
+    kept = (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns
+    (out / "chunks" / "done" / "00002.json").unlink()  # as if killed while writing chunk 2
+    (out / "index.json").unlink()
+    with pytest.raises(ConfigError, match="no finished index"):
+        search(index_dir=out, query="a dog", device="cpu")
+    summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
+                          chunk_size=4, device="cpu", num_workers=0)
+    assert summary["n_images"] == 9
+    assert (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns == kept
+    assert (out / "chunks" / "done" / "00002.json").exists()
+    # The collection changing under a half-built index is refused, not mixed in.
+    (out / "chunks" / "done" / "00002.json").unlink()
+    write_shape_classes(collection / "zzz", classes=("x",), per_class=1)
+    try:
+        with pytest.raises(ConfigError, match="collection changed"):
+            build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
+                        chunk_size=3, device="cpu", num_workers=0)
+    finally:
+        shutil.rmtree(collection / "zzz")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not an index directory"):
+        build_index(run_dir=art / "runs" / "demo", images=collection,
+                    out_dir=tmp_path / "precious", force=True, device="cpu")
+    assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
+    _, art = demo_run
+    from PIL import Image
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (200, 200, 20), (90, 90, 90)]
+    with wds.TarWriter(str(shards / "00000.tar")) as sink:
+        for i, c in enumerate(colours):
+            sample = {"__key__": f"k{i}", "jpg": jpeg_bytes(Image.new("RGB", (60, 40), c)),
+                      "json": json.dumps({"url": f"https://example.org/{i}.jpg"}).encode()}
+            if i != 3:
+                sample["txt"] = f"colour {i}"  # captions are optional in an index
+            sink.write(sample)
+        sink.write({"__key__": "bad", "jpg": b"garbage"})
+    out = tmp_path / "ivf"
+    summary = build_index(run_dir=art / "runs" / "demo", images=shards, out_dir=out,
+                          exact_max=2, device="cpu", num_workers=0)
+    assert summary["kind"] == "ivf" and summary["nlist"] >= 1
+    assert summary["n_images"] == 5 and summary["skipped"] == {"corrupt_image": 1}
+    import faiss
+
+    assert isinstance(faiss.read_index(str(out / "index.faiss")), faiss.IndexIVFFlat)
+    page = tmp_path / "p.html"
+    hits = search(index_dir=out, query="a green photo", k=5, html_out=page, device="cpu")
+    assert len(hits) == 5 and {h["url"] for h in hits} == {
+        f"https://example.org/{i}.jpg" for i in range(5)}
+    assert {h["caption"] for h in hits} == {"colour 0", "colour 1", "colour 2", "", "colour 4"}
+    assert page.read_text().count("data:image/jpeg;base64,") == 5  # read back from the tar
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    x = centres[rng.integers(0, 40, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_what_exact_search_finds(kind):
+    x = _clustered(3000, 32, 0)
+    chunks = lambda: (x[i:i + 700] for i in range(0, len(x), 700))  # noqa: E731
+    exact, _ = faiss_index.build("flat", 32, len(x), chunks)
+    approx, info = faiss_index.build(kind, 32, len(x), chunks)
+    if kind == "ivf":
+        assert info["nlist"] == faiss_index.ivf_lists(3000) == 76  # min(4 sqrt(n), n / 39)
+    q = _clustered(100, 32, 1)
+    _, truth = exact.search(q, 10)
+    _, found = approx.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])
+    assert recall > 0.9
+    assert faiss_index.choose_kind("auto", 100_001, 100_000) == "ivf"
+    assert faiss_index.choose_kind("auto", 100_000, 100_000) == "flat"
+
+
+def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
+    _, art = demo_run
+    out, _ = flat_index
+    runner = CliRunner()
+    empty = runner.invoke(app, ["search", "--index", str(out), "  "])
+    assert empty.exit_code == 2 and empty.output.strip() == (
+        "error: empty query: give the text to search for")
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "readme.txt").write_text("no images here")
+    no_images = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"),
+                                    "--images", str(tmp_path / "none")])
+    assert no_images.exit_code == 2 and "no images" in no_images.output
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_bytes(b"nope")
+    unreadable = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"), "--images",
+                                     str(tmp_path / "broken"), "--out", str(tmp_path / "o"),
+                                     "--device", "cpu", "--num-workers", "0"])
+    assert unreadable.exit_code == 2
+    assert "no readable images (skipped: {'corrupt_image': 1})" in unreadable.output
+    bad_kind = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"), "--images",
+                                   str(tmp_path / "broken"), "--kind", "lsh"])
+    assert bad_kind.exit_code == 2 and "unknown index kind 'lsh'" in bad_kind.output
