@@ -46,3 +46,15 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
     config.write_text(tiny_config_text(artifacts))
     run_cli("run", "--stage", "all", "--config", str(config))
     return config, artifacts
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random DINOv2 (plain and with 4 registers) and CLIP, saved like real checkpoints."""
+    from dinov2clip.data.tiny_models import build_tiny_clip, build_tiny_dinov2
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    clip_json, clip_ckpt = build_tiny_clip(root / "tiny-clip")
+    return {"dino": str(build_tiny_dinov2(root / "tiny-dinov2")),
+            "dino_reg": str(build_tiny_dinov2(root / "tiny-dinov2-reg", registers=4)),
+            "clip": str(clip_json), "clip_pretrained": str(clip_ckpt)}
