@@ -56,8 +56,13 @@ def load_clip(name: str, pretrained: str, device: torch.device):
         name = Path(name).stem
     if name not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip model {name!r} (see open_clip.list_models())")
+    # OpenAI's weights were trained with QuickGELU, which e.g. the plain ViT-B-16 config lacks;
+    # open_clip only warns about the mismatch, so follow the tag's own setting.
+    quick_gelu = bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"))
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, device=device)
+        model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
+                                       force_quick_gelu=quick_gelu,
+                                       require_pretrained=bool(pretrained))
     except (RuntimeError, OSError, ValueError) as err:
         raise ConfigError(f"cannot load open_clip {name!r} pretrained={pretrained!r}: "
                           f"{str(err).splitlines()[0]}") from None

@@ -42,11 +42,10 @@ def read_shard(path: Path, multi_caption: bool) -> ShardContents:
                 if not member.isfile():
                     continue
                 key, ext = split_name(member.name)
-                fh = tar.extractfile(member)
-                data = fh.read() if fh else b""
                 if not groups or groups[-1][0] != key:
-                    groups.append((key, {}))
-                groups[-1][1][ext.lower()] = data
+                    groups.append((key, {}))  # before reading, so a cut sample is counted
+                fh = tar.extractfile(member)
+                groups[-1][1][ext.lower()] = fh.read() if fh else b""
     except (tarfile.TarError, EOFError, OSError):
         out.skipped["truncated_tar"] += 1
         # The last group may be cut in half; it is kept only if it still has an image and a text.
@@ -73,7 +72,9 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
-    image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+    # "jpg", or e.g. "png.jpg": webdataset decoders go by the last dotted part.
+    image = next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
+                 None)
     if image is None:
         return None, "no_image"
     if not image:
