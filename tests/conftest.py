@@ -58,3 +58,14 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return {"dino": str(build_tiny_dinov2(root / "tiny-dinov2")),
             "dino_reg": str(build_tiny_dinov2(root / "tiny-dinov2-reg", registers=4)),
             "clip": str(clip_json), "clip_pretrained": str(clip_ckpt)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: fast on a shared 2-core machine, and the same as in subprocesses."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

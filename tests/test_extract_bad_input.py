@@ -14,6 +14,8 @@ from dinov2clip.extract import run
 from dinov2clip.pipeline import app
 from tests.extract_utils import extract_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def good_jpeg(seed: int) -> bytes:
     import random

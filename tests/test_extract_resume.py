@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import write_train_shards
@@ -24,14 +23,7 @@ from tests.extract_utils import extract_config, tree_bytes
 
 N_SHARDS = 8
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def new_root(base: Path, name: str, shards: Path, models: dict, **extract) -> Path:

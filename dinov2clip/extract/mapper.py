@@ -25,16 +25,20 @@ def load_dino(name: str, device: torch.device):
     """A transformers DINOv2 (with or without registers) and its reference preprocessing."""
     from transformers import AutoImageProcessor, AutoModel
 
+    model = _hf_load(AutoModel, name)
+    if model.config.model_type not in DINO_TYPES:
+        raise ConfigError(f"{name!r} is a {model.config.model_type!r} model, not DINOv2")
+    proc = _hf_load(AutoImageProcessor, name)
+    spec = spec_from_hf_processor(proc.to_dict(), backend=_hf_backend(proc))
+    return model.eval().to(device), spec
+
+
+def _hf_load(auto_class, name: str):
     try:
-        model = AutoModel.from_pretrained(name)
-        proc = AutoImageProcessor.from_pretrained(name)
+        return auto_class.from_pretrained(name)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load DINOv2 model {name!r}: {first}") from None
-    if model.config.model_type not in DINO_TYPES:
-        raise ConfigError(f"{name!r} is a {model.config.model_type!r} model, not DINOv2")
-    spec = spec_from_hf_processor(proc.to_dict(), backend=_hf_backend(proc))
-    return model.eval().to(device), spec
 
 
 def _hf_backend(proc) -> str:
