@@ -128,8 +128,14 @@ def decode(image_bytes: bytes) -> Image.Image:
 
 
 def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, on batch_u8's device."""
-    mean = torch.tensor(spec.mean, device=batch_u8.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=batch_u8.device, dtype=dtype).view(1, 3, 1, 1)
-    x = batch_u8.permute(0, 3, 1, 2).to(dtype) / 255.0
-    return (x - mean) / std
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, contiguous, on batch_u8's device."""
+    b, h, w, _ = batch_u8.shape
+    # One copy converts the dtype and the layout (channels-last input makes the patch
+    # convolutions several times slower); then (x / 255 - mean) / std as a multiply and an
+    # add, in place: fresh tensors of this size cost page faults on CPU.
+    x = torch.empty((b, 3, h, w), dtype=dtype, device=batch_u8.device)
+    x.copy_(batch_u8.permute(0, 3, 1, 2))
+    mean = torch.tensor(spec.mean, dtype=torch.float64)
+    std = torch.tensor(spec.std, dtype=torch.float64)
+    x.mul_((1.0 / (255.0 * std)).to(dtype=dtype, device=x.device).view(1, 3, 1, 1))
+    return x.add_((-mean / std).to(dtype=dtype, device=x.device).view(1, 3, 1, 1))

@@ -7,6 +7,7 @@ any rank can be restarted alone, since finished shards carry done-markers.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -146,6 +148,16 @@ def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tok
     """Stream every job's shard through one DataLoader; write each shard when its end arrives."""
     if not jobs:
         return
+    threads = torch.get_num_threads()
+    if mapper.device.type == "cpu" and e.num_workers:  # leave the decoding workers their cores
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - e.num_workers)))
+    try:
+        _stream(jobs, mapper, tokenizer, e, timer, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -> None:
     loader = DataLoader(
         DecodeSamples(mapper.dino_spec, mapper.clip_spec, tokenizer),
         batch_sampler=ShardBatches([job for job, _ in jobs], e.batch_size),

@@ -24,6 +24,9 @@ class ShardWriter:
     def __init__(self, out_dir: Path, models_hash: str):
         self.out_dir = Path(out_dir)
         self.models_hash = models_hash
+        # pyarrow imports pandas on its first conversion (seconds); pay that here, not while
+        # the writer thread holds the GIL in the middle of the stream.
+        pa.array([0])
 
     def marker(self, shard: str) -> Path:
         return self.out_dir / "done" / f"{shard}.json"
