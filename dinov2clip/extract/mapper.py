@@ -92,7 +92,19 @@ class Mapper:
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.device, self.dtype = device, dtype
         self.n_registers = int(getattr(dino.config, "num_register_tokens", 0) or 0)
+        self._buffers: dict[str, torch.Tensor] = {}
         self.clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0) or self._probe_clip_dim()
+
+    def _input_buffer(self, tower: str, shape: torch.Size) -> torch.Tensor | None:
+        """On CPU, one reused float buffer per tower: a fresh ~40 MB tensor per batch costs
+        more in page faults than the tiny test models cost to run. (CUDA's allocator caches.)"""
+        if self.device.type != "cpu":
+            return None
+        b, h, w, _ = shape
+        buf = self._buffers.get(tower)
+        if buf is None or buf.shape[0] < b or buf.shape[2:] != (h, w):
+            buf = self._buffers[tower] = torch.empty((b, 3, h, w))
+        return buf[:b]
 
     def _probe_clip_dim(self) -> int:
         x = torch.zeros(1, 3, self.clip_spec.crop, self.clip_spec.crop, device=self.device)
@@ -112,8 +124,10 @@ class Mapper:
                tokens: torch.Tensor) -> Pending:
         """Queue one batch on the device; .result() waits for it (GPU work stays queued)."""
         dev = self.device
-        dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec)
-        clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec)
+        dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec,
+                           out=self._input_buffer("dino", dino_u8.shape))
+        clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec,
+                           out=self._input_buffer("clip", clip_u8.shape))
         with autocast(dev, self.dtype):
             hidden = self.dino(pixel_values=dino_x).last_hidden_state  # (B, 1+R+P, D), post-norm
             img = self.clip.encode_image(clip_x)  # (B, D_clip)

@@ -127,13 +127,18 @@ def decode(image_bytes: bytes) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, contiguous, on batch_u8's device."""
+def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, contiguous, on batch_u8's device.
+
+    out: an optional (B, 3, H, W) buffer to fill, so a CPU caller need not fault in fresh
+    pages for every batch.
+    """
     b, h, w, _ = batch_u8.shape
     # One copy converts the dtype and the layout (channels-last input makes the patch
     # convolutions several times slower); then (x / 255 - mean) / std as a multiply and an
-    # add, in place: fresh tensors of this size cost page faults on CPU.
-    x = torch.empty((b, 3, h, w), dtype=dtype, device=batch_u8.device)
+    # add, in place.
+    x = torch.empty((b, 3, h, w), dtype=dtype, device=batch_u8.device) if out is None else out
     x.copy_(batch_u8.permute(0, 3, 1, 2))
     mean = torch.tensor(spec.mean, dtype=torch.float64)
     std = torch.tensor(spec.std, dtype=torch.float64)

@@ -127,6 +127,10 @@ class PhaseTimer:
             self.seconds[phase] += now - since
         return now
 
+    def count(self, images: int) -> None:
+        with self._lock:
+            self.images += images
+
     def summary(self) -> str:
         wall = time.perf_counter() - self.start
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.seconds.items()))
@@ -217,5 +221,4 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
                  shard.skipped, str(source))
     timer.add("write", t)
-    with timer._lock:
-        timer.images += len(shard.meta)
+    timer.count(len(shard.meta))
