@@ -77,7 +77,7 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     w, h = img.size
     c = spec.crop
     if spec.resize_mode == "squash":
-        return _resize(img, (c, c), spec)
+        return np.array(_resize(img, (c, c), spec))  # writable, like the other modes
     if spec.resize_mode == "longest":  # fit inside c x c, then pad to c x c
         ratio = max(h / c, w / c)
         arr = _resize(img, (round(w / ratio), round(h / ratio)), spec)
