@@ -167,7 +167,9 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -
         batch_sampler=ShardBatches([job for job, _ in jobs], e.batch_size),
         num_workers=e.num_workers, collate_fn=collate,
         pin_memory=mapper.device.type == "cuda",
-        prefetch_factor=4 if e.num_workers else None)
+        # Two batches per worker keep the device fed (a worker needs num_workers times longer
+        # for a batch than the models) while bounding the decoded crops held in shared memory.
+        prefetch_factor=2 if e.num_workers else None)
     current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
     writes: list[Future] = []
     bar = tqdm(desc="extract", unit="img", smoothing=0.1)
