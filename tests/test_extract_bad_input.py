@@ -58,6 +58,7 @@ def bad_run(tmp_path_factory, tiny_models):
         *sample("a5", b"", b"zero-byte image"),
         *sample("a6", None, b"caption without an image"),
         *sample("./sub/a7", good_jpeg(1), b"key with a folder", ext="png.jpg"),
+        *sample("a0", jpeg, b"the same key again, later in the tar"),
     ])
     full = write_tar(shards / "00001.tar", [*sample("b0", jpeg, b"kept before the cut"),
                                             *sample("b1", good_jpeg(2), b"cut in half")])
@@ -75,7 +76,7 @@ def test_each_bad_sample_is_skipped_and_counted_by_reason(bad_run):
     assert manifest["skipped"] == {
         "corrupt_image": 1, "not_an_image": 1, "no_caption": 1, "empty_caption": 1,
         "zero_byte_image": 1, "no_image": 2,  # a6, and b1 whose image the cut destroyed
-        "truncated_tar": 1, "empty_shard": 1, "zero_byte_file": 1}
+        "truncated_tar": 1, "empty_shard": 1, "zero_byte_file": 1, "duplicate_key": 1}
     assert manifest["n_images"] == 3 and manifest["incomplete_shards"] == []
     assert manifest["shards"]["00001"]["skipped"] == {"no_image": 1, "truncated_tar": 1}
     keys = pq.read_table(bad_run / "meta" / "00000.parquet").column("key").to_pylist()
