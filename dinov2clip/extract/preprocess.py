@@ -113,12 +113,13 @@ def _resize(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np
     return out.permute(1, 2, 0).numpy()
 
 
-class NotAnImage(ValueError):
-    """The payload is no image format PIL knows (text, HTML, an empty file)."""
+class NotAnImage(UnidentifiedImageError):
+    """The payload is no image format PIL knows (text, HTML, an empty file); an OSError."""
 
 
 def decode(image_bytes: bytes) -> Image.Image:
-    """An RGB PIL image; raises NotAnImage, or OSError/ValueError for a corrupt or cut file."""
+    """An RGB PIL image; raises NotAnImage, or another OSError/ValueError for a corrupt or cut
+    file."""
     try:
         img = Image.open(io.BytesIO(image_bytes))
     except UnidentifiedImageError:
