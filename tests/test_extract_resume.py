@@ -136,4 +136,5 @@ def test_torchrun_two_ranks_union_equals_one_process(toy):
     out, _ = toy.torchrun.communicate(timeout=300)
     assert toy.torchrun.returncode == 0, out
     assert "rank 1/2" in out and "rank 0/2" in out
+    assert out.count("waiting for decoded batches") == 2  # each rank logs its phase times
     assert tree_bytes(out_dir(toy.torchrun_config)) == toy.expected

@@ -133,9 +133,10 @@ class PhaseTimer:
 
     def summary(self) -> str:
         wall = time.perf_counter() - self.start
-        parts = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.seconds.items()))
+        sec = self.seconds
         return (f"{self.images} images in {wall:.1f}s ({self.images / max(wall, 1e-9):.1f} img/s); "
-                f"read+decode wait, model, write (background), write wait: {parts}")
+                f"waiting for decoded batches {sec['read']:.1f}s, models {sec['model']:.1f}s, "
+                f"writing {sec['write']:.1f}s in the background (waited {sec['write_wait']:.1f}s)")
 
 
 @dataclass
