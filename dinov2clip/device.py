@@ -19,7 +19,9 @@ _COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            # torchrun sets LOCAL_RANK, srun SLURM_LOCALID: one GPU per process on a node.
+            local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))
+            return torch.device("cuda", int(local))
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available")

@@ -75,3 +75,26 @@ def demo_model(demo_run):
 
     _, art = demo_run
     return DinoV2Clip.from_pretrained(art / "runs" / "demo", device="cpu", clip_image=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random DINOv2 (plain and with 4 registers) and CLIP, saved like real checkpoints."""
+    from dinov2clip.data.tiny_models import build_tiny_clip, build_tiny_dinov2
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    clip_json, clip_ckpt = build_tiny_clip(root / "tiny-clip")
+    return {"dino": str(build_tiny_dinov2(root / "tiny-dinov2")),
+            "dino_reg": str(build_tiny_dinov2(root / "tiny-dinov2-reg", registers=4)),
+            "clip": str(clip_json), "clip_pretrained": str(clip_ckpt)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: fast on a shared 2-core machine, and the same as in subprocesses."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

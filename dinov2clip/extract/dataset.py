@@ -1,34 +1,84 @@
-"""Decoding in DataLoader workers: each image decoded once, both models' inputs cut from it."""
+"""Feeding the models: shards read ahead in a thread, images decoded once in DataLoader workers.
+
+One DataLoader serves the whole run, so workers start once, not once per shard. Its batch sampler
+hands out the samples themselves (they are pickled to the workers like indices): every batch holds
+samples of one shard, in order, and each shard ends with a marker batch carrying the reader's skip
+counts, so the runner knows when a shard is complete, even an empty one.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from dinov2clip.extract.preprocess import PreprocessSpec, decode, resize_and_crop
-from dinov2clip.extract.reader import RawSample
+from dinov2clip.extract.preprocess import NotAnImage, PreprocessSpec, decode, resize_and_crop
+from dinov2clip.extract.reader import RawSample, read_shard
 
 
-class DecodedShard(Dataset):
-    def __init__(self, samples: list[RawSample], dino_spec: PreprocessSpec,
-                 clip_spec: PreprocessSpec, tokenizer):
-        self.samples = samples
+@dataclass(frozen=True)
+class ShardJob:
+    path: Path
+    multi_caption: bool  # eval sets: one caption per line of the .txt
+
+
+@dataclass(frozen=True)
+class ShardEnd:
+    skipped: dict  # reason -> count, from reading the tar
+
+
+class ShardBatches:
+    """The batch sampler: lists of (job index, RawSample | ShardEnd), one shard at a time."""
+
+    def __init__(self, jobs: list[ShardJob], batch_size: int, read_ahead: int = 2):
+        self.jobs, self.batch_size, self.read_ahead = jobs, batch_size, read_ahead
+
+    def __iter__(self) -> Iterator[list]:
+        shards: queue.Queue = queue.Queue(maxsize=self.read_ahead)
+        threading.Thread(target=self._read_all, args=(shards,), daemon=True).start()
+        for j in range(len(self.jobs)):
+            contents = shards.get()
+            if isinstance(contents, BaseException):
+                raise contents
+            samples = contents.samples
+            for start in range(0, len(samples), self.batch_size):
+                yield [(j, s) for s in samples[start:start + self.batch_size]]
+            yield [(j, ShardEnd(dict(contents.skipped)))]
+
+    def _read_all(self, shards: queue.Queue) -> None:
+        # Reading (disk, tar parsing) overlaps decoding and the models.
+        try:
+            for job in self.jobs:
+                shards.put(read_shard(job.path, job.multi_caption))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consuming thread
+            shards.put(err)
+
+
+class DecodeSamples:
+    """dataset[(job, sample)]: decode once, cut both models' inputs, tokenise the captions."""
+
+    def __init__(self, dino_spec: PreprocessSpec, clip_spec: PreprocessSpec, tokenizer):
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.tokenizer = tokenizer
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
+    def __getitem__(self, item: tuple[int, RawSample | ShardEnd]) -> dict:
+        job, s = item
+        if isinstance(s, ShardEnd):
+            return {"job": job, "end": s.skipped}
         try:
             img = decode(s.image)
+        except NotAnImage:
+            return {"job": job, "failure": "not_an_image"}
         except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
-            return {"failure": "corrupt_image"}
+            return {"job": job, "failure": "corrupt_image"}
         return {
+            "job": job,
             "dino": resize_and_crop(img, self.dino_spec),
             "clip": resize_and_crop(img, self.clip_spec),
             "tokens": self.tokenizer(s.captions),  # (n_captions, context_length)
@@ -39,16 +89,29 @@ class DecodedShard(Dataset):
 
 @dataclass
 class Batch:
+    job: int = -1  # index of the shard job all items belong to
     dino_u8: torch.Tensor | None = None  # (B, H, W, 3) uint8
     clip_u8: torch.Tensor | None = None  # (B, H, W, 3) uint8
     tokens: torch.Tensor | None = None  # (sum of n_captions, context_length)
     rows: list[dict] = field(default_factory=list)
-    failures: list[tuple[int, str]] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)  # reason -> count
+    end: dict | None = None  # set on a shard's last batch: the reader's skip counts
+
+    def pin_memory(self) -> Batch:
+        # Called by the DataLoader's pinning thread, so host->device copies can be asynchronous.
+        for name in ("dino_u8", "clip_u8", "tokens"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).pin_memory())
+        return self
 
 
 def collate(items: list[dict]) -> Batch:
-    ok = [it for it in items if "failure" not in it]
-    batch = Batch(failures=[(i, it["failure"]) for i, it in enumerate(items) if "failure" in it])
+    ok = [it for it in items if "row" in it]
+    batch = Batch(job=items[0]["job"], failures=Counter(it["failure"] for it in items
+                                                        if "failure" in it))
+    ends = [it["end"] for it in items if "end" in it]
+    if ends:
+        batch.end = ends[0]
     if ok:
         batch.dino_u8 = torch.from_numpy(np.stack([it["dino"] for it in ok]))
         batch.clip_u8 = torch.from_numpy(np.stack([it["clip"] for it in ok]))

@@ -18,19 +18,35 @@ from dinov2clip.extract.preprocess import (
     spec_from_open_clip,
 )
 
+DINO_TYPES = ("dinov2", "dinov2_with_registers")
+
 
 def load_dino(name: str, device: torch.device):
     """A transformers DINOv2 (with or without registers) and its reference preprocessing."""
     from transformers import AutoImageProcessor, AutoModel
 
+    model = _hf_load(AutoModel, name)
+    if model.config.model_type not in DINO_TYPES:
+        raise ConfigError(f"{name!r} is a {model.config.model_type!r} model, not DINOv2")
+    proc = _hf_load(AutoImageProcessor, name)
+    spec = spec_from_hf_processor(proc.to_dict(), backend=_hf_backend(proc))
+    return model.eval().to(device), spec
+
+
+def _hf_load(auto_class, name: str):
     try:
-        model = AutoModel.from_pretrained(name)
-        proc = AutoImageProcessor.from_pretrained(name)
+        return auto_class.from_pretrained(name)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load DINOv2 model {name!r}: {first}") from None
-    spec = spec_from_hf_processor(proc.to_dict())
-    return model.eval().to(device), spec
+
+
+def _hf_backend(proc) -> str:
+    """How the processor resizes: "pil", or "torch" (transformers 5's default, and *Fast)."""
+    backend = getattr(proc, "backend", None)  # transformers >= 5
+    if backend is None:
+        backend = "torch" if type(proc).__name__.endswith("Fast") else "pil"
+    return "pil" if backend == "pil" else "torch"
 
 
 def load_clip(name: str, pretrained: str, device: torch.device):
@@ -44,12 +60,21 @@ def load_clip(name: str, pretrained: str, device: torch.device):
         name = Path(name).stem
     if name not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip model {name!r} (see open_clip.list_models())")
+    # OpenAI's weights were trained with QuickGELU, which e.g. the plain ViT-B-16 config lacks;
+    # open_clip only warns about the mismatch, so follow the tag's own setting.
+    quick_gelu = bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"))
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, device=device)
+        model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
+                                       force_quick_gelu=quick_gelu,
+                                       require_pretrained=bool(pretrained))
     except (RuntimeError, OSError, ValueError) as err:
         raise ConfigError(f"cannot load open_clip {name!r} pretrained={pretrained!r}: "
                           f"{str(err).splitlines()[0]}") from None
-    return model.eval(), open_clip.get_tokenizer(name), spec_from_open_clip(model)
+    try:
+        spec = spec_from_open_clip(model)
+    except ValueError as err:
+        raise ConfigError(f"open_clip {name!r}: {err}") from None
+    return model.eval(), open_clip.get_tokenizer(name), spec
 
 
 @dataclass
@@ -67,35 +92,71 @@ class Mapper:
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.device, self.dtype = device, dtype
         self.n_registers = int(getattr(dino.config, "num_register_tokens", 0) or 0)
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0) or self._probe_clip_dim()
+
+    def _input_buffer(self, tower: str, shape: torch.Size) -> torch.Tensor | None:
+        """On CPU, one reused float buffer per tower: a fresh ~40 MB tensor per batch costs
+        more in page faults than the tiny test models cost to run. (CUDA's allocator caches.)"""
+        if self.device.type != "cpu":
+            return None
+        b, h, w, _ = shape
+        buf = self._buffers.get(tower)
+        if buf is None or buf.shape[0] < b or buf.shape[2:] != (h, w):
+            buf = self._buffers[tower] = torch.empty((b, 3, h, w))
+        return buf[:b]
+
+    def _probe_clip_dim(self) -> int:
+        x = torch.zeros(1, 3, self.clip_spec.crop, self.clip_spec.crop, device=self.device)
+        with torch.inference_mode():
+            return int(self.clip.encode_image(x).shape[-1])
 
     @property
     def dims(self) -> dict:
-        return {"dino": int(self.dino.config.hidden_size),
-                "clip": int(self.clip.visual.output_dim)}
+        return {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim}
 
-    @torch.inference_mode()
     def __call__(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
                  tokens: torch.Tensor) -> Embeddings:
+        return self.submit(dino_u8, clip_u8, tokens).result()
+
+    @torch.inference_mode()
+    def submit(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
+               tokens: torch.Tensor) -> Pending:
+        """Queue one batch on the device; .result() waits for it (GPU work stays queued)."""
         dev = self.device
-        dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec)
-        clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec)
+        dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec,
+                           out=self._input_buffer("dino", dino_u8.shape))
+        clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec,
+                           out=self._input_buffer("clip", clip_u8.shape))
         with autocast(dev, self.dtype):
             hidden = self.dino(pixel_values=dino_x).last_hidden_state  # (B, 1+R+P, D), post-norm
-            img = self.clip.encode_image(clip_x)
-            txt = self.clip.encode_text(tokens.to(dev, non_blocking=True))
+            img = self.clip.encode_image(clip_x)  # (B, D_clip)
+            txt = self.clip.encode_text(tokens.to(dev, non_blocking=True))  # (m, D_clip)
         hidden = hidden.float()
-        cls = hidden[:, 0]
-        patch_mean = hidden[:, 1 + self.n_registers:].mean(dim=1)
-        return Embeddings(
-            dino_cls=_f16(cls),
-            dino_mean=_f16(patch_mean),
-            clip_image=_f16(F.normalize(img.float(), dim=-1)),
-            clip_text=_f16(F.normalize(txt.float(), dim=-1)),
-        )
+        out = {
+            "dino_cls": hidden[:, 0],
+            "dino_mean": hidden[:, 1 + self.n_registers:].mean(dim=1),  # no CLS, no registers
+            "clip_image": F.normalize(img.float(), dim=-1),
+            "clip_text": F.normalize(txt.float(), dim=-1),
+        }
+        # fp16 on the device halves the copy; non_blocking lands it in pinned host memory.
+        host = {k: v.to(torch.float16).to("cpu", non_blocking=True) for k, v in out.items()}
+        event = None
+        if dev.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return Pending(host, event)
 
 
-def _f16(x: torch.Tensor) -> np.ndarray:
-    return x.to(torch.float16).cpu().numpy()
+@dataclass
+class Pending:
+    host: dict  # name -> float16 CPU tensor, filled once `event` has completed
+    event: object | None  # a recorded torch.cuda.Event, or None on CPU
+
+    def result(self) -> Embeddings:
+        if self.event is not None:
+            self.event.synchronize()
+        return Embeddings(**{k: v.numpy() for k, v in self.host.items()})
 
 
 def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str) -> dict:

@@ -1,8 +1,12 @@
 """Image preprocessing: decode once, derive both models' inputs from the one decoded image.
 
-Workers do the PIL work (resize shortest edge, centre crop) and hand over uint8 tensors; the
-mapper scales and normalises on the device. Resizing goes through PIL with the reference
-processors' own filter, so the tensors equal HF's and open_clip's to float rounding.
+Workers do the resize and centre crop and hand over uint8 arrays; the mapper scales and normalises
+on the device. Each model's input is cut the way its reference processor cuts it, so the tensors
+equal the reference ones (tests/test_extract_preprocess.py):
+- open_clip (torchvision transforms on a PIL image): PIL resize, crop offset int(round(d / 2)).
+- HF's default DINOv2 processor (transformers 5, torchvision backend): a uint8 tensor resized by
+  torchvision with antialiasing, crop offset int(d / 2). PIL's bicubic differs from it by one
+  grey level in ~0.5% of pixels, more than the 1e-5 tolerance allows, so this path uses it too.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
              "lanczos": Image.LANCZOS}
@@ -21,18 +25,25 @@ _HF_RESAMPLE = {3: "bicubic", 2: "bilinear", 0: "nearest", 1: "lanczos"}
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    resize: int  # shortest edge after resizing, in pixels
-    crop: int  # centre crop, square
+    resize: int  # shortest edge after resizing, in pixels ("shortest" mode)
+    crop: int  # side of the square model input
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize_mode: str = "shortest"  # shortest edge + centre crop | squash | longest edge + pad
+    backend: str = "pil"  # pil: PIL resize | torch: torchvision resize of a uint8 tensor
+    crop_rounding: str = "round"  # round: torchvision CenterCrop | floor: HF center_crop
+    fill: int = 0  # padding grey level ("longest" mode)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def spec_from_hf_processor(proc_cfg: dict) -> PreprocessSpec:
-    """The preprocessing a HF (Bit/DINOv2) image processor config describes."""
+def spec_from_hf_processor(proc_cfg: dict, backend: str = "torch") -> PreprocessSpec:
+    """The preprocessing a HF (Bit/DINOv2) image processor config describes.
+
+    backend: "torch" for transformers' default (torchvision) processors, "pil" for the PIL ones.
+    """
     size = proc_cfg.get("size", {"shortest_edge": 256})
     crop = proc_cfg.get("crop_size", {"height": 224, "width": 224})
     return PreprocessSpec(
@@ -41,40 +52,96 @@ def spec_from_hf_processor(proc_cfg: dict) -> PreprocessSpec:
         interpolation=_HF_RESAMPLE.get(int(proc_cfg.get("resample", 3)), "bicubic"),
         mean=tuple(proc_cfg.get("image_mean", (0.485, 0.456, 0.406))),
         std=tuple(proc_cfg.get("image_std", (0.229, 0.224, 0.225))),
+        backend=backend,
+        crop_rounding="floor",
     )
 
 
 def spec_from_open_clip(model) -> PreprocessSpec:
-    """open_clip's eval preprocessing: resize shortest edge to image_size, centre crop."""
+    """open_clip's eval preprocessing (image_transform with is_train=False)."""
     cfg = model.visual.preprocess_cfg
-    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-    return PreprocessSpec(resize=size, crop=size, interpolation=cfg.get("interpolation", "bicubic"),
-                          mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    size = cfg["size"]
+    if not isinstance(size, int):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square open_clip input {tuple(size)} is not supported")
+        size = size[0]
+    interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
+    return PreprocessSpec(resize=size, crop=size, interpolation=interpolation,
+                          mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                          resize_mode=cfg.get("resize_mode", "shortest"),
+                          fill=int(cfg.get("fill_color", 0)))
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """(crop, crop, 3) uint8: shortest edge to spec.resize, then a centre crop."""
+    """(crop, crop, 3) uint8 from an RGB image, as the spec's reference processor cuts it."""
     w, h = img.size
+    c = spec.crop
+    if spec.resize_mode == "squash":
+        return np.array(_resize(img, (c, c), spec))  # writable, like the other modes
+    if spec.resize_mode == "longest":  # fit inside c x c, then pad to c x c
+        ratio = max(h / c, w / c)
+        arr = _resize(img, (round(w / ratio), round(h / ratio)), spec)
+        out = np.full((c, c, 3), spec.fill, dtype=np.uint8)
+        top, left = (c - arr.shape[0]) // 2, (c - arr.shape[1]) // 2
+        out[top:top + arr.shape[0], left:left + arr.shape[1]] = arr
+        return out
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(spec.resize * long / short)  # HF and torchvision both truncate
-    size = (spec.resize, new_long) if w <= h else (new_long, spec.resize)
-    if size != (w, h):
-        img = img.resize(size, _RESAMPLE[spec.interpolation])
-    w, h = img.size
-    left, top = int(round((w - spec.crop) / 2.0)), int(round((h - spec.crop) / 2.0))
-    img = img.crop((left, top, left + spec.crop, top + spec.crop))
-    return np.asarray(img, dtype=np.uint8)
+    arr = _resize(img, (spec.resize, new_long) if w <= h else (new_long, spec.resize), spec)
+    top, left = _crop_offset(arr.shape[0] - c, spec), _crop_offset(arr.shape[1] - c, spec)
+    if top < 0 or left < 0:
+        raise ValueError(f"resize {spec.resize} is smaller than crop {c}")
+    return np.array(arr[top:top + c, left:left + c])  # a writable, contiguous copy
+
+
+def _crop_offset(excess: int, spec: PreprocessSpec) -> int:
+    return int(excess / 2.0) if spec.crop_rounding == "floor" else int(round(excess / 2.0))
+
+
+def _resize(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """(h, w, 3) uint8 of img resized to size = (w, h)."""
+    if size == img.size:
+        return np.asarray(img, dtype=np.uint8)
+    if spec.backend == "pil":
+        return np.asarray(img.resize(size, _RESAMPLE[spec.interpolation]), dtype=np.uint8)
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    out = resize(chw, [size[1], size[0]], interpolation=InterpolationMode(spec.interpolation),
+                 antialias=True)
+    return out.permute(1, 2, 0).numpy()
+
+
+class NotAnImage(UnidentifiedImageError):
+    """The payload is no image format PIL knows (text, HTML, an empty file); an OSError."""
 
 
 def decode(image_bytes: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(image_bytes))
+    """An RGB PIL image; raises NotAnImage, or another OSError/ValueError for a corrupt or cut
+    file."""
+    try:
+        img = Image.open(io.BytesIO(image_bytes))
+    except UnidentifiedImageError:
+        raise NotAnImage("not an image") from None
     img.load()  # decode now, so a truncated file fails here and is counted
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, on batch_u8's device."""
-    mean = torch.tensor(spec.mean, device=batch_u8.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=batch_u8.device, dtype=dtype).view(1, 3, 1, 1)
-    x = batch_u8.permute(0, 3, 1, 2).to(dtype) / 255.0
-    return (x - mean) / std
+def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, contiguous, on batch_u8's device.
+
+    out: an optional (B, 3, H, W) buffer to fill, so a CPU caller need not fault in fresh
+    pages for every batch.
+    """
+    b, h, w, _ = batch_u8.shape
+    # One copy converts the dtype and the layout (channels-last input makes the patch
+    # convolutions several times slower); then (x / 255 - mean) / std as a multiply and an
+    # add, in place.
+    x = torch.empty((b, 3, h, w), dtype=dtype, device=batch_u8.device) if out is None else out
+    x.copy_(batch_u8.permute(0, 3, 1, 2))
+    mean = torch.tensor(spec.mean, dtype=torch.float64)
+    std = torch.tensor(spec.std, dtype=torch.float64)
+    x.mul_((1.0 / (255.0 * std)).to(dtype=dtype, device=x.device).view(1, 3, 1, 1))
+    return x.add_((-mean / std).to(dtype=dtype, device=x.device).view(1, 3, 1, 1))

@@ -6,6 +6,7 @@ samples it loses, counted by reason, and the samples before the damage must stil
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,36 +35,46 @@ def read_shard(path: Path, multi_caption: bool) -> ShardContents:
     if path.stat().st_size == 0:
         out.skipped["zero_byte_file"] += 1
         return out
-    groups: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
+    groups: list[tuple[str, dict[str, bytes]]] = []  # consecutive members of one key, in order
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.partition(".")
+                key, ext = split_name(member.name)
+                if not groups or groups[-1][0] != key:
+                    groups.append((key, {}))  # before reading, so a cut sample is counted
                 fh = tar.extractfile(member)
-                data = fh.read() if fh else b""
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext.lower()] = data
+                groups[-1][1][ext.lower()] = fh.read() if fh else b""
     except (tarfile.TarError, EOFError, OSError):
         out.skipped["truncated_tar"] += 1
         # The last group may be cut in half; it is kept only if it still has an image and a text.
-    if not order and not out.skipped:
+    if not groups and not out.skipped:
         out.skipped["empty_shard"] += 1
-    for key in order:
-        sample, reason = _to_sample(key, groups[key], multi_caption)
+    seen: set[str] = set()
+    for key, parts in groups:
+        sample, reason = _to_sample(key, parts, multi_caption)
+        if sample is not None and key in seen:
+            sample, reason = None, "duplicate_key"
         if sample is None:
             out.skipped[reason] += 1
         else:
+            seen.add(key)
             out.samples.append(sample)
     return out
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem).removeprefix("./"), ext
+
+
 def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
-    image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+    # "jpg", or e.g. "png.jpg": webdataset decoders go by the last dotted part.
+    image = next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
+                 None)
     if image is None:
         return None, "no_image"
     if not image:
@@ -80,8 +91,6 @@ def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
         return None, "empty_caption"
     url = ""
     if "json" in parts:
-        import json
-
         try:
             url = str(json.loads(parts["json"]).get("url", "") or "")
         except (ValueError, AttributeError):

@@ -7,9 +7,12 @@ any rank can be restarted alone, since finished shards carry done-markers.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,9 +21,8 @@ from tqdm import tqdm
 
 from dinov2clip.config import Config, ConfigError, config_hash, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
-from dinov2clip.extract.dataset import DecodedShard, collate
+from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
-from dinov2clip.extract.reader import read_shard
 from dinov2clip.extract.writer import ShardWriter, concat
 
 log = logging.getLogger(__name__)
@@ -84,72 +86,142 @@ def run(cfg: Config) -> None:
     models_hash = config_hash(info)
     tag = embeddings_tag(cfg)
     log.info("extract rank %d/%d on %s (%s), tag %s", rank, world, device, dtype, tag)
+    jobs, writers = [], []
     for src in sources:
-        out_dir = cfg.root / "embeddings" / src.name / tag
-        writer = ShardWriter(out_dir, models_hash)
+        writer = ShardWriter(cfg.root / "embeddings" / src.name / tag, models_hash)
         if rank == 0:
-            write_resolved(cfg, out_dir)
+            writer.remove_stale_manifest_temps()
+            write_resolved(cfg, writer.out_dir)
         mine = shards[src.name][rank::world]
         todo = [p for p in mine if not writer.is_done(p.stem)]
         log.info("%s: %d shards, %d for this rank, %d already done", src.name,
                  len(shards[src.name]), len(mine), len(mine) - len(todo))
-        timer = PhaseTimer()
-        for path in todo:
-            _extract_shard(path, src, mapper, tokenizer, writer, e, timer)
-        log.info("%s: %s", src.name, timer.summary())
+        jobs += [(ShardJob(p, src.multi_caption), writer) for p in todo]
+        writers.append((src, writer))
+    timer = PhaseTimer()
+    extract_shards(jobs, mapper, tokenizer, e, timer, cfg.root)
+    log.info("rank %d: %s", rank, timer.summary())
+    for src, writer in writers:
         manifest = writer.write_manifest({**info, "dataset": src.name, "tag": tag},
                                          [p.stem for p in shards[src.name]])
-        log.info("%s: %d images, %d captions, skipped %s", src.name, manifest["n_images"],
-                 manifest["n_captions"], manifest["skipped"] or "none")
+        if manifest is None:
+            log.info("%s: other ranks still working; the last to finish writes the manifest",
+                     src.name)
+        else:
+            log.info("%s: %d images, %d captions, skipped %s", src.name, manifest["n_images"],
+                     manifest["n_captions"], manifest["skipped"] or "none")
 
 
 class PhaseTimer:
-    """Wall time in reading+decoding, in the models, and in writing, to show the bottleneck."""
+    """Wall time waiting for decoded batches, in the models, and writing (a background thread)."""
 
     def __init__(self):
         self.seconds = Counter()
         self.images = 0
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
 
     def add(self, phase: str, since: float) -> float:
         now = time.perf_counter()
-        self.seconds[phase] += now - since
+        with self._lock:
+            self.seconds[phase] += now - since
         return now
 
+    def count(self, images: int) -> None:
+        with self._lock:
+            self.images += images
+
     def summary(self) -> str:
-        total = sum(self.seconds.values()) or 1e-9
-        parts = ", ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in
-                          self.seconds.items())
-        return f"{self.images} images in {total:.1f}s ({self.images / total:.1f} img/s): {parts}"
+        wall = time.perf_counter() - self.start
+        sec = self.seconds
+        return (f"{self.images} images in {wall:.1f}s ({self.images / max(wall, 1e-9):.1f} img/s); "
+                f"waiting for decoded batches {sec['read']:.1f}s, models {sec['model']:.1f}s, "
+                f"writing {sec['write']:.1f}s in the background (waited {sec['write_wait']:.1f}s)")
 
 
-def _extract_shard(path: Path, src: Source, mapper: Mapper, tokenizer, writer: ShardWriter,
-                   e, timer: PhaseTimer) -> None:
-    t = time.perf_counter()
-    contents = read_shard(path, src.multi_caption)
-    dataset = DecodedShard(contents.samples, mapper.dino_spec, mapper.clip_spec, tokenizer)
-    loader = DataLoader(dataset, batch_size=e.batch_size, num_workers=e.num_workers,
-                        collate_fn=collate, pin_memory=mapper.device.type == "cuda",
-                        persistent_workers=False)
-    skipped, parts, meta = Counter(contents.skipped), [], []
-    t = timer.add("read", t)
-    bar = tqdm(total=len(dataset), desc=f"{src.name}/{path.name}", unit="img", leave=False)
-    for batch in loader:
-        t = timer.add("read", t)
-        skipped.update(reason for _, reason in batch.failures)
-        if batch.rows:
-            emb = mapper(batch.dino_u8, batch.clip_u8, batch.tokens)
-            if mapper.device.type == "cuda":
-                torch.cuda.synchronize()
-            parts.append(emb)
-            meta.extend(batch.rows)
-        bar.update(len(batch.rows) + len(batch.failures))
-        t = timer.add("model", t)
+@dataclass
+class _Shard:
+    """One shard's results as they come in, until its end marker."""
+
+    parts: list = field(default_factory=list)
+    meta: list = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tokenizer, e,
+                   timer: PhaseTimer, root: Path) -> None:
+    """Stream every job's shard through one DataLoader; write each shard when its end arrives."""
+    if not jobs:
+        return
+    threads = torch.get_num_threads()
+    if mapper.device.type == "cpu" and e.num_workers:  # leave the decoding workers their cores
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - e.num_workers)))
+    try:
+        _stream(jobs, mapper, tokenizer, e, timer, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -> None:
+    loader = DataLoader(
+        DecodeSamples(mapper.dino_spec, mapper.clip_spec, tokenizer),
+        batch_sampler=ShardBatches([job for job, _ in jobs], e.batch_size),
+        num_workers=e.num_workers, collate_fn=collate,
+        pin_memory=mapper.device.type == "cuda",
+        # Two batches per worker keep the device fed (a worker needs num_workers times longer
+        # for a batch than the models) while bounding the decoded crops held in shared memory.
+        prefetch_factor=2 if e.num_workers else None)
+    current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
+    writes: list[Future] = []
+    bar = tqdm(desc="extract", unit="img", smoothing=0.1)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
+        t = time.perf_counter()
+        for batch in loader:
+            t = timer.add("read", t)
+            current.skipped.update(batch.failures)
+            if batch.rows:  # queue this batch, then collect the previous one
+                handle = mapper.submit(batch.dino_u8, batch.clip_u8, batch.tokens)
+                _collect(pending)
+                pending = (current, batch.rows, handle)
+            if batch.end is not None:
+                _collect(pending)
+                pending = None
+                current.skipped.update(batch.end)
+                job, writer = jobs[batch.job]
+                timer.add("model", t)
+                _wait_all_but(writes, 1, timer)
+                writes.append(pool.submit(_write, writer, job, current, mapper.dims, timer, root))
+                current, t = _Shard(), time.perf_counter()
+            bar.update(len(batch.rows) + sum(batch.failures.values()))
+            t = timer.add("model", t)
+        _wait_all_but(writes, 0, timer)
     bar.close()
+
+
+def _collect(pending) -> None:
+    if pending is not None:
+        shard, rows, handle = pending
+        shard.parts.append(handle.result())
+        shard.meta.extend(rows)
+
+
+def _wait_all_but(writes: list[Future], keep: int, timer: PhaseTimer) -> None:
+    """Bound the queued writes (each holds a whole shard in memory); re-raise their errors."""
+    t = time.perf_counter()
+    while len(writes) > keep:
+        writes.pop(0).result()
+    timer.add("write_wait", t)
+
+
+def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer: PhaseTimer,
+           root: Path) -> None:
+    t = time.perf_counter()
     start = 0
-    for i, row in enumerate(meta):  # rows and caption offsets within this shard
+    for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    dims = mapper.dims
-    writer.write(path.stem, concat(parts, dims["dino"], dims["clip"]), meta, skipped, str(path))
+    source = job.path.relative_to(root) if job.path.is_relative_to(root) else job.path
+    writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
+                 shard.skipped, str(source))
     timer.add("write", t)
-    timer.images += len(meta)
+    timer.count(len(shard.meta))

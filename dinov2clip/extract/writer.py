@@ -24,6 +24,9 @@ class ShardWriter:
     def __init__(self, out_dir: Path, models_hash: str):
         self.out_dir = Path(out_dir)
         self.models_hash = models_hash
+        # pyarrow imports pandas on its first conversion (seconds); pay that here, not while
+        # the writer thread holds the GIL in the middle of the stream.
+        pa.array([0])
 
     def marker(self, shard: str) -> Path:
         return self.out_dir / "done" / f"{shard}.json"
@@ -39,8 +42,21 @@ class ShardWriter:
                 f"(hash {found} != {self.models_hash}); set extract.tag to a new name or delete it")
         return True
 
+    def remove_stale_temps(self, shard: str) -> None:
+        """Temp files a killed run left while writing this shard (this rank owns the shard)."""
+        for folder, name in [*((a, f"{shard}.npy") for a in ARRAYS),
+                             ("meta", f"{shard}.parquet"), ("done", f"{shard}.json")]:
+            for tmp in (self.out_dir / folder).glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def remove_stale_manifest_temps(self) -> None:
+        for name in ("manifest.json", "config.json"):
+            for tmp in self.out_dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def write(self, shard: str, emb: Embeddings, meta: list[dict], skipped: Counter,
               source: str) -> dict:
+        self.remove_stale_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
         for name in ARRAYS:
@@ -57,8 +73,12 @@ class ShardWriter:
     def done_records(self) -> list[dict]:
         return [read_json(p) for p in sorted((self.out_dir / "done").glob("*.json"))]
 
-    def write_manifest(self, description: dict, expected_shards: list[str]) -> dict:
+    def write_manifest(self, description: dict, expected_shards: list[str]) -> dict | None:
+        """The manifest, once every expected shard is done (with several ranks, the last one
+        to finish writes it; ranks that see the same complete set write identical bytes)."""
         records = self.done_records()
+        if {r["shard"] for r in records} < set(expected_shards):
+            return None
         skipped: Counter = Counter()
         for r in records:
             skipped.update(r["skipped"])
@@ -69,7 +89,8 @@ class ShardWriter:
             "dtypes": {name: "float16" for name in ARRAYS},
             "normalised": {"dino_cls": False, "dino_mean": False, "clip_image": True,
                            "clip_text": True},
-            "shards": {r["shard"]: {"n_images": r["n_images"], "n_captions": r["n_captions"]}
+            "shards": {r["shard"]: {"n_images": r["n_images"], "n_captions": r["n_captions"],
+                                    "skipped": r["skipped"], "source": r["source"]}
                        for r in records},
             "n_images": sum(r["n_images"] for r in records),
             "n_captions": sum(r["n_captions"] for r in records),

@@ -1,0 +1,91 @@
+"""Our worker-side preprocessing against the reference processors, on real-size photos.
+
+The tensors must equal HF AutoImageProcessor (dinov2-base settings) and open_clip's own eval
+preprocess within 1e-5 mean absolute difference, on non-square sizes that need up- and
+down-scaling and odd crop margins.
+"""
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from dinov2clip.extract.mapper import load_clip, load_dino
+from dinov2clip.extract.preprocess import (
+    decode,
+    normalise,
+    resize_and_crop,
+    spec_from_open_clip,
+)
+
+SIZES = [(256, 341), (341, 256), (256, 256), (640, 480), (480, 640), (500, 375), (333, 500),
+         (300, 255), (257, 399), (1024, 683), (200, 150), (227, 256), (383, 256)]
+
+
+def photo(w: int, h: int, seed: int) -> Image.Image:
+    """A JPEG round-tripped image with smooth regions, edges and noise, like a photo."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((h // 16 + 2, w // 16 + 2, 3)) * 255).astype(np.uint8))
+    arr = np.asarray(coarse.resize((w, h), Image.BICUBIC)).astype(np.int16)
+    arr[h // 3: h // 2, w // 4: w // 2] = (250, 20, 30)  # sharp edges
+    arr += rng.integers(-12, 13, arr.shape, dtype=np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return decode(buf.getvalue())
+
+
+def ours(img, spec) -> torch.Tensor:
+    return normalise(torch.from_numpy(resize_and_crop(img, spec))[None], spec)[0]
+
+
+@pytest.fixture(scope="module")
+def dino_pair(tiny_models):
+    from transformers import AutoImageProcessor
+
+    _, spec = load_dino(tiny_models["dino"], torch.device("cpu"))
+    return AutoImageProcessor.from_pretrained(tiny_models["dino"]), spec
+
+
+def test_dino_input_equals_hf_auto_image_processor(dino_pair):
+    proc, spec = dino_pair
+    assert (spec.resize, spec.crop, spec.interpolation) == (256, 224, "bicubic")
+    images = [photo(w, h, i) for i, (w, h) in enumerate(SIZES)]
+    ref = proc(images=images, return_tensors="pt")["pixel_values"]  # (N, 3, 224, 224)
+    for img, r in zip(images, ref, strict=True):
+        mad = (ours(img, spec) - r).abs().mean().item()
+        assert mad < 1e-5, (img.size, mad)
+
+
+def test_clip_input_equals_open_clip_preprocess(tiny_models):
+    model, _, spec = load_clip(tiny_models["clip"], tiny_models["clip_pretrained"],
+                               torch.device("cpu"))
+    # open_clip's own eval transform for the same model and checkpoint.
+    _, _, preprocess = open_clip.create_model_and_transforms(
+        "tiny-clip", pretrained=tiny_models["clip_pretrained"])
+    assert spec.crop == 224
+    for i, (w, h) in enumerate(SIZES):
+        img = photo(w, h, 100 + i)
+        mad = (ours(img, spec) - preprocess(img)).abs().mean().item()
+        assert mad < 1e-5, ((w, h), mad)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(size=224, resize_mode="shortest"),  # ViT-B-16 / openai
+    dict(size=256, resize_mode="squash", interpolation="bicubic", mean=(0.5,) * 3,
+         std=(0.5,) * 3),  # SigLIP-style
+    dict(size=224, resize_mode="longest", fill_color=0, interpolation="bilinear"),
+])
+def test_other_open_clip_resize_modes_match(cfg):
+    pcfg = PreprocessCfg(**cfg)
+    spec = spec_from_open_clip(SimpleNamespace(visual=SimpleNamespace(
+        preprocess_cfg=vars(pcfg))))
+    preprocess = image_transform_v2(pcfg, is_train=False)
+    for i, (w, h) in enumerate(SIZES[:7]):
+        img = photo(w, h, 200 + i)
+        mad = (ours(img, spec) - preprocess(img)).abs().mean().item()
+        assert mad < 1e-5, ((w, h), cfg, mad)
