@@ -278,3 +278,17 @@ def write_resolved(cfg: Config, out_dir: Path, name: str = "config.json") -> Pat
     path = Path(out_dir) / name
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """The resolved config a training run wrote next to its weights (the `config` part)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise ConfigError(f"not a training run: {path} missing")
+    try:
+        return json.loads(path.read_text())["config"]
+    except (ValueError, KeyError):
+        raise ConfigError(f"{path}: not a resolved run config") from None

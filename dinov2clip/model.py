@@ -12,7 +12,6 @@ blocks, so an image embedded here equals the same image embedded by extract + pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract.mapper import load_clip, load_dino
 from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
@@ -30,19 +29,6 @@ from dinov2clip.train.projector import Projector
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
-
-
-def read_run_config(run_dir: Path) -> dict:
-    """The resolved config a training run wrote next to its weights (the `config` part)."""
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
-    if not path.is_file():
-        raise ConfigError(f"not a training run: {path} missing")
-    try:
-        return json.loads(path.read_text())["config"]
-    except (ValueError, KeyError):
-        raise ConfigError(f"{path}: not a resolved run config") from None
 
 
 class DinoV2Clip:

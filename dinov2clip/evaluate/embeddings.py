@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +44,6 @@ def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
         raise ConfigError(f"eval set at {emb_dir} has no captions: nothing to retrieve "
                           "(are its .txt files empty?)")
     return EvalEmbeddings(caption_to_image=c2i, **cat)
-
-
-def run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"not a training run: {path} missing")
-    return json.loads(path.read_text())["config"]
 
 
 @torch.no_grad()

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import torch
 
-from dinov2clip.config import Config, ConfigError, git_sha, to_dict
+from dinov2clip.config import Config, ConfigError, git_sha, read_run_config, to_dict
 from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval, resolve_engine
 from dinov2clip.evaluate.embeddings import (
     EvalEmbeddings,
     load_eval_embeddings,
     project_pooled,
-    run_config,
 )
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.train.data import pool
@@ -38,7 +37,7 @@ class EvalInputs:
         if not self.run_dir.is_dir():
             raise ConfigError(f"run directory not found: {self.run_dir} (train it first, or "
                               "set eval.run)")
-        self.train_cfg = run_config(self.run_dir)["train"]
+        self.train_cfg = read_run_config(self.run_dir)["train"]
         if not (self.run_dir / "model.safetensors").is_file():
             raise ConfigError(f"run {self.run_dir} has no weights: model.safetensors missing "
                               "(did training finish an epoch?)")
