@@ -292,3 +292,14 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
         return json.loads(path.read_text())["config"]
     except (ValueError, KeyError):
         raise ConfigError(f"{path}: not a resolved run config") from None
+
+
+def require(cfg: Config, key: str) -> Any:
+    """The value at a dotted key, or a ConfigError when a stage needs it and it is empty."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    if value in ("", None) or (isinstance(value, list | dict) and not value):
+        raise ConfigError(f"{cfg.source or 'config'}: missing required value '{key}' "
+                          "for this stage")
+    return value

@@ -95,3 +95,11 @@ def test_cli_help_lists_every_command():
     for command in ("run", "data", "extract", "train", "eval"):
         assert command in out
     assert "--stage" in run_cli("run", "--help").stdout
+
+
+def test_a_stage_refuses_an_empty_required_value(tmp_path):
+    path = write(tmp_path, f'artifacts = "{tmp_path}"\n[extract]\ndatasets = []\n')
+    proc = run_cli("extract", "--config", str(path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: missing required value 'extract.datasets' for this stage"]

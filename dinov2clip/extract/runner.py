@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dinov2clip.config import Config, ConfigError, config_hash, write_resolved
+from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
@@ -37,7 +37,7 @@ class Source:
 
 def resolve_sources(cfg: Config) -> list[Source]:
     sources = []
-    for entry in cfg.extract.datasets:
+    for entry in require(cfg, "extract.datasets"):
         kind, _, name = entry.partition("/")
         if kind == "shards" and name:
             sources.append(Source(name, cfg.root / "shards" / name, False))
