@@ -104,11 +104,10 @@ def _seed_lines(c: dict, ks: list[int]) -> list[str]:
 
 
 def print_table(results: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     keys = metric_keys(results["ks"])
-    console = Console()
+    console = make_console()
     for name, res in results["sets"].items():
         table = Table(title=f"{name}: R@k (%) and % of CLIP "
                             f"({res['n_images']} images, {res['n_captions']} captions)")
@@ -129,3 +128,12 @@ def print_table(results: dict) -> None:
                           f"{fmt(ours['t2i'], 2)} / {fmt(ours['i2t'], 2)}")
     if results.get("note"):
         console.print(f"[bold yellow]{results['note']}[/]")
+
+
+def make_console():
+    """A rich console; piped or logged output gets 120 columns so tables keep their headers."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)

@@ -160,8 +160,9 @@ def _embed(model, data: FolderDataset, batch_size: int, num_workers: int):
 
 
 def print_zeroshot(results: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dinov2clip.evaluate.report import make_console
 
     table = Table(title=f"zero-shot: {results['n_images']} images, {results['n_classes']} "
                         f"classes, {results['n_templates']} prompts ({results['templates']})")
@@ -176,6 +177,6 @@ def print_zeroshot(results: dict) -> None:
             cells.append(f"{results[row][k]:.2f}")
             cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
         table.add_row(LABELS[row], *cells)
-    Console().print(table)
+    make_console().print(table)
     if results["skipped"]:
-        Console().print(f"skipped: {results['skipped']}")
+        make_console().print(f"skipped: {results['skipped']}")

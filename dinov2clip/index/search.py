@@ -77,8 +77,9 @@ def where(hit: dict) -> str:
 
 
 def print_hits(query: str, hits: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from dinov2clip.evaluate.report import make_console
 
     table = Table(title=f"search: {query!r}")
     table.add_column("rank", justify="right")
@@ -87,7 +88,7 @@ def print_hits(query: str, hits: list[dict]) -> None:
     table.add_column("caption", overflow="fold")
     for h in hits:
         table.add_row(str(h["rank"]), f"{h['score']:.4f}", where(h), h.get("caption") or "")
-    Console().print(table)
+    make_console().print(table)
 
 
 def write_html(path: Path, query: str, hits: list[dict]) -> None:
