@@ -22,7 +22,7 @@ from PIL import Image
 
 from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.extract.mapper import load_clip, load_dino
+from dinov2clip.extract.mapper import cls_and_patch_mean, load_clip, load_dino, register_count
 from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
 from dinov2clip.train.data import pool, pooled_dim
 from dinov2clip.train.projector import Projector
@@ -41,7 +41,7 @@ class DinoV2Clip:
         self.pooling, self.num_patch_tokens = pooling, num_patch_tokens
         self.device = device or torch.device("cpu")
         self.dtype, self.batch_size = dtype, batch_size
-        self.n_registers = int(getattr(dino.config, "num_register_tokens", 0) or 0) if dino else 0
+        self.n_registers = register_count(dino) if dino else 0
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, *, device: str | torch.device = "auto",
@@ -139,9 +139,7 @@ class DinoV2Clip:
         """(B, in_dim) pooled DINOv2 features, exactly as extract caches and train pools them."""
         with autocast(self.device, self.dtype):
             hidden = self.dino(pixel_values=x).last_hidden_state  # (B, 1+R+P, D), post-norm
-        hidden = hidden.float()
-        cls = hidden[:, 0]
-        patch_mean = hidden[:, 1 + self.n_registers:].mean(dim=1)  # registers excluded
+        cls, patch_mean = cls_and_patch_mean(hidden, self.n_registers)
         return pool(cls, patch_mean, self.pooling, self.num_patch_tokens)
 
     def _project(self, feats: torch.Tensor) -> torch.Tensor:

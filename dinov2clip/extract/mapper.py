@@ -85,13 +85,25 @@ class Embeddings:
     clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
 
 
+def register_count(dino) -> int:
+    """Register tokens a DINOv2 carries after CLS (0 for the plain models)."""
+    return int(getattr(dino.config, "num_register_tokens", 0) or 0)
+
+
+def cls_and_patch_mean(hidden: torch.Tensor, n_registers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From last_hidden_state (B, 1+R+P, D), post-norm: the CLS token and the mean of the P patch
+    tokens, registers excluded; both (B, D) float32."""
+    hidden = hidden.float()
+    return hidden[:, 0], hidden[:, 1 + n_registers:].mean(dim=1)
+
+
 class Mapper:
     def __init__(self, dino, dino_spec: PreprocessSpec, clip, clip_spec: PreprocessSpec,
                  device: torch.device, dtype: torch.dtype):
         self.dino, self.clip = dino, clip
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.device, self.dtype = device, dtype
-        self.n_registers = int(getattr(dino.config, "num_register_tokens", 0) or 0)
+        self.n_registers = register_count(dino)
         self._buffers: dict[str, torch.Tensor] = {}
         self.clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0) or self._probe_clip_dim()
 
@@ -132,10 +144,10 @@ class Mapper:
             hidden = self.dino(pixel_values=dino_x).last_hidden_state  # (B, 1+R+P, D), post-norm
             img = self.clip.encode_image(clip_x)  # (B, D_clip)
             txt = self.clip.encode_text(tokens.to(dev, non_blocking=True))  # (m, D_clip)
-        hidden = hidden.float()
+        cls, patch_mean = cls_and_patch_mean(hidden, self.n_registers)
         out = {
-            "dino_cls": hidden[:, 0],
-            "dino_mean": hidden[:, 1 + self.n_registers:].mean(dim=1),  # no CLS, no registers
+            "dino_cls": cls,
+            "dino_mean": patch_mean,
             "clip_image": F.normalize(img.float(), dim=-1),
             "clip_text": F.normalize(txt.float(), dim=-1),
         }
