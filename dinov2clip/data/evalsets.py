@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, EvalSetConfig
+from dinov2clip.extract.reader import IMAGE_EXTS  # what the extract stage can read
 from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ HF_REPOS = {
     "flickr8k": "clip-benchmark/wds_flickr8k",  # 1k test images
 }
 # The image types the extract stage reads (extract/reader.py; not imported: it pulls in torch).
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Which EvalSetConfig fields each source reads; setting any other one is a mistake worth naming.
 FIELDS_USED = {
     "hf": ("repo", "revision"),

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.data.evalsets import IMAGE_EXTS
+from dinov2clip.extract.reader import IMAGE_EXTS
 
 
 def link_webdataset(name: str, src: str, shards_root: Path) -> str:

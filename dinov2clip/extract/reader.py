@@ -31,26 +31,8 @@ class ShardContents:
 
 def read_shard(path: Path, multi_caption: bool) -> ShardContents:
     """All usable samples of one tar, in order; multi_caption: the .txt holds one caption a line."""
-    out = ShardContents()
-    if path.stat().st_size == 0:
-        out.skipped["zero_byte_file"] += 1
-        return out
-    groups: list[tuple[str, dict[str, bytes]]] = []  # consecutive members of one key, in order
-    try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_name(member.name)
-                if not groups or groups[-1][0] != key:
-                    groups.append((key, {}))  # before reading, so a cut sample is counted
-                fh = tar.extractfile(member)
-                groups[-1][1][ext.lower()] = fh.read() if fh else b""
-    except (tarfile.TarError, EOFError, OSError):
-        out.skipped["truncated_tar"] += 1
-        # The last group may be cut in half; it is kept only if it still has an image and a text.
-    if not groups and not out.skipped:
-        out.skipped["empty_shard"] += 1
+    groups, skipped = read_groups(path)
+    out = ShardContents(skipped=skipped)
     seen: set[str] = set()
     for key, parts in groups:
         sample, reason = _to_sample(key, parts, multi_caption)
@@ -64,6 +46,50 @@ def read_shard(path: Path, multi_caption: bool) -> ShardContents:
     return out
 
 
+def read_groups(path: Path) -> tuple[list[tuple[str, dict[str, bytes]]], Counter]:
+    """A tar's samples as (key, {extension: bytes}) in order, and what was lost, by reason.
+
+    A truncated tar keeps the samples before the damage; the last group may be cut in half, so
+    callers keep it only if it still has what they need.
+    """
+    skipped: Counter = Counter()
+    if path.stat().st_size == 0:
+        skipped["zero_byte_file"] += 1
+        return [], skipped
+    groups: list[tuple[str, dict[str, bytes]]] = []  # consecutive members of one key, in order
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_name(member.name)
+                if not groups or groups[-1][0] != key:
+                    groups.append((key, {}))  # before reading, so a cut sample is counted
+                fh = tar.extractfile(member)
+                groups[-1][1][ext.lower()] = fh.read() if fh else b""
+    except (tarfile.TarError, EOFError, OSError):
+        skipped["truncated_tar"] += 1
+    if not groups and not skipped:
+        skipped["empty_shard"] += 1
+    return groups, skipped
+
+
+def image_bytes(parts: dict[str, bytes]) -> bytes | None:
+    """A sample's image payload: "jpg", or e.g. "png.jpg" (decoders go by the last dotted part)."""
+    return next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
+                None)
+
+
+def sample_url(parts: dict[str, bytes]) -> str:
+    """The url in a sample's .json (img2dataset writes one), or ""."""
+    if "json" not in parts:
+        return ""
+    try:
+        return str(json.loads(parts["json"]).get("url", "") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
 def split_name(name: str) -> tuple[str, str]:
     """webdataset's rule: the key is the path up to the first dot of the file name."""
     folder, _, base = name.rpartition("/")
@@ -72,9 +98,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
-    # "jpg", or e.g. "png.jpg": webdataset decoders go by the last dotted part.
-    image = next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
-                 None)
+    image = image_bytes(parts)
     if image is None:
         return None, "no_image"
     if not image:
@@ -89,10 +113,4 @@ def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
     captions = [c for c in captions if c]
     if not captions:
         return None, "empty_caption"
-    url = ""
-    if "json" in parts:
-        try:
-            url = str(json.loads(parts["json"]).get("url", "") or "")
-        except (ValueError, AttributeError):
-            pass
-    return RawSample(key=key, image=image, captions=captions, url=url), ""
+    return RawSample(key=key, image=image, captions=captions, url=sample_url(parts)), ""

@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dinov2clip.extract.preprocess import PreprocessSpec, decode, resize_and_crop
+from dinov2clip.extract.reader import IMAGE_EXTS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -9,13 +9,13 @@ half-built index is an error, not a silent mix.
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
+from dinov2clip.extract.reader import IMAGE_EXTS, image_bytes, read_groups, sample_url, split_name
 from dinov2clip.index.images import IMAGE_SUFFIXES, list_images, sidecar_caption
 
 
@@ -77,37 +77,18 @@ def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
 
 def _read_tar(path: Path) -> ChunkItems:
     """A webdataset tar's images, with its .txt caption and .json url where present."""
-    out = ChunkItems()
-    groups: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                fh = tar.extractfile(member)
-                groups.setdefault(key, {})[ext.lower()] = fh.read() if fh else b""
-    except (tarfile.TarError, EOFError, OSError):
-        out.skipped["truncated_tar"] += 1  # the samples before the damage are still kept
-    for key, parts in groups.items():
-        ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-        if ext is None:
+    groups, skipped = read_groups(path)
+    out = ChunkItems(skipped=skipped)
+    for key, parts in groups:
+        image = image_bytes(parts)
+        if image is None:
             out.skipped["no_image"] += 1
             continue
-        out.images.append(parts[ext])
-        out.rows.append({"key": key, "path": str(path.resolve()), "url": _url(parts),
+        out.images.append(image)
+        out.rows.append({"key": key, "path": str(path.resolve()), "url": sample_url(parts),
                          "caption": " ".join(parts.get("txt", b"").decode(
                              "utf-8", errors="replace").split()), "kind": "tar"})
     return out
-
-
-def _url(parts: dict[str, bytes]) -> str:
-    if "json" not in parts:
-        return ""
-    try:
-        return str(json.loads(parts["json"]).get("url", "") or "")
-    except (ValueError, AttributeError):
-        return ""
 
 
 def read_tar_member(path: Path, key: str) -> bytes | None:
@@ -115,8 +96,8 @@ def read_tar_member(path: Path, key: str) -> bytes | None:
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
-                name, _, ext = member.name.partition(".")
-                if name == key and ext.lower() in ("jpg", "jpeg", "png", "webp"):
+                name, ext = split_name(member.name)
+                if name == key and ext.lower().rpartition(".")[2] in IMAGE_EXTS:
                     fh = tar.extractfile(member)
                     return fh.read() if fh else None
     except (tarfile.TarError, EOFError, OSError):
