@@ -136,28 +136,13 @@ def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_token
 
 
 def load_eval_pairs(emb_dir: Path, pooling: str, num_patch_tokens: int = 256) -> EvalPairs:
-    """An eval set's embeddings; meta caption_start/n_captions give the caption -> image map."""
-    shards = check_complete(emb_dir)
-    xs, imgs, txts, owners, n_images = [], [], [], [], 0
-    for s in shards:
-        meta = pq.read_table(emb_dir / "meta" / f"{s}.parquet",
-                             columns=["caption_start", "n_captions"]).to_pydict()
-        starts = np.asarray(meta["caption_start"], dtype=np.int64)
-        counts = np.asarray(meta["n_captions"], dtype=np.int64)
-        # Caption rows of image i are caption_start[i] .. + n_captions[i] in this shard's clip_text.
-        rows = np.concatenate([np.arange(a, a + c, dtype=np.int64)
-                               for a, c in zip(starts, counts, strict=True)] or [[]])
-        cls, mean = (_read(emb_dir, a, s) for a in ARRAYS[:2])
-        xs.append(pool(cls, mean, pooling, num_patch_tokens).float())
-        imgs.append(_read(emb_dir, "clip_image", s).float())
-        txts.append(_read(emb_dir, "clip_text", s)[torch.from_numpy(rows.astype(np.int64))]
-                    .float())
-        owners.append(torch.from_numpy(np.repeat(np.arange(len(counts)) + n_images, counts)))
-        n_images += len(counts)
-    c2i = torch.cat(owners)
-    if c2i.numel() == 0:
-        raise ConfigError(f"{emb_dir}: eval set has no captions")
-    return EvalPairs(torch.cat(xs), torch.cat(imgs), torch.cat(txts), c2i)
+    """An eval set's embeddings, pooled, read exactly as the eval stage reads them."""
+    # Imported here: evaluate.embeddings itself builds on this module (pool, check_complete).
+    from dinov2clip.evaluate.embeddings import load_eval_embeddings
+
+    emb = load_eval_embeddings(emb_dir)
+    x = pool(emb.dino_cls, emb.dino_mean, pooling, num_patch_tokens).float()
+    return EvalPairs(x, emb.clip_image, emb.clip_text, emb.caption_to_image)
 
 
 def _val_mask(emb_dir: Path, shard: str, val_fraction: float) -> np.ndarray:
