@@ -5,6 +5,9 @@ images / 25k captions, Flickr30k 1k / 5k, Flickr8k 1k / 5k. For each set it runs
 `pipeline eval` runs after loading: R@1/5/10 both ways for CLIP, projected and ensemble, and % of
 CLIP. Reports the median of several runs; the target is under 2 s on 2 cores.
 
+Where the CPU has native bfloat16, the eval screens scores in bf16; the run then also times the
+float32 screen (what CPUs without bf16 run), alternating the two, and reports the ratio.
+
     .venv/bin/python bench/eval_speed.py [--runs 5] [--threads 2] [--faiss] [--machine TEXT]
 """
 
@@ -18,11 +21,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinov2clip.evaluate import scores  # noqa: E402
 from dinov2clip.evaluate.compute import SetEval  # noqa: E402
 
 SETS = {"mscoco": (5000, 25000), "flickr30k": (1000, 5000), "flickr8k": (1000, 5000)}
@@ -41,13 +46,19 @@ def synthetic_set(n_images: int, n_captions: int, seed: int):
     return text.half(), clip.half(), projected, c2i
 
 
-def eval_once(data: dict, engine: str) -> tuple[float, float, dict]:
-    """(wall seconds, process CPU seconds, results) of one full eval of every set."""
-    start, cpu = time.perf_counter(), time.process_time()
-    out = {}
-    for name, (text, clip, projected, c2i) in data.items():
-        out[name] = SetEval(text, clip, c2i, [1, 5, 10], engine, use_gpu=False).rows(projected)
-    return time.perf_counter() - start, time.process_time() - cpu, out
+def eval_once(data: dict, engine: str, screen: torch.dtype | None = None,
+              ) -> tuple[float, float, dict]:
+    """(wall seconds, process CPU seconds, results) of one full eval of every set.
+
+    `screen` forces the exact engine's screen precision (default: what `pipeline eval` uses).
+    """
+    dtype = screen or scores.screen_dtype()
+    with mock.patch.object(scores, "screen_dtype", lambda: dtype):
+        start, cpu = time.perf_counter(), time.process_time()
+        out = {}
+        for name, (text, clip, projected, c2i) in data.items():
+            out[name] = SetEval(text, clip, c2i, [1, 5, 10], engine, use_gpu=False).rows(projected)
+        return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main() -> None:
@@ -62,18 +73,25 @@ def main() -> None:
     load_before = os.getloadavg()
     data = {name: synthetic_set(ni, nc, seed) for seed, (name, (ni, nc)) in
             enumerate(SETS.items())}
+    screen = scores.screen_dtype()
+    compare = screen != torch.float32  # side by side with the float32 screen, alternating
     eval_once(data, "exact")  # warm-up: first-touch allocations, BLAS and numpy start-up
-    times, cpu_times = [], []
+    times, cpu_times, fp32_times = [], [], []
     for _ in range(args.runs):
         seconds, cpu, results = eval_once(data, "exact")
         times.append(seconds)
         cpu_times.append(cpu)
+        if compare:
+            seconds, _, via_fp32 = eval_once(data, "exact", torch.float32)
+            fp32_times.append(seconds)
+            assert via_fp32 == results, "the float32 screen must give the very same numbers"
     record = {
         "bench": "eval_speed",
         "what": "R@1/5/10 both ways for CLIP, projected, ensemble on 3 sets, from embeddings",
         "sizes": {name: {"images": ni, "captions": nc, "dim": DIM} for name, (ni, nc) in
                   SETS.items()},
         "engine": "exact",
+        "screen": str(screen).removeprefix("torch."),
         "median_s": round(statistics.median(times), 3),
         "runs_s": [round(t, 3) for t in times],
         # CPU seconds used by this process: on a busy machine wall time also counts waiting for
@@ -86,6 +104,11 @@ def main() -> None:
         "torch": torch.__version__,
         "sanity_mscoco_clip": results["mscoco"]["clip"],
     }
+    if compare:
+        record["float32_screen_median_s"] = round(statistics.median(fp32_times), 3)
+        record["float32_screen_runs_s"] = [round(t, 3) for t in fp32_times]
+        record["speedup_vs_float32_screen"] = round(
+            statistics.median(fp32_times) / statistics.median(times), 2)
     if args.faiss:
         seconds, _, via_faiss = eval_once(data, "faiss")
         record["faiss_cpu_s"] = round(seconds, 3)
@@ -104,8 +127,10 @@ def _machine(threads: int) -> str:
                 break
     except OSError:
         pass
-    return (f"cpu: {cpu}, {os.cpu_count()} cores visible, torch on {threads} threads "
-            f"(numpy counting on as many threads); shared with other jobs unless stated")
+    return (f"cpu: {cpu} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
+            f"{scores.screen_dtype() == torch.bfloat16}), {os.cpu_count()} cores visible, torch "
+            f"on {threads} threads (numpy counting on as many threads); shared with other jobs "
+            f"unless stated")
 
 
 if __name__ == "__main__":

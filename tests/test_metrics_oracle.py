@@ -16,7 +16,7 @@ from dinov2clip.evaluate.metrics import (
     text_to_image_ranks,
 )
 from dinov2clip.evaluate.retrieval import faiss_ranks
-from dinov2clip.evaluate.scores import ranks_from_scores, score_matrix
+from dinov2clip.evaluate.scores import exact_ranks
 
 KS = [1, 5, 10]
 
@@ -80,11 +80,14 @@ def test_rank_path_matches_oracle_at_every_chunk_size(case, chunk):
     assert recalls_percent(t2i, i2t, KS) == want
 
 
+SCREENS = [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", SCREENS, ids=["bf16", "fp32"])
 @pytest.mark.parametrize(("chunk", "threads"), [(1, 1), (7, 3), (64, 2), (100000, 1)])
-def test_score_matrix_path_matches_oracle_at_every_chunk_size(case, chunk, threads):
+def test_screened_path_matches_oracle_at_every_chunk_size(case, chunk, threads, dtype):
     text, image, c2i, want = case
-    t2i, i2t = ranks_from_scores(score_matrix(text, image), c2i.numpy(), max(KS), chunk=chunk,
-                                 threads=threads)
+    t2i, i2t = exact_ranks(text, image, c2i, max(KS), chunk=chunk, dtype=dtype, threads=threads)
     assert recalls_percent(t2i, i2t, KS) == want
     # Exact ranks, not just recalls: the same as the reference path, clipped at the cap.
     cap = max(KS)
@@ -101,8 +104,9 @@ def test_faiss_path_matches_oracle_on_ties(case):
 def test_fp16_input_gives_the_float32_answer(case):
     text, image, c2i, want = case
     assert retrieval_recalls(image.half(), text.half(), c2i, KS) == want
-    t2i, i2t = ranks_from_scores(score_matrix(text.half(), image.half()), c2i.numpy(), 10)
-    assert recalls_percent(t2i, i2t, KS) == want
+    for dtype in SCREENS:
+        t2i, i2t = exact_ranks(text.half(), image.half(), c2i, 10, dtype=dtype)
+        assert recalls_percent(t2i, i2t, KS) == want
     t2i, i2t = faiss_ranks(image.half(), text.half(), c2i, 10, use_gpu=False)
     assert recalls_percent(t2i, i2t, KS) == want
 
@@ -119,16 +123,18 @@ def test_oracle_itself_on_a_hand_checked_case():
     # Image->text: caption scores are 1, 1, 2, 0.5 for every image: order 2, 0, 1, 3.
     assert want["i2t_R@1"] == 100.0 / 3 and want["i2t_R@2"] == 200.0 / 3
     assert retrieval_recalls(image, text, c2i, [1, 2]) == want
-    t2i, i2t = ranks_from_scores(score_matrix(text, image), c2i.numpy(), 2)
-    assert recalls_percent(t2i, i2t, [1, 2]) == want
+    for dtype in SCREENS:
+        t2i, i2t = exact_ranks(text, image, c2i, 2, dtype=dtype)
+        assert recalls_percent(t2i, i2t, [1, 2]) == want
 
 
 def test_image_without_captions_is_never_retrieved():
     image = torch.eye(3)
     text = torch.eye(3)[:2]  # image 2 has no caption
     c2i = torch.tensor([0, 1])
-    t2i, i2t = ranks_from_scores(score_matrix(text, image), c2i.numpy(), 10)
-    assert i2t.tolist() == [0, 0, 10] and t2i.tolist() == [0, 0]
+    for dtype in SCREENS:
+        t2i, i2t = exact_ranks(text, image, c2i, 10, dtype=dtype)
+        assert i2t.tolist() == [0, 0, 10] and t2i.tolist() == [0, 0]
     t2i_f, i2t_f = faiss_ranks(image, text, c2i, 10, use_gpu=False)
     assert i2t_f.tolist() == [0, 0, 10]
     assert recalls_percent(t2i, i2t, [1])["i2t_R@1"] == pytest.approx(200 / 3)

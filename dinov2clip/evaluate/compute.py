@@ -2,11 +2,10 @@
 
 Two engines, one tie rule (score desc, index asc), so the same numbers: exactly wherever both
 compute the same scores (tests/test_metrics_oracle.py uses data where every score is exact), and
-on float data unless two BLAS libraries round a near-tie at the top-k boundary differently (no
+on float data unless FAISS's float32 rounding flips a near-tie at a top-k boundary (no
 difference at the bench's real set sizes, bench/eval_speed.py --faiss):
-- "exact": one float32 matmul per embedding, ranks counted in both directions from it
-  (scores.py); the ensemble's scores come from CLIP's and the projection's by linearity, so a
-  set costs two matmuls. The fastest on a CPU.
+- "exact": ranks in both directions from one screened product per embedding, with the few
+  undecided scores computed exactly (scores.py). The fastest on a CPU.
 - "faiss": IndexFlatIP searches, one per direction and embedding, with ties fixed up
   (retrieval.py). On a GPU that FAISS can use it is the fast one.
 "auto" picks faiss when GPU FAISS is usable, else exact. CLIP's own row does not depend on the
@@ -15,7 +14,6 @@ projector, so a SetEval computes it once and reuses it for every checkpoint (--a
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +21,7 @@ from dinov2clip.config import ConfigError
 from dinov2clip.device import METRIC_DTYPE
 from dinov2clip.evaluate.metrics import percent_of, recalls_percent
 from dinov2clip.evaluate.retrieval import faiss_ranks, gpu_faiss_usable
-from dinov2clip.evaluate.scores import ensemble_scores_, ranks_from_scores, score_matrix
+from dinov2clip.evaluate.scores import exact_ranks
 
 ENGINES = ("auto", "exact", "faiss")
 
@@ -52,8 +50,7 @@ class SetEval:
         self.c2i = caption_to_image.long()  # (n_captions,)
         self.ks, self.cap = list(ks), max(ks)
         self.engine, self.use_gpu = engine, use_gpu
-        self._clip_scores: np.ndarray | None = None
-        self.clip = self._recalls(self.clip_image, "clip")
+        self.clip = self._recalls(self.clip_image)
 
     def rows(self, projected: torch.Tensor) -> dict[str, dict[str, float]]:
         """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows."""
@@ -62,30 +59,17 @@ class SetEval:
         if projected.shape != self.clip_image.shape:
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
                               f"images {tuple(self.clip_image.shape)}")
-        out = {"clip": self.clip}
-        if self.engine == "exact":
-            s = score_matrix(self.text, projected)  # (n_captions, n_images) float32
-            out["projected"] = self._from_scores(s)
-            ensemble_scores_(self._clip_scores, s, self.clip_image, projected)
-            out["ensemble"] = self._from_scores(s)
-        else:
-            out["projected"] = self._recalls(projected, "projected")
-            out["ensemble"] = self._recalls(ensemble(self.clip_image, projected), "ensemble")
+        out = {"clip": self.clip, "projected": self._recalls(projected),
+               "ensemble": self._recalls(ensemble(self.clip_image, projected))}
         out["projected_pct"] = percent_of(self.clip, out["projected"])
         out["ensemble_pct"] = percent_of(self.clip, out["ensemble"])
         return out
 
-    def _recalls(self, image: torch.Tensor, row: str) -> dict[str, float]:
+    def _recalls(self, image: torch.Tensor) -> dict[str, float]:
         if self.engine == "exact":
-            s = score_matrix(self.text, image)
-            if row == "clip":
-                self._clip_scores = s  # kept: every ensemble row starts from it
-            return self._from_scores(s)
-        t2i, i2t = faiss_ranks(image, self.text, self.c2i, self.cap, self.use_gpu)
-        return recalls_percent(t2i, i2t, self.ks)
-
-    def _from_scores(self, s: np.ndarray) -> dict[str, float]:
-        t2i, i2t = ranks_from_scores(s, self.c2i.numpy(), self.cap)
+            t2i, i2t = exact_ranks(self.text, image, self.c2i, self.cap)
+        else:
+            t2i, i2t = faiss_ranks(image, self.text, self.c2i, self.cap, self.use_gpu)
         return recalls_percent(t2i, i2t, self.ks)
 
 
