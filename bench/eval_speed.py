@@ -21,14 +21,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dinov2clip.evaluate import scores  # noqa: E402
 from dinov2clip.evaluate.compute import SetEval  # noqa: E402
+from dinov2clip.evaluate.screen import screen_dtype  # noqa: E402
 
 SETS = {"mscoco": (5000, 25000), "flickr30k": (1000, 5000), "flickr8k": (1000, 5000)}
 DIM = 512
@@ -52,13 +51,12 @@ def eval_once(data: dict, engine: str, screen: torch.dtype | None = None,
 
     `screen` forces the exact engine's screen precision (default: what `pipeline eval` uses).
     """
-    dtype = screen or scores.screen_dtype()
-    with mock.patch.object(scores, "screen_dtype", lambda: dtype):
-        start, cpu = time.perf_counter(), time.process_time()
-        out = {}
-        for name, (text, clip, projected, c2i) in data.items():
-            out[name] = SetEval(text, clip, c2i, [1, 5, 10], engine, use_gpu=False).rows(projected)
-        return time.perf_counter() - start, time.process_time() - cpu, out
+    start, cpu = time.perf_counter(), time.process_time()
+    out = {}
+    for name, (text, clip, projected, c2i) in data.items():
+        out[name] = SetEval(text, clip, c2i, [1, 5, 10], engine, use_gpu=False,
+                            screen=screen).rows(projected)
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main() -> None:
@@ -73,7 +71,7 @@ def main() -> None:
     load_before = os.getloadavg()
     data = {name: synthetic_set(ni, nc, seed) for seed, (name, (ni, nc)) in
             enumerate(SETS.items())}
-    screen = scores.screen_dtype()
+    screen = screen_dtype()
     compare = screen != torch.float32  # side by side with the float32 screen, alternating
     eval_once(data, "exact")  # warm-up: first-touch allocations, BLAS and numpy start-up
     times, cpu_times, fp32_times = [], [], []
@@ -128,7 +126,7 @@ def _machine(threads: int) -> str:
     except OSError:
         pass
     return (f"cpu: {cpu} ({torch.backends.cpu.get_cpu_capability()}, native bf16: "
-            f"{scores.screen_dtype() == torch.bfloat16}), {os.cpu_count()} cores visible, torch "
+            f"{screen_dtype() == torch.bfloat16}), {os.cpu_count()} cores visible, torch "
             f"on {threads} threads (numpy counting on as many threads); shared with other jobs "
             f"unless stated")
 

@@ -65,9 +65,10 @@ def random_set():
     return text.half(), clip.half(), projected, c2i
 
 
-def test_exact_and_faiss_engines_agree_with_the_reference(random_set):
+@pytest.mark.parametrize("screen", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_exact_and_faiss_engines_agree_with_the_reference(random_set, screen):
     text, clip, projected, c2i = random_set
-    exact = SetEval(text, clip, c2i, KS, engine="exact").rows(projected)
+    exact = SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(projected)
     via_faiss = SetEval(text, clip, c2i, KS, engine="faiss", use_gpu=False).rows(projected)
     assert exact == via_faiss
     # The reference path on the same inputs: upcast, then L2-normalised again in float32.

@@ -10,15 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2clip.evaluate.scores import _Screen, exact_ranks, screen_dtype
+from dinov2clip.evaluate import scores
+from dinov2clip.evaluate.compute import ensemble
+from dinov2clip.evaluate.scores import exact_ranks
+from dinov2clip.evaluate.screen import Screen, ensemble_screen, screen_dtype
 
 SCREENS = [torch.bfloat16, torch.float32]
 CAP = 10
 
 
 def reference_ranks(text: torch.Tensor, image: torch.Tensor, c2i: torch.Tensor, cap: int):
-    """float64 scores, every list sorted by (score desc, index asc), ranks clipped at cap."""
-    s = text.double().numpy() @ image.double().numpy().T  # (n_captions, n_images)
+    """float64 scores, every list sorted by (score desc, index asc), ranks clipped at cap.
+
+    numpy's own einsum loop, not BLAS: it sums every entry in the same order, so duplicate
+    vectors score exactly alike (a BLAS product may not, at the edges of its tiles).
+    """
+    s = np.einsum("id,jd->ij", text.double().numpy(), image.double().numpy())
     c2i = c2i.numpy()
     t2i = np.array([np.lexsort((np.arange(s.shape[1]), -row)).tolist().index(c2i[c])
                     for c, row in enumerate(s)])
@@ -48,8 +55,8 @@ def test_screen_error_is_within_its_bound(dtype, dim):
     # Not unit norm on purpose: the bound must hold for any input, and scale with the norms.
     text = torch.randn(300, dim, generator=g) * torch.rand(300, 1, generator=g) * 3
     image = torch.randn(200, dim, generator=g) * torch.rand(200, 1, generator=g) * 3
-    screen = _Screen.build(text, image, dtype)
-    approx = screen.block(0, 300).astype(np.float64)
+    screen = Screen.build(text, image, dtype)
+    approx = screen.block(0, 300, torch.empty(300, 200)).astype(np.float64)
     err = np.abs(text.double().numpy() @ image.double().numpy().T - approx)
     allowed = screen.u * np.abs(approx)
     assert (err <= screen.row_slack[:, None] + allowed).all()
@@ -63,10 +70,46 @@ def test_screen_error_is_within_its_bound(dtype, dim):
         assert (err / scale).max() > 1e-4
 
 
+def test_ensemble_screen_by_linearity_is_within_its_bound():
+    g = torch.Generator().manual_seed(5)
+    text = F.normalize(torch.randn(400, 64, generator=g), dim=-1)
+    clip = F.normalize(torch.randn(150, 64, generator=g), dim=-1)
+    projected = F.normalize(clip + torch.randn(150, 64, generator=g), dim=-1)
+    mixed = ensemble(clip, projected)
+    screens = [Screen.build(text, x, torch.float32, keep=True) for x in (clip, projected)]
+    screen = ensemble_screen(*screens, text, clip, projected, mixed)
+    approx = screen.block(0, 400, torch.empty(400, 150)).astype(np.float64)
+    err = np.abs(text.double().numpy() @ mixed.double().numpy().T - approx)
+    assert err.max() > 0  # the sum really differs from the product with e
+    assert (err <= screen.row_slack[:, None]).all() and (err <= screen.col_slack[None, :]).all()
+    assert screen.row_slack.max() < 1e-4  # and the band stays thin
+
+
+def test_ensemble_screen_only_where_it_pays():
+    text, clip = F.normalize(torch.randn(20, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    projected = F.normalize(torch.randn(6, 8), dim=-1)
+    kept = [Screen.build(text, x, torch.float32, keep=True) for x in (clip, projected)]
+    args = (text, clip, projected, ensemble(clip, projected))
+    assert ensemble_screen(*kept, *args) is not None
+    bf16 = [Screen.build(text, x, torch.bfloat16) for x in (clip, projected)]
+    assert ensemble_screen(*bf16, *args) is None  # bf16 screens are neither kept nor exact enough
+    opposite = projected.clone()
+    opposite[2] = -clip[2]  # c + p cancels: 1/|c + p| would widen every band
+    kept[1] = Screen.build(text, opposite, torch.float32, keep=True)
+    assert ensemble_screen(*kept, text, clip, opposite, ensemble(clip, opposite)) is None
+
+
+# Re-check every undecided entry pair by pair, or every target whole (dense float64 rows).
+WIDE = {"pairs": 10 ** 9, "whole": -1}
+
+
+@pytest.mark.parametrize("recheck", WIDE)
 @pytest.mark.parametrize("dtype", SCREENS, ids=["bf16", "fp32"])
 @pytest.mark.parametrize(("noise", "chunk"), [(3.0, 64), (5.0, 1000)])
-def test_ranks_are_exact_on_float_data(dtype, noise, chunk):
+def test_ranks_are_exact_on_float_data(dtype, noise, chunk, recheck, monkeypatch):
+    monkeypatch.setattr(scores, "_WIDE", WIDE[recheck])
     text, image, c2i = clip_like(300, 5, 64, noise, seed=int(noise * 10))
+    image[[40, 77, 299]] = image[12].clone()  # exact duplicates of a float vector: exact ties
     t2i, i2t = exact_ranks(text, image, c2i, CAP, chunk=chunk, dtype=dtype, threads=2)
     want_t2i, want_i2t = reference_ranks(text, image, c2i, CAP)
     np.testing.assert_array_equal(t2i, want_t2i)
@@ -93,3 +136,15 @@ def test_near_duplicates_below_bf16_resolution_are_ranked_exactly():
 
 def test_screen_dtype_is_one_the_bound_knows():
     assert screen_dtype() in SCREENS
+
+
+def test_a_collapsed_projector_is_ranked_exactly_and_fast():
+    # Every image the same vector: nothing can be screened out, every target is re-checked
+    # whole, and the lower index wins every tie, so caption c finds its image at rank c2i[c].
+    text, image, c2i = clip_like(400, 3, 32, 1.0, seed=8)
+    image[:] = image[0].clone()
+    for dtype in SCREENS:
+        t2i, i2t = exact_ranks(text, image, c2i, CAP, dtype=dtype)
+        np.testing.assert_array_equal(t2i, np.minimum(c2i.numpy(), CAP))
+        want_t2i, want_i2t = reference_ranks(text, image, c2i, CAP)
+        np.testing.assert_array_equal(i2t, want_i2t)

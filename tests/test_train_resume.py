@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from tests.train_helpers import load, make_embeddings, one_thread, write_config
 
 single_thread = pytest.fixture(one_thread)
-EPOCHS = 4
+EPOCHS = 6
 
 
 def epoch_records(run_dir):
@@ -37,11 +37,13 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
                              f"train.epochs={EPOCHS}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 240
-        while not (killed / "train_state.pt").exists() and proc.poll() is None:
-            assert time.time() < deadline, "no epoch finished in time"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.6))  # anywhere in the next epoch, or its writes
+        state = killed / "train_state.pt"
+        first = _wait_for(lambda: state.exists() and state.stat().st_mtime_ns, proc)
+        second = _wait_for(lambda: (state.stat().st_mtime_ns != first
+                                    and state.stat().st_mtime_ns), proc)
+        # Anywhere in the next epoch, or its writes: at most one epoch's measured length, so a
+        # fast machine cannot run out of epochs before the kill.
+        time.sleep(random.uniform(0.0, (second - first) / 1e9))
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -57,3 +59,13 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
                                          for e in range(1, EPOCHS + 1)]:
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert epoch_records(killed) == epoch_records(whole)  # no duplicated or lost epochs
+
+
+def _wait_for(condition, proc, timeout: float = 240):
+    """condition()'s first truthy value, polling while the training process runs."""
+    deadline = time.time() + timeout
+    while not (value := condition()):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.01)
+    return value

@@ -5,7 +5,9 @@ compute the same scores (tests/test_metrics_oracle.py uses data where every scor
 on float data unless FAISS's float32 rounding flips a near-tie at a top-k boundary (no
 difference at the bench's real set sizes, bench/eval_speed.py --faiss):
 - "exact": ranks in both directions from one screened product per embedding, with the few
-  undecided scores computed exactly (scores.py). The fastest on a CPU.
+  undecided scores computed exactly (scores.py, screen.py). The fastest on a CPU. Where the
+  screen is float32 (CPUs without native bf16) the screens are kept, and the ensemble's comes
+  from CLIP's and the projection's by linearity, so a set costs two products, not three.
 - "faiss": IndexFlatIP searches, one per direction and embedding, with ties fixed up
   (retrieval.py). On a GPU that FAISS can use it is the fast one.
 "auto" picks faiss when GPU FAISS is usable, else exact. CLIP's own row does not depend on the
@@ -22,6 +24,7 @@ from dinov2clip.device import METRIC_DTYPE
 from dinov2clip.evaluate.metrics import percent_of, recalls_percent
 from dinov2clip.evaluate.retrieval import faiss_ranks, gpu_faiss_usable
 from dinov2clip.evaluate.scores import exact_ranks
+from dinov2clip.evaluate.screen import Screen, ensemble_screen, screen_dtype
 
 ENGINES = ("auto", "exact", "faiss")
 
@@ -39,7 +42,7 @@ class SetEval:
 
     def __init__(self, text: torch.Tensor, clip_image: torch.Tensor,
                  caption_to_image: torch.Tensor, ks: list[int], engine: str = "exact",
-                 use_gpu: bool = True):
+                 use_gpu: bool = True, screen: torch.dtype | None = None):
         # (n_captions, D) and (n_images, D): upcast from the cache's fp16, then L2-normalised
         # again as the protocol says: fp16 rounding leaves norms off by up to ~1e-3, enough to
         # reorder near-equal scores.
@@ -50,7 +53,9 @@ class SetEval:
         self.c2i = caption_to_image.long()  # (n_captions,)
         self.ks, self.cap = list(ks), max(ks)
         self.engine, self.use_gpu = engine, use_gpu
-        self.clip = self._recalls(self.clip_image)
+        self.screen = screen or screen_dtype()  # the exact engine's screen precision
+        self._clip_screen = self._screen(self.clip_image)
+        self.clip = self._recalls(self.clip_image, self._clip_screen)
 
     def rows(self, projected: torch.Tensor) -> dict[str, dict[str, float]]:
         """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows."""
@@ -59,15 +64,28 @@ class SetEval:
         if projected.shape != self.clip_image.shape:
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
                               f"images {tuple(self.clip_image.shape)}")
-        out = {"clip": self.clip, "projected": self._recalls(projected),
-               "ensemble": self._recalls(ensemble(self.clip_image, projected))}
+        mixed = ensemble(self.clip_image, projected)
+        screen = self._screen(projected)
+        out = {"clip": self.clip, "projected": self._recalls(projected, screen)}
+        if screen is not None:
+            screen = ensemble_screen(self._clip_screen, screen, self.text, self.clip_image,
+                                     projected, mixed)
+        out["ensemble"] = self._recalls(mixed, screen)
         out["projected_pct"] = percent_of(self.clip, out["projected"])
         out["ensemble_pct"] = percent_of(self.clip, out["ensemble"])
         return out
 
-    def _recalls(self, image: torch.Tensor) -> dict[str, float]:
+    def _screen(self, image: torch.Tensor) -> Screen | None:
+        """A kept float32 screen where the CPU has no native bf16; None otherwise (exact_ranks
+        then builds and drops its own: bf16 products cost less to redo than to keep)."""
+        if self.engine != "exact" or self.screen != torch.float32:
+            return None
+        return Screen.build(self.text.cpu(), image.cpu(), torch.float32, keep=True)
+
+    def _recalls(self, image: torch.Tensor, screen=None) -> dict[str, float]:
         if self.engine == "exact":
-            t2i, i2t = exact_ranks(self.text, image, self.c2i, self.cap)
+            t2i, i2t = exact_ranks(self.text, image, self.c2i, self.cap, dtype=self.screen,
+                                   screen=screen)
         else:
             t2i, i2t = faiss_ranks(image, self.text, self.c2i, self.cap, self.use_gpu)
         return recalls_percent(t2i, i2t, self.ks)

@@ -15,7 +15,7 @@ from dinov2clip.device import METRIC_DTYPE
 _NEVER = torch.iinfo(torch.long).max  # the rank of something that is never retrieved
 
 
-def _rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Rank (0 = first) of column targets[i] in row i; equal scores: lower column first."""
     target_scores = scores.gather(1, targets[:, None])  # (Q, 1)
     cols = torch.arange(scores.shape[1], device=scores.device)[None, :]
@@ -30,7 +30,7 @@ def text_to_image_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_imag
     ranks = []
     for s in range(0, text.shape[0], chunk):
         scores = text[s:s + chunk].to(METRIC_DTYPE) @ image.T  # (chunk, n_images)
-        ranks.append(_rank_of_targets(scores, caption_to_image[s:s + chunk]))
+        ranks.append(rank_of_targets(scores, caption_to_image[s:s + chunk]))
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
@@ -46,7 +46,7 @@ def image_to_text_ranks(image: torch.Tensor, text: torch.Tensor, caption_to_imag
         # One query row per (image, own caption) pair whose image is in this chunk.
         mine = (caption_to_image >= s) & (caption_to_image < s + rows.shape[0])
         owner = caption_to_image[mine] - s
-        ranks = _rank_of_targets(rows[owner], caption_ids[mine])
+        ranks = rank_of_targets(rows[owner], caption_ids[mine])
         chunk_best = torch.full((rows.shape[0],), _NEVER, dtype=torch.long)
         best[s:s + rows.shape[0]] = chunk_best.scatter_reduce_(0, owner, ranks, reduce="amin")
     return best

@@ -17,14 +17,8 @@ k <= cap needs no more. On CLIP-like data about a third of the rows hold undecid
 few each. The result is a pure function of (embeddings, caption -> image);
 tests/test_metrics_oracle.py checks it against a naive Python loop.
 
-The screen's error, for a text row a, an image row b, their low-precision copies a^ and b^,
-da = a - a^, db = b - b^, and the screen's output S~:
-    a.b - a^.b^ = da.b + a^.db, so |.| <= |da||b| + |a^||db|   (Cauchy-Schwarz)
-    float32 accumulation of K products adds <= gamma_2K |a^||b^|  (in any order, FMA or not)
-    rounding the output to bfloat16 adds <= u |S~|
-The norm terms are maximised over the other side, so each row (and each column) gets one slack
-R with |a.b - S~| <= R + u|S~|. As x - u|x| increases with x, "surely ahead" and "surely behind"
-are each one threshold on S~ per row.
+The screens and their error bounds live in screen.py. As x - u|x| increases with x, "surely
+ahead" and "surely behind" are each one threshold on S~ per row (and per column).
 """
 
 from __future__ import annotations
@@ -36,31 +30,28 @@ import numpy as np
 import torch
 
 from dinov2clip.device import METRIC_DTYPE
+from dinov2clip.evaluate.metrics import rank_of_targets
+from dinov2clip.evaluate.screen import EnsembleScreen, Screen, screen_dtype
 
-_U32 = 2.0 ** -24  # float32 unit roundoff
-# The rounding of the screen's output, relative. bfloat16 rounds to nearest (2^-8); allowing a
-# whole ulp keeps the bound true for a kernel that truncates instead.
-_U_OUT = {torch.bfloat16: 2.0 ** -7, torch.float32: 0.0}
-_TINY = 1e-30  # flushed subnormal products: far below any score difference that matters
 _PAIR_BATCH = 256  # exact dot products per step: the float64 copies stay in cache
-
-
-def screen_dtype() -> torch.dtype:
-    """bfloat16 where the CPU multiplies it natively (AVX512-BF16 or AMX), else float32."""
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    native = native or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if native and torch.backends.mkldnn.is_available() else torch.float32
+# A target with more undecided entries than this gets its whole row (or column) in float64 by
+# one product instead of pair by pair: cheaper per entry, and bounded in memory where the
+# screen cannot decide anything (near-duplicate images, a collapsed projector).
+_WIDE = 128
+_DENSE_BATCH = 256  # targets per float64 product
 
 
 def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
                 cap: int, chunk: int = 512, dtype: torch.dtype | None = None,
-                threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                threads: int | None = None, screen: Screen | EnsembleScreen | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(t2i (n_captions,), i2t (n_images,)) exact ranks, 0 = first, clipped at cap.
 
     t2i: rank of each caption's own image among all images. i2t: for each image, the best rank of
     any of its captions among all captions; an image without captions gets cap (never retrieved).
     Equal scores: the lower index ranks first. `chunk` text rows are screened at a time, `dtype`
     is the screen's precision (default: screen_dtype()), `threads` share the counting.
+    `screen`: one already built for these text and image embeddings (see SetEval).
     """
     text = text.detach().to("cpu", METRIC_DTYPE).contiguous()
     image = image.detach().to("cpu", METRIC_DTYPE).contiguous()
@@ -70,7 +61,7 @@ def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
     best, first = _best_captions(own, c2i, n_img)
     no_caption = first == n_cap
 
-    screen = _Screen.build(text, image, dtype or screen_dtype())
+    screen = screen or Screen.build(text, image, dtype or screen_dtype())
     rows = _Targets(*screen.thresholds(own, screen.row_slack), own, c2i)
     cols = _Targets(*screen.thresholds(best, screen.col_slack), best, first)
     cols.hi[no_caption] = cols.lo[no_caption] = np.inf  # nothing is counted against them
@@ -81,9 +72,34 @@ def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
         return pair_dots(text, image, captions, images)
 
     t2i = rows.ranks(*row_band, cap, exact)
+    wide = np.flatnonzero(rows.wide(cap))
+    t2i[wide] = _dense_ranks(text, image, wide, c2i[wide], cap)
     i2t = cols.ranks(col_band[1], col_band[0], cap, lambda img, caption: exact(caption, img))
+    wide = np.flatnonzero(cols.wide(cap))
+    i2t[wide] = _dense_ranks(image, text, wide, first[wide], cap)
     i2t[no_caption] = cap
     return t2i, i2t
+
+
+def _dense_ranks(queries: torch.Tensor, keys: torch.Tensor, which: np.ndarray,
+                 targets: np.ndarray, cap: int) -> np.ndarray:
+    """Exact ranks, clipped at cap, of keys[targets[i]] for queries[which[i]], from whole float64
+    score rows. For an image, the target is its best caption (`first`), and the rank of the best
+    caption is the image's. Target and rivals come from one product, so exact ties stay ties.
+    """
+    if not len(which):
+        return np.zeros(0, dtype=np.int64)
+    # Identical keys share one column: a BLAS product may sum different columns in different
+    # orders (edge tiles), which would split exact ties between duplicates.
+    unique, inverse = np.unique(keys.numpy(), axis=0, return_inverse=True)
+    unique, inverse = torch.from_numpy(unique).double(), torch.from_numpy(inverse.reshape(-1))
+    out = np.empty(len(which), dtype=np.int64)
+    for s in range(0, len(which), _DENSE_BATCH):
+        rows = torch.from_numpy(which[s:s + _DENSE_BATCH])
+        scores = (queries[rows].double() @ unique.T)[:, inverse]  # (batch, n_keys)
+        out[s:s + _DENSE_BATCH] = rank_of_targets(
+            scores, torch.from_numpy(targets[s:s + _DENSE_BATCH])).clamp(max=cap).numpy()
+    return out
 
 
 def pair_dots(text: torch.Tensor, image: torch.Tensor, rows: np.ndarray,
@@ -133,85 +149,20 @@ class _Targets:
         """
         return (self.sure < cap) & (self.upto - self.sure > 1)
 
+    def wide(self, cap: int) -> np.ndarray:
+        """Mask of targets to re-check whole, in float64, rather than pair by pair."""
+        return self.recheck(cap) & (self.upto - self.sure - 1 > _WIDE)
+
     def ranks(self, owner: np.ndarray, rival: np.ndarray, cap: int, exact) -> np.ndarray:
         """Exact ranks clipped at cap: the sure count, plus the undecided rivals of `owner` that
         beat its target when scored exactly by exact(owner, rival): higher, or equal at a lower
-        index. Pairs of targets that need no recheck, and the own entry, are dropped first."""
-        keep = self.recheck(cap)[owner] & (rival != self.own[owner])
+        index. Pairs of targets that need no recheck (or a whole one), and the own entry, are
+        dropped first."""
+        keep = (self.recheck(cap) & ~self.wide(cap))[owner] & (rival != self.own[owner])
         owner, rival = owner[keep], rival[keep]
         scores, target = exact(owner, rival), self.score[owner]
         ahead = (scores > target) | ((scores == target) & (rival < self.own[owner]))
         return np.minimum(self.sure + np.bincount(owner[ahead], minlength=len(self.sure)), cap)
-
-
-@dataclass
-class _Screen:
-    """The low-precision copies and each row's and column's error slack R (float64)."""
-
-    text: torch.Tensor  # (n_captions, D) in the screen's dtype
-    image: torch.Tensor  # (n_images, D)
-    row_slack: np.ndarray  # (n_captions,)
-    col_slack: np.ndarray  # (n_images,)
-    u: float  # relative rounding of the output: |S' - S~| <= u |S~|
-
-    @classmethod
-    def build(cls, text: torch.Tensor, image: torch.Tensor, dtype: torch.dtype) -> _Screen:
-        if dtype not in _U_OUT:
-            raise ValueError(f"screen dtype must be bfloat16 or float32, got {dtype}")
-        t_lo, i_lo = text.to(dtype), image.to(dtype)
-        t, t_err, t_lo_norm = _norms(text, t_lo)
-        i, i_err, i_lo_norm = _norms(image, i_lo)
-        k = 2 * text.shape[1] * _U32
-        gamma = k / (1 - k)
-        row = t_err * i.max(initial=0) + t_lo_norm * i_err.max(initial=0)
-        row += gamma * t_lo_norm * i_lo_norm.max(initial=0) + _TINY
-        col = t_err.max(initial=0) * i + t_lo_norm.max(initial=0) * i_err
-        col += gamma * t_lo_norm.max(initial=0) * i_lo_norm + _TINY
-        u_out = _U_OUT[dtype]
-        # 1e-6 relative head-room for the float64 arithmetic of the bound itself.
-        return cls(t_lo, i_lo, row * (1 + 1e-6), col * (1 + 1e-6), u_out / (1 - u_out) * (1 + 1e-6))
-
-    def thresholds(self, target: np.ndarray, slack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (hi, lo): S~ > hi means surely above target, S~ < lo surely below.
-
-        Surely above: S~ - u|S~| - R > target, i.e. S~ > f^-1(target + R) with f(x) = x - u|x|.
-        Surely below: S~ + u|S~| + R < target. Rounded outwards to float32, so the float32
-        comparisons on S~ (exact in float32) only ever leave more entries undecided.
-        """
-        up, down = target + slack, target - slack
-        hi = np.where(up >= 0, up / (1 - self.u), up / (1 + self.u))
-        lo = np.where(down >= 0, down / (1 + self.u), down / (1 - self.u))
-        return _round_up(hi), _round_down(lo)
-
-    def block(self, start: int, stop: int, columns: np.ndarray | None = None,
-              out: torch.Tensor | None = None) -> np.ndarray:
-        """float32 screened scores of text rows [start, stop) against all (or some) images."""
-        image = self.image if columns is None else self.image[torch.from_numpy(columns)]
-        scores = self.text[start:stop] @ image.T
-        if out is None:
-            return scores.float().numpy()
-        return out[:stop - start].copy_(scores).numpy()
-
-
-def _norms(x: torch.Tensor, x_lo: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """Row norms of x, of x - x_lo (the rounding error) and of x_lo, as float64 upper bounds.
-
-    x - x_lo is exact in float32 (x_lo is x rounded to fewer bits). A float32 norm is off by
-    at most ~D * 2^-24 relative (3e-5 at D = 512); 1e-3 of head-room covers D up to ~16k.
-    """
-    lo = x_lo.float()
-    norm = lambda v: torch.linalg.vector_norm(v, dim=1).double().numpy() * (1 + 1e-3)  # noqa: E731
-    return norm(x), norm(x - lo), norm(lo)
-
-
-def _round_up(x: np.ndarray) -> np.ndarray:
-    y = x.astype(np.float32)
-    return np.where(y < x, np.nextafter(y, np.float32(np.inf)), y)
-
-
-def _round_down(x: np.ndarray) -> np.ndarray:
-    y = x.astype(np.float32)
-    return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y)
 
 
 def _count(hits: np.ndarray, axis: int) -> np.ndarray:
@@ -220,14 +171,14 @@ def _count(hits: np.ndarray, axis: int) -> np.ndarray:
     return hits.view(np.uint8).sum(axis=axis, dtype=dtype).astype(np.int64)
 
 
-def _screen_pass(screen: _Screen, rows: _Targets, cols: _Targets, cap: int, chunk: int,
-                 threads: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def _screen_pass(screen: Screen | EnsembleScreen, rows: _Targets, cols: _Targets, cap: int,
+                 chunk: int, threads: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """Count both directions against the screen, filling rows' and cols' sure and upto.
 
     Returns two sets of undecided (caption, image) pairs: the rows' that can still change a
     rank, and every column's (which columns need theirs is only known at the end).
     """
-    n_cap, n_img = screen.text.shape[0], screen.image.shape[0]
+    n_cap, n_img = screen.shape
     rows.sure, rows.upto = np.zeros(n_cap, np.int64), np.zeros(n_cap, np.int64)
     cols.sure, cols.upto = np.zeros(n_img, np.int64), np.zeros(n_img, np.int64)
     buffer = torch.empty((min(chunk, n_cap), n_img), dtype=torch.float32)
@@ -258,11 +209,15 @@ def _count_part(part: np.ndarray, first_row: int, rows: _Targets, cols: _Targets
     rows.sure[span] = _count(part > rows.hi[span, None], axis=1)
     rows.upto[span] = _count(part >= rows.lo[span, None], axis=1)
     col_sure, col_upto = _count(part > cols.hi, axis=0), _count(part >= cols.lo, axis=0)
-    # Only the rows and columns with undecided entries are searched: a small slice of the part.
-    need = np.flatnonzero(rows.recheck(cap)[span])
+    # Only rows and columns with undecided entries are searched: a small slice of the part.
+    sure, upto = rows.sure[span], rows.upto[span]
+    need = np.flatnonzero((sure < cap) & (upto - sure > 1) & (upto - sure - 1 <= _WIDE))
     r, c = _band(part[need], rows.lo[first_row + need, None], rows.hi[first_row + need, None])
     row_band = (first_row + need[r], c)
-    need = np.flatnonzero(col_upto > col_sure)
+    # cols.sure/upto hold the earlier blocks' counts: a column already past cap needs nothing
+    # more, and one with a wide band will be re-checked whole.
+    need = (col_upto > col_sure) & (cols.sure < cap) & (cols.upto - cols.sure <= _WIDE)
+    need = np.flatnonzero(need)
     r, c = _band(part[:, need], cols.lo[need], cols.hi[need])
     return col_sure, col_upto, row_band, (first_row + r, need[c])
 
