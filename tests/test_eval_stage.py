@@ -17,6 +17,7 @@ from dinov2clip.config import ConfigError, load_config
 from dinov2clip.evaluate.compute import ensemble
 from dinov2clip.evaluate.embeddings import load_eval_embeddings, project
 from dinov2clip.evaluate.metrics import retrieval_recalls
+from dinov2clip.evaluate.screen import screen_dtype
 from dinov2clip.pipeline import app
 from dinov2clip.train.projector import Projector
 
@@ -29,6 +30,7 @@ def test_results_match_the_reference_and_say_where_they_come_from(demo_run):
     info = results["run_info"]
     assert info["checkpoint"] == "model.safetensors" and info["best_epoch"] == 4
     assert info["tag"] == "tiny" and info["engine"] == "exact"
+    assert info["screen"] == str(screen_dtype()).removeprefix("torch.")
     assert info["run_dir"] == str(art / "runs" / "demo") and len(info["git_sha"] or "x" * 40) == 40
     assert results["config"]["eval"]["sets"] == [SET] and results["config"]["source"] == str(config)
     # Every number, recomputed here with the slow reference path from the same files.
@@ -143,6 +145,7 @@ def test_cli_eval_with_run_option_writes_reports(scratch):
     out = root / "runs" / "other" / "eval"
     results = json.loads((out / "results.json").read_text())
     assert results["run"] == "other" and results["run_info"]["engine"] == "faiss"
+    assert results["run_info"]["screen"] is None  # FAISS does not screen
     assert "| projected, % of CLIP |" in (out / "report.md").read_text()
     assert (out / "recall.png").stat().st_size > 5000
     assert "% of CLIP" in result.stdout  # the rich table

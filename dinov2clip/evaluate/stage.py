@@ -19,6 +19,7 @@ from dinov2clip.evaluate.embeddings import (
     project_pooled,
 )
 from dinov2clip.evaluate.report import seed_comparison, summary
+from dinov2clip.evaluate.screen import screen_dtype
 from dinov2clip.train.data import pool
 from dinov2clip.train.projector import Projector
 
@@ -51,6 +52,9 @@ class EvalInputs:
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
         self.engine = resolve_engine(e.search, e.use_gpu_faiss)
+        # The exact engine's screen precision: it changes the speed, never the numbers.
+        self.screen = str(screen_dtype()).removeprefix("torch.") if self.engine == "exact" else None
+        self.engine_label = f"exact, {self.screen} screen" if self.screen else self.engine
         try:
             self.device = resolve_device(e.device)  # where the projector runs
         except ValueError as err:
@@ -96,7 +100,7 @@ def evaluate_run(cfg: Config) -> dict:
             res["seed_comparison"] = comparison
         results["sets"][name] = res
         log.info("%s: %d images, %d captions, evaluated in %.2fs (%s)", name, res["n_images"],
-                 res["n_captions"], time.perf_counter() - set_started, inp.engine)
+                 res["n_captions"], time.perf_counter() - set_started, inp.engine_label)
     results["run_info"]["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results
 
@@ -137,7 +141,8 @@ def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
         "config": to_dict(cfg),
         "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run_dir), "tag": inp.tag,
                      "checkpoint": checkpoint, "best_epoch": _best_epoch(inp.run_dir),
-                     "engine": inp.engine, "projector_device": str(inp.device),
+                     "engine": inp.engine, "screen": inp.screen,
+                     "projector_device": str(inp.device),
                      "train_config": inp.train_cfg},
     }
 
