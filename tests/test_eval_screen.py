@@ -148,3 +148,25 @@ def test_a_collapsed_projector_is_ranked_exactly_and_fast():
         np.testing.assert_array_equal(t2i, np.minimum(c2i.numpy(), CAP))
         want_t2i, want_i2t = reference_ranks(text, image, c2i, CAP)
         np.testing.assert_array_equal(i2t, want_i2t)
+
+
+def test_a_lowered_float32_matmul_precision_does_not_reach_the_float32_screen(monkeypatch):
+    # "medium" lets a CPU float32 product use bf16 arithmetic, outside the float32 bound (how
+    # far depends on the CPU), so the screen's products run at "highest" and the user's
+    # setting comes back afterwards.
+    seen, mm = [], torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: seen.append(
+        torch.get_float32_matmul_precision()) or mm(*a, **k))
+    text, image, c2i = clip_like(300, 5, 64, 3.0, seed=2)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        Screen.build(text, image, torch.float32, keep=True)
+        t2i, i2t = exact_ranks(text, image, c2i, CAP, dtype=torch.float32)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert len(seen) >= 2 and set(seen) == {"highest"}
+    want_t2i, want_i2t = reference_ranks(text, image, c2i, CAP)
+    np.testing.assert_array_equal(t2i, want_t2i)
+    np.testing.assert_array_equal(i2t, want_i2t)

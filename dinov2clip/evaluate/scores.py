@@ -61,7 +61,8 @@ def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
     best, first = _best_captions(own, c2i, n_img)
     no_caption = first == n_cap
 
-    screen = screen or Screen.build(text, image, dtype or screen_dtype())
+    if screen is None:
+        screen = Screen.build(text, image, dtype or screen_dtype())
     rows = _Targets(*screen.thresholds(own, screen.row_slack), own, c2i)
     cols = _Targets(*screen.thresholds(best, screen.col_slack), best, first)
     cols.hi[no_caption] = cols.lo[no_caption] = np.inf  # nothing is counted against them
@@ -187,9 +188,13 @@ def _screen_pass(screen: Screen | EnsembleScreen, rows: _Targets, cols: _Targets
         for start in range(0, n_cap, chunk):
             stop = min(start + chunk, n_cap)
             block = screen.block(start, stop, out=buffer)
-            work = lambda p: _count_part(block[p[0] - start:p[1] - start], p[0], rows, cols, cap)  # noqa: E731, B023
-            for col_sure, col_upto, row_band, col_band in pool.map(work, _split(start, stop,
-                                                                                threads)):
+            # Columns whose undecided entries are still wanted, from the earlier blocks' counts:
+            # one already past cap needs nothing more, one with a wide band is re-checked whole.
+            # Decided here, before the workers start, as the counts change under them after.
+            open_cols = (cols.sure < cap) & (cols.upto - cols.sure <= _WIDE)
+            jobs = [pool.submit(_count_part, block[a - start:b - start], a, rows, cols, open_cols,
+                                cap) for a, b in _split(start, stop, threads)]
+            for col_sure, col_upto, row_band, col_band in [job.result() for job in jobs]:
                 cols.sure += col_sure
                 cols.upto += col_upto
                 row_pairs.append(row_band)
@@ -202,9 +207,10 @@ def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
-def _count_part(part: np.ndarray, first_row: int, rows: _Targets, cols: _Targets, cap: int):
+def _count_part(part: np.ndarray, first_row: int, rows: _Targets, cols: _Targets,
+                open_cols: np.ndarray, cap: int):
     """Screened rows [first_row, first_row + len(part)): fill their counts and return this part's
-    column counts, plus its rows' and columns' undecided pairs."""
+    column counts, plus its rows' and its open columns' undecided pairs."""
     span = slice(first_row, first_row + part.shape[0])
     rows.sure[span] = _count(part > rows.hi[span, None], axis=1)
     rows.upto[span] = _count(part >= rows.lo[span, None], axis=1)
@@ -214,10 +220,7 @@ def _count_part(part: np.ndarray, first_row: int, rows: _Targets, cols: _Targets
     need = np.flatnonzero((sure < cap) & (upto - sure > 1) & (upto - sure - 1 <= _WIDE))
     r, c = _band(part[need], rows.lo[first_row + need, None], rows.hi[first_row + need, None])
     row_band = (first_row + need[r], c)
-    # cols.sure/upto hold the earlier blocks' counts: a column already past cap needs nothing
-    # more, and one with a wide band will be re-checked whole.
-    need = (col_upto > col_sure) & (cols.sure < cap) & (cols.upto - cols.sure <= _WIDE)
-    need = np.flatnonzero(need)
+    need = np.flatnonzero((col_upto > col_sure) & open_cols)
     r, c = _band(part[:, need], cols.lo[need], cols.hi[need])
     return col_sure, col_upto, row_band, (first_row + r, need[c])
 

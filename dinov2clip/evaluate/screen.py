@@ -20,6 +20,7 @@ float32 rounding of the sum and the product.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +84,10 @@ class Screen(_Bounded):
         row = t_err * _max(i) + t_lo_norm * _max(i_err) + gamma * t_lo_norm * _max(i_lo_norm)
         col = _max(t_err) * i + _max(t_lo_norm) * i_err + gamma * _max(t_lo_norm) * i_lo_norm
         u_out = _U_OUT[dtype]
-        # One whole product: a float32 GEMM runs faster whole than in row blocks.
-        kept = torch.mm(t_lo, i_lo.T) if keep and dtype == torch.float32 else None
+        kept = None
+        if keep and dtype == torch.float32:  # one whole product: faster than row blocks
+            with full_float32():
+                kept = torch.mm(t_lo, i_lo.T)
         return cls((row + _TINY) * _HEADROOM, (col + _TINY) * _HEADROOM,
                    u_out / (1 - u_out) * _HEADROOM, t_lo, i_lo, kept)
 
@@ -98,7 +101,8 @@ class Screen(_Bounded):
             return self.kept[start:stop].numpy()
         target = out[:stop - start]
         if self.text.dtype == torch.float32:
-            torch.mm(self.text[start:stop], self.image.T, out=target)
+            with full_float32():
+                torch.mm(self.text[start:stop], self.image.T, out=target)
         else:
             target.copy_(self.text[start:stop] @ self.image.T)
         return target.numpy()
@@ -153,6 +157,19 @@ def ensemble_screen(clip: Screen, projected: Screen, text: torch.Tensor, clip_im
     col = w * (col_both * (1 + rounding) + rounding * _max(t) * c_plus_p) + _max(t) * d
     return EnsembleScreen((row + _TINY) * _HEADROOM, (col + _TINY) * _HEADROOM, 0.0, clip,
                           projected, weight)
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Products at full float32 inside the block. torch.set_float32_matmul_precision("medium"),
+    set by a user or a library, lets a CPU product use bf16 arithmetic (how much that loses
+    depends on the CPU and oneDNN), which the float32 bound does not cover."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _max(x: np.ndarray) -> float:
