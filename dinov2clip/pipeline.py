@@ -167,7 +167,10 @@ def eval_(
 
 # --- Use: zero-shot classification, indexing a collection, text search -------------------------
 
-RunOpt = Annotated[Path, typer.Option("--run", help="A training run directory (runs/<run>).")]
+# --run-dir as well: torchrun's own parser reads "--run" as an ambiguous abbreviation of its
+# --run-path and stops, even after the script's name.
+RunOpt = Annotated[Path, typer.Option("--run", "--run-dir",
+                                      help="A training run directory (runs/<run>).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(help="GPU autocast dtype: bf16 | fp16 | fp32 (CPU: fp32).")]
 BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]

@@ -1,6 +1,7 @@
 """Index a collection with projected DINOv2, search it with CLIP text; resume; IVF; bad input."""
 
 import json
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -99,6 +100,52 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
+def test_ranks_split_the_chunks_and_rank_0_builds_the_same_index(demo_run, collection,
+                                                                  flat_index, tmp_path,
+                                                                  monkeypatch):
+    _, art = demo_run
+    src, _ = flat_index
+    out = tmp_path / "ranks"
+    kwargs = dict(run_dir=art / "runs" / "demo", images=collection, out_dir=out, chunk_size=4,
+                  device="cpu", batch_size=3, num_workers=0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert build_index(**kwargs)["rank"] == 1  # chunks[1::2]: chunk 1 only, and no index
+    assert sorted(p.stem for p in (out / "chunks" / "done").glob("*.json")) == ["00001"]
+    assert not (out / "index.json").exists()
+    with pytest.raises(ConfigError, match="several ranks"):
+        build_index(**kwargs, force=True)
+    monkeypatch.setenv("RANK", "0")  # chunks 0 and 2, then the whole index
+    assert build_index(**kwargs)["n_images"] == 9
+    assert pq.read_table(out / "meta.parquet").equals(pq.read_table(src / "meta.parquet"))
+    for chunk in ("00000", "00001", "00002"):
+        assert ((out / "chunks" / "emb" / f"{chunk}.npy").read_bytes()
+                == (src / "chunks" / "emb" / f"{chunk}.npy").read_bytes())
+
+
+def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_index, tmp_path):
+    import shutil
+    import threading
+
+    from dinov2clip.index.build import ChunkStore, models_hash, wait_for_chunks
+    from dinov2clip.index.sources import plan_chunks
+
+    _, art = demo_run
+    src, _ = flat_index
+    out = tmp_path / "waiting"
+    shutil.copytree(src, out)
+    marker = out / "chunks" / "done" / "00001.json"
+    kept = marker.read_bytes()
+    marker.unlink()  # as if another rank were still embedding chunk 1
+    late = threading.Timer(0.3, marker.write_bytes, args=(kept,))
+    late.start()
+    store = ChunkStore(out / "chunks", models_hash(art / "runs" / "demo"))
+    started = time.monotonic()
+    wait_for_chunks(store, plan_chunks(collection, 4), poll_s=0.02)
+    assert marker.exists() and time.monotonic() - started >= 0.25
+    late.join()
+
+
 def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
     _, art = demo_run
     from PIL import Image
@@ -163,7 +210,8 @@ def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
         "error: empty query: give the text to search for")
     (tmp_path / "none").mkdir()
     (tmp_path / "none" / "readme.txt").write_text("no images here")
-    no_images = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"),
+    # --run-dir is --run's spelling for torchrun, whose parser takes "--run" for its own.
+    no_images = runner.invoke(app, ["index", "--run-dir", str(art / "runs" / "demo"),
                                     "--images", str(tmp_path / "none")])
     assert no_images.exit_code == 2 and "no images" in no_images.output
     (tmp_path / "broken").mkdir()

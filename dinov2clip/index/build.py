@@ -7,6 +7,9 @@ Layout of an index directory:
     index.faiss                 all chunks in order; FAISS id i = row i of meta.parquet
     meta.parquet                key, path, url, caption, kind, chunk
     index.json                  written last: run, models, kind, counts, skipped by reason
+
+Under torchrun or srun, rank r embeds chunks[r::world_size] (each rank on its own GPU, no
+process group) and rank 0 builds the index once every chunk carries its done-marker.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, config_hash
+from dinov2clip.device import rank_and_world
 from dinov2clip.index import faiss_index
 from dinov2clip.index.images import ImageCrops, collate_crops
 from dinov2clip.index.sources import Chunk, chunk_items, plan_chunks
@@ -44,6 +48,10 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
 
     run_dir, images = Path(run_dir), Path(images)
     faiss_index.choose_kind(kind, 0, exact_max)  # a bad kind fails before any work
+    rank, world = rank_and_world()
+    if force and world > 1:  # one rank deleting what another already wrote would lose chunks
+        raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
+                          "it in one process")
     chunks = plan_chunks(images, chunk_size)
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
     if force and out_dir.exists():
@@ -51,16 +59,37 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
     model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype,
                                        batch_size=batch_size)
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
-    todo = [c for c in chunks if not store.is_done(c)]
-    log.info("index %s: %d chunks, %d already done, into %s", images, len(chunks),
-             len(chunks) - len(todo), out_dir)
+    mine = chunks[rank::world]
+    todo = [c for c in mine if not store.is_done(c)]
+    log.info("index %s: %d chunks, %d for rank %d/%d, %d of them already done, into %s", images,
+             len(chunks), len(mine), rank, world, len(mine) - len(todo), out_dir)
     t0, n_new = time.perf_counter(), 0
     for chunk in todo:
         n_new += _embed_chunk(model, chunk, images, store, batch_size, num_workers)
     if n_new:
         log.info("embedded %d images in %.1fs (%.1f img/s)", n_new, time.perf_counter() - t0,
                  n_new / max(time.perf_counter() - t0, 1e-9))
+    if rank != 0:
+        log.info("rank %d done; rank 0 builds the index once every chunk is embedded", rank)
+        return {"rank": rank, "n_embedded": n_new, "out_dir": str(out_dir)}
+    wait_for_chunks(store, chunks)
     return _assemble(store, chunks, out_dir, run_dir, images, kind, exact_max, model.dim)
+
+
+def wait_for_chunks(store: ChunkStore, chunks: list[Chunk], poll_s: float = 2.0,
+                    report_s: float = 60.0) -> None:
+    """Block until every chunk has its done-marker: the other ranks' share, under torchrun.
+
+    No timeout: torchrun stops every rank when one fails. Interrupted, a run in one process
+    finds the finished chunks and builds the index from them.
+    """
+    last_report = time.monotonic()
+    while missing := [c.name for c in chunks if not store.is_done(c)]:
+        if time.monotonic() - last_report >= report_s:
+            log.info("waiting for %d chunks from the other ranks (first: %s)", len(missing),
+                     missing[0])
+            last_report = time.monotonic()
+        time.sleep(poll_s)
 
 
 def _remove_old_index(out_dir: Path) -> None:
