@@ -65,10 +65,19 @@ def random_set():
     return text.half(), clip.half(), projected, c2i
 
 
-@pytest.mark.parametrize("screen", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_exact_and_faiss_engines_agree_with_the_reference(random_set, screen):
+@pytest.mark.parametrize(("screen", "keep_bytes"), [
+    (torch.bfloat16, None), (torch.float32, None), (torch.float32, 0)],
+    ids=["bf16", "fp32-kept", "fp32-blocks"])
+def test_exact_and_faiss_engines_agree_with_the_reference(random_set, screen, keep_bytes,
+                                                          monkeypatch):
+    from dinov2clip.evaluate import compute
+
+    if keep_bytes is not None:  # a set too large to keep: float32 screens block by block
+        monkeypatch.setattr(compute, "_KEEP_BYTES", keep_bytes)
     text, clip, projected, c2i = random_set
-    exact = SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(projected)
+    ev = SetEval(text, clip, c2i, KS, engine="exact", screen=screen)
+    assert (ev._clip_screen is not None) == (screen == torch.float32 and keep_bytes is None)
+    exact = ev.rows(projected)
     via_faiss = SetEval(text, clip, c2i, KS, engine="faiss", use_gpu=False).rows(projected)
     assert exact == via_faiss
     # The reference path on the same inputs: upcast, then L2-normalised again in float32.

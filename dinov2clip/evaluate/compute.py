@@ -27,6 +27,7 @@ from dinov2clip.evaluate.scores import exact_ranks
 from dinov2clip.evaluate.screen import Screen, ensemble_screen, screen_dtype
 
 ENGINES = ("auto", "exact", "faiss")
+_KEEP_BYTES = 4 << 30  # float32 screens kept for the ensemble's linearity: 1 GB at COCO size
 
 
 def resolve_engine(name: str, use_gpu: bool) -> str:
@@ -77,8 +78,10 @@ class SetEval:
 
     def _screen(self, image: torch.Tensor) -> Screen | None:
         """A kept float32 screen where the CPU has no native bf16; None otherwise (exact_ranks
-        then builds and drops its own: bf16 products cost less to redo than to keep)."""
-        if self.engine != "exact" or self.screen != torch.float32:
+        then builds and drops its own: bf16 products cost less to redo than to keep, and a set
+        too large to keep two score matrices of is screened block by block)."""
+        kept_bytes = 2 * 4 * self.text.shape[0] * image.shape[0]  # CLIP's and the projection's
+        if self.engine != "exact" or self.screen != torch.float32 or kept_bytes > _KEEP_BYTES:
             return None
         return Screen.build(self.text.cpu(), image.cpu(), torch.float32, keep=True)
 

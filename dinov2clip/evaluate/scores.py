@@ -38,7 +38,7 @@ _PAIR_BATCH = 256  # exact dot products per step: the float64 copies stay in cac
 # one product instead of pair by pair: cheaper per entry, and bounded in memory where the
 # screen cannot decide anything (near-duplicate images, a collapsed projector).
 _WIDE = 128
-_DENSE_BATCH = 256  # targets per float64 product
+_DENSE_BYTES = 1 << 28  # float64 score rows per product: 256 MiB at most
 
 
 def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
@@ -95,11 +95,12 @@ def _dense_ranks(queries: torch.Tensor, keys: torch.Tensor, which: np.ndarray,
     unique, inverse = np.unique(keys.numpy(), axis=0, return_inverse=True)
     unique, inverse = torch.from_numpy(unique).double(), torch.from_numpy(inverse.reshape(-1))
     out = np.empty(len(which), dtype=np.int64)
-    for s in range(0, len(which), _DENSE_BATCH):
-        rows = torch.from_numpy(which[s:s + _DENSE_BATCH])
+    batch = max(1, _DENSE_BYTES // (8 * keys.shape[0]))
+    for s in range(0, len(which), batch):
+        rows = torch.from_numpy(which[s:s + batch])
         scores = (queries[rows].double() @ unique.T)[:, inverse]  # (batch, n_keys)
-        out[s:s + _DENSE_BATCH] = rank_of_targets(
-            scores, torch.from_numpy(targets[s:s + _DENSE_BATCH])).clamp(max=cap).numpy()
+        out[s:s + batch] = rank_of_targets(
+            scores, torch.from_numpy(targets[s:s + batch])).clamp(max=cap).numpy()
     return out
 
 
