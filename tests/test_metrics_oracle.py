@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dinov2clip.evaluate import scores
 from dinov2clip.evaluate.metrics import (
     image_to_text_ranks,
     recalls_percent,
@@ -83,9 +84,13 @@ def test_rank_path_matches_oracle_at_every_chunk_size(case, chunk):
 SCREENS = [torch.bfloat16, torch.float32]
 
 
+@pytest.mark.parametrize("wide", [10 ** 9, -1], ids=["pairs", "whole"])
 @pytest.mark.parametrize("dtype", SCREENS, ids=["bf16", "fp32"])
 @pytest.mark.parametrize(("chunk", "threads"), [(1, 1), (7, 3), (64, 2), (100000, 1)])
-def test_screened_path_matches_oracle_at_every_chunk_size(case, chunk, threads, dtype):
+def test_screened_path_matches_oracle_at_every_chunk_size(case, chunk, threads, dtype, wide,
+                                                          monkeypatch):
+    # Undecided entries re-checked pair by pair, or every such target as a whole float64 row.
+    monkeypatch.setattr(scores, "_WIDE", wide)
     text, image, c2i, want = case
     t2i, i2t = exact_ranks(text, image, c2i, max(KS), chunk=chunk, dtype=dtype, threads=threads)
     assert recalls_percent(t2i, i2t, KS) == want

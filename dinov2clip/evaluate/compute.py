@@ -24,7 +24,7 @@ from dinov2clip.device import METRIC_DTYPE
 from dinov2clip.evaluate.metrics import percent_of, recalls_percent
 from dinov2clip.evaluate.retrieval import faiss_ranks, gpu_faiss_usable
 from dinov2clip.evaluate.scores import exact_ranks
-from dinov2clip.evaluate.screen import Screen, ensemble_screen, screen_dtype
+from dinov2clip.evaluate.screen import EnsembleScreen, Screen, ensemble_screen, screen_dtype
 
 ENGINES = ("auto", "exact", "faiss")
 _KEEP_BYTES = 4 << 30  # float32 screens kept for the ensemble's linearity: 1 GB at COCO size
@@ -85,7 +85,8 @@ class SetEval:
             return None
         return Screen.build(self.text.cpu(), image.cpu(), torch.float32, keep=True)
 
-    def _recalls(self, image: torch.Tensor, screen=None) -> dict[str, float]:
+    def _recalls(self, image: torch.Tensor, screen: Screen | EnsembleScreen | None = None,
+                 ) -> dict[str, float]:
         if self.engine == "exact":
             t2i, i2t = exact_ranks(self.text, image, self.c2i, self.cap, dtype=self.screen,
                                    screen=screen)
