@@ -74,19 +74,21 @@ def exact_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
 
     t2i = rows.ranks(*row_band, cap, exact)
     wide = np.flatnonzero(rows.wide(cap))
-    t2i[wide] = _dense_ranks(text, image, wide, c2i[wide], cap)
+    t2i[wide] = _dense_ranks(text, image, wide, cap, targets=c2i[wide])
     i2t = cols.ranks(col_band[1], col_band[0], cap, lambda img, caption: exact(caption, img))
     wide = np.flatnonzero(cols.wide(cap))
-    i2t[wide] = _dense_ranks(image, text, wide, first[wide], cap)
+    i2t[wide] = _dense_ranks(image, text, wide, cap, key_owner=c2i)
     i2t[no_caption] = cap
     return t2i, i2t
 
 
-def _dense_ranks(queries: torch.Tensor, keys: torch.Tensor, which: np.ndarray,
-                 targets: np.ndarray, cap: int) -> np.ndarray:
-    """Exact ranks, clipped at cap, of keys[targets[i]] for queries[which[i]], from whole float64
-    score rows. For an image, the target is its best caption (`first`), and the rank of the best
-    caption is the image's. Target and rivals come from one product, so exact ties stay ties.
+def _dense_ranks(queries: torch.Tensor, keys: torch.Tensor, which: np.ndarray, cap: int,
+                 targets: np.ndarray | None = None, key_owner: np.ndarray | None = None,
+                 ) -> np.ndarray:
+    """Exact ranks, clipped at cap, of each query[which[i]]'s target key, from whole float64
+    score rows. The target is targets[i] (a caption's image) or, given key_owner (caption ->
+    image), the query's best own key in the same row (an image's best caption: highest score,
+    then lowest index). Target and rivals come from one product, so exact ties stay ties.
     """
     if not len(which):
         return np.zeros(0, dtype=np.int64)
@@ -99,8 +101,12 @@ def _dense_ranks(queries: torch.Tensor, keys: torch.Tensor, which: np.ndarray,
     for s in range(0, len(which), batch):
         rows = torch.from_numpy(which[s:s + batch])
         scores = (queries[rows].double() @ unique.T)[:, inverse]  # (batch, n_keys)
-        out[s:s + batch] = rank_of_targets(
-            scores, torch.from_numpy(targets[s:s + batch])).clamp(max=cap).numpy()
+        if key_owner is None:
+            target = torch.from_numpy(targets[s:s + batch])
+        else:  # argmax returns the first of equal maxima: the lowest index
+            own = torch.from_numpy(key_owner)[None, :] == rows[:, None]
+            target = scores.masked_fill(~own, -torch.inf).argmax(dim=1)
+        out[s:s + batch] = rank_of_targets(scores, target).clamp(max=cap).numpy()
     return out
 
 
