@@ -41,6 +41,7 @@ class SyntheticConfig:
     image_size: int = 256
     captions_per_eval_image: int = 5
     eval_name: str = "shapes-test"  # evalsets/<eval_name>
+    zeroshot_per_class: int = 0  # >0: a folder-per-class set, <artifacts>/zeroshot/shapes
     seed: int = 0
     tiny_models: bool = True  # also build tiny random DINOv2 and CLIP under <artifacts>/models
 
@@ -140,6 +141,12 @@ class EvalConfig:
     use_gpu_faiss: bool = True
     search: str = "auto"  # auto: FAISS if GPU FAISS is usable, else exact | exact | faiss
     device: str = "auto"  # where the projector runs: auto | cpu | cuda | cuda:N
+    # Zero-shot classification after retrieval, on a folder-per-class set (ImageNet layout):
+    # a path, absolute or from the working directory; empty: none.
+    zeroshot: str = ""
+    zeroshot_classnames: str = ""  # JSON list or {folder: name}, or TXT; empty: folder names
+    zeroshot_templates: str = "imagenet80"  # imagenet80 | short | plain
+    zeroshot_max_per_class: int = 0  # 0: every image
 
 
 @dataclass(frozen=True)

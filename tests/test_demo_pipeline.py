@@ -16,6 +16,9 @@ def test_data_stage_writes_shards_eval_set_and_models(demo_run):
     assert (art / "models" / "tiny-dinov2" / "config.json").exists()
     assert (art / "models" / "tiny-dinov2" / "preprocessor_config.json").exists()
     assert (art / "models" / "tiny-clip" / "open_clip_model.safetensors").exists()
+    classes = art / "zeroshot" / "shapes"  # the folder-per-class set for zero-shot
+    assert sorted(p.name for p in classes.iterdir()) == ["circle", "square", "star", "triangle"]
+    assert all(len(list(p.glob("*.png"))) == 3 for p in classes.iterdir())
 
 
 def test_embeddings_are_aligned_typed_and_normalised(demo_run):
@@ -90,3 +93,9 @@ def test_eval_writes_results_report_and_chart(demo_run):
     assert "## shapes-test" in report and "% of CLIP" in report
     assert (out / "recall.png").stat().st_size > 1000
     assert (out / "config.json").exists()
+    # Zero-shot on the shapes folders, after retrieval: in results.json, report.md and its file.
+    zs = results["zeroshot"]
+    assert zs == json.loads((out / "zeroshot.json").read_text())
+    assert zs["n_images"] == 12 and zs["n_classes"] == 4 and zs["templates"] == "short"
+    assert all(0 <= zs[row]["top1"] <= zs[row]["top5"] <= 100 for row in ("clip", "projected"))
+    assert "## Zero-shot classification" in report and "| projected |" in report

@@ -130,6 +130,15 @@ def test_unknown_eval_set_exits_2(scratch):
     assert "unknown 'annoy'" in cli_error(cfg_path, "--search", "annoy")
 
 
+def test_bad_zeroshot_settings_exit_2_before_any_retrieval(scratch):
+    cfg_path, root = scratch
+    (root / "runs" / "demo" / "eval").mkdir(parents=True, exist_ok=True)
+    line = cli_error(cfg_path, "--set", f'eval.zeroshot="{root / "nope"}"')
+    assert "dataset folder not found" in line and "nope" in line
+    assert "unknown" in cli_error(cfg_path, "--set", "eval.zeroshot_templates=imagenet1k")
+    assert not (root / "runs" / "demo" / "eval" / "results.json").exists()
+
+
 def test_all_epochs_without_checkpoints_exits_2(scratch):
     cfg_path, root = scratch
     shutil.rmtree(root / "runs" / "demo" / "checkpoints")

@@ -18,7 +18,8 @@ def run(cfg: Config) -> None:
     check_names(cfg)
     root.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, root, "data_config.json")
-    if d.synthetic.num_train or d.synthetic.num_eval or d.synthetic.tiny_models:
+    s = d.synthetic
+    if s.num_train or s.num_eval or s.zeroshot_per_class or s.tiny_models:
         _make_synthetic(cfg)
     for name, src in d.webdatasets.items():
         from dinov2clip.data.webdatasets import link_webdataset
@@ -64,6 +65,10 @@ def _make_synthetic(cfg: Config) -> None:
         synthetic.write_eval_set(root / "evalsets" / s.eval_name, s.num_eval,
                                  s.captions_per_eval_image, s.image_size, s.seed)
         log.info("synthetic eval set %s: %d images", s.eval_name, s.num_eval)
+    if s.zeroshot_per_class:
+        n = synthetic.write_class_folders(root / "zeroshot" / "shapes", s.zeroshot_per_class,
+                                          s.image_size, s.seed)
+        log.info("synthetic zero-shot set: %d images in %d classes", n, len(synthetic.SHAPES))
     if s.tiny_models:
         tiny_models.build_tiny_dinov2(root / "models" / "tiny-dinov2", seed=s.seed)
         tiny_models.build_tiny_clip(root / "models" / "tiny-clip", seed=s.seed)

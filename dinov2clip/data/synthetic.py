@@ -2,7 +2,8 @@
 
 It stands in for CC12M and the retrieval test sets where no data can be downloaded (the demo,
 the tests). Training shards follow img2dataset's webdataset layout; the eval set follows
-CLIP_benchmark's (one image plus a .txt with all its captions, one per line).
+CLIP_benchmark's (one image plus a .txt with all its captions, one per line); the zero-shot set
+is ImageNet's layout, one folder per shape.
 """
 
 from __future__ import annotations
@@ -140,3 +141,15 @@ def write_eval_set(out_dir: Path, num: int, captions_per_image: int, image_size:
 
         atomic_write(test / f"{s}.tar", write)
     return n_shards
+
+
+def write_class_folders(out_dir: Path, per_class: int, image_size: int, seed: int) -> int:
+    """Write a folder-per-class set for zero-shot classification: out_dir/<shape>/<i>.png."""
+    rng = random.Random(seed + 2_000_003)  # disjoint from the training and eval streams
+    for shape in SHAPES:
+        (out_dir / shape).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            s = random_scene(rng)
+            image = draw(Scene(shape, s.colour, s.bg, s.size, s.cx, s.cy), image_size, rng)
+            atomic_write(out_dir / shape / f"{i}.png", lambda tmp, im=image: im.save(tmp, "PNG"))
+    return per_class * len(SHAPES)

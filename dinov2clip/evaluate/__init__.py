@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from dinov2clip.config import Config, write_resolved
 from dinov2clip.io_utils import atomic_write, atomic_write_json, atomic_write_text
@@ -11,22 +12,65 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, all_epochs: bool = False) -> dict:
-    """Write runs/<run>/eval/: results.json, report.md, recall.png (and epochs.* if asked)."""
+    """Write runs/<run>/eval/: results.json, report.md, recall.png (and epochs.* if asked, and
+    zeroshot.json where eval.zeroshot names a folder-per-class set)."""
     from dinov2clip.evaluate.plots import epochs_chart, recall_chart
     from dinov2clip.evaluate.report import markdown, print_table, without_nan
     from dinov2clip.evaluate.stage import evaluate_epochs, evaluate_run
 
+    check_zeroshot(cfg)  # a bad zero-shot setting fails before the retrieval work
     results = evaluate_run(cfg)
     out = cfg.root / "runs" / results["run"] / "eval"
     write_resolved(cfg, out)
-    atomic_write_json(out / "results.json", without_nan(results))
-    atomic_write_text(out / "report.md", markdown(results))
+
+    def write_reports() -> None:
+        atomic_write_json(out / "results.json", without_nan(results))
+        atomic_write_text(out / "report.md", markdown(results))
+
+    write_reports()
     atomic_write(out / "recall.png", lambda tmp: recall_chart(results, tmp))
     print_table(results)
+    epochs = None
     if all_epochs:
         epochs = evaluate_epochs(cfg)
         atomic_write_json(out / "epochs.json", without_nan(epochs))
         atomic_write(out / "epochs.png", lambda tmp: epochs_chart(epochs, tmp))
+    if cfg.eval.zeroshot:  # last: the retrieval reports are already safe on disk
+        results["zeroshot"] = zeroshot_for(cfg, Path(results["run_info"]["run_dir"]), out)
+        write_reports()
+    if epochs is not None:  # returned, not in results.json: epochs.json holds them
         results["epochs"] = epochs
     log.info("eval results in %s", out)
     return results
+
+
+def check_zeroshot(cfg: Config) -> None:
+    """One line and exit 2 for a missing folder, class-name file or prompt set, up front."""
+    e = cfg.eval
+    if not e.zeroshot:
+        return
+    from dinov2clip.evaluate.templates import get_templates
+    from dinov2clip.evaluate.zeroshot import load_folder_dataset
+
+    get_templates(e.zeroshot_templates)
+    load_folder_dataset(Path(e.zeroshot), _classnames_file(cfg), e.zeroshot_max_per_class)
+
+
+def zeroshot_for(cfg: Config, run_dir: Path, out: Path) -> dict:
+    """eval.zeroshot's top-1/top-5 for CLIP, projected and ensemble, into out/zeroshot.json.
+
+    Images are decoded and embedded as extract does: its batch size, workers and dtype; the
+    models run where eval.device says.
+    """
+    from dinov2clip.evaluate.zeroshot import run_zeroshot
+
+    e, x = cfg.eval, cfg.extract
+    return run_zeroshot(run_dir=run_dir, data_dir=Path(e.zeroshot),
+                        classnames_file=_classnames_file(cfg), templates=e.zeroshot_templates,
+                        out=out / "zeroshot.json", device=e.device, dtype=x.compute_dtype,
+                        batch_size=x.batch_size, num_workers=x.num_workers,
+                        max_per_class=e.zeroshot_max_per_class)
+
+
+def _classnames_file(cfg: Config) -> Path | None:
+    return Path(cfg.eval.zeroshot_classnames) if cfg.eval.zeroshot_classnames else None

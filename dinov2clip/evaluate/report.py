@@ -83,9 +83,26 @@ def markdown(results: dict) -> str:
         if "seed_comparison" in res:
             lines += ["", *_seed_lines(res["seed_comparison"], ks)]
         lines.append("")
+    if "zeroshot" in results:
+        lines += _zeroshot_lines(results["zeroshot"])
     lines += ["Ensemble: normalize(CLIP image + projected DINOv2), a free row that needs both "
               "models at query time.", ""]
     return "\n".join(lines)
+
+
+def _zeroshot_lines(z: dict) -> list[str]:
+    lines = [f"## Zero-shot classification: `{z['data_dir']}` ({z['n_images']} images, "
+             f"{z['n_classes']} classes, {z['n_templates']} prompts: {z['templates']})", "",
+             "| image embedding | top1 | top5 | top1 % of CLIP | top5 % of CLIP |",
+             "|---|---:|---:|---:|---:|"]
+    for row in ROWS:
+        pct = z.get(f"{row}_pct", {})
+        lines.append(f"| {row} | {fmt(z[row]['top1'], 2)} | {fmt(z[row]['top5'], 2)} | "
+                     + " | ".join("" if row == "clip" else fmt(pct.get(k), 1)
+                                  for k in ("top1", "top5")) + " |")
+    if z.get("skipped"):
+        lines.append(f"\nSkipped, by reason: {z['skipped']}")
+    return [*lines, ""]
 
 
 def _seed_lines(c: dict, ks: list[int]) -> list[str]:
