@@ -55,17 +55,9 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
 def write_shape_classes(root: Path, classes=("circle", "square", "triangle"), per_class: int = 4,
                         seed: int = 0, size: int = 96) -> Path:
     """An ImageNet-style folder dataset: root/<shape>/<i>.png, one class per synthetic shape."""
-    import random
+    from dinov2clip.data.synthetic import write_class_folders
 
-    from dinov2clip.data.synthetic import Scene, draw, random_scene
-
-    rng = random.Random(seed)
-    for shape in classes:
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            s = random_scene(rng)
-            draw(Scene(shape, s.colour, s.bg, s.size, s.cx, s.cy), size, rng).save(
-                root / shape / f"{i}.png")
+    write_class_folders(root, per_class, size, seed, tuple(classes))
     return root
 
 

@@ -143,13 +143,14 @@ def write_eval_set(out_dir: Path, num: int, captions_per_image: int, image_size:
     return n_shards
 
 
-def write_class_folders(out_dir: Path, per_class: int, image_size: int, seed: int) -> int:
+def write_class_folders(out_dir: Path, per_class: int, image_size: int, seed: int,
+                        classes: tuple[str, ...] = SHAPES) -> int:
     """Write a folder-per-class set for zero-shot classification: out_dir/<shape>/<i>.png."""
     rng = random.Random(seed + 2_000_003)  # disjoint from the training and eval streams
-    for shape in SHAPES:
+    for shape in classes:
         (out_dir / shape).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             s = random_scene(rng)
             image = draw(Scene(shape, s.colour, s.bg, s.size, s.cx, s.cy), image_size, rng)
             atomic_write(out_dir / shape / f"{i}.png", lambda tmp, im=image: im.save(tmp, "PNG"))
-    return per_class * len(SHAPES)
+    return per_class * len(classes)
