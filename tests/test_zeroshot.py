@@ -55,6 +55,10 @@ def test_topk_accuracy_against_a_loop():
         assert acc[f"top{k}"] == pytest.approx(100 * hits / 50)
     assert acc["top10"] == 100.0  # k beyond the number of classes: every label is in
     assert acc["top1"] <= acc["top5"]
+    # Ties go to the lower class index: the same answer whatever order topk would give them.
+    tied = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
+    got = topk_accuracy(tied, torch.tensor([0, 1, 2]), ks=(1, 2))
+    assert got == {"top1": pytest.approx(100 / 3), "top2": 100.0}
 
 
 def test_folder_dataset_and_class_names(tmp_path):

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dinov2clip.config import ConfigError
+from dinov2clip.evaluate.metrics import rank_of_targets
 from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.index.images import ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
@@ -93,12 +94,13 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """Percent of rows whose label is among the k highest logits (k capped at n_classes)."""
-    out = {}
-    for k in ks:
-        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (n, k)
-        out[f"top{k}"] = 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
-    return out
+    """Percent of rows whose label is among the k highest logits (k capped at n_classes).
+
+    Equal logits go to the lower class index, as equal scores do in retrieval: topk's own
+    order among ties is unspecified, so a tie could flip a hit between runs or devices.
+    """
+    rank = rank_of_targets(logits, labels)  # (n,) 0 = the label is the top class
+    return {f"top{k}": 100.0 * (rank < k).float().mean().item() for k in ks}
 
 
 def percent_of_clip(clip: dict, other: dict) -> dict:
