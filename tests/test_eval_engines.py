@@ -65,6 +65,19 @@ def random_set():
     return text.half(), clip.half(), projected, c2i
 
 
+def test_one_set_eval_serves_many_projections_as_fresh_ones_do(random_set):
+    # --all-epochs calls rows() once per checkpoint; float32 screens reuse one score buffer.
+    text, clip, projected, c2i = random_set
+    other = F.normalize(projected + unit(*projected.shape, seed=9), dim=-1)
+    for screen in (torch.float32, torch.bfloat16):
+        ev = SetEval(text, clip, c2i, KS, engine="exact", screen=screen)
+        first, second = ev.rows(projected), ev.rows(other)
+        assert first != second
+        assert first == SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(projected)
+        assert second == SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(other)
+        assert ev.rows(projected) == first
+
+
 @pytest.mark.parametrize(("screen", "keep_bytes"), [
     (torch.bfloat16, None), (torch.float32, None), (torch.float32, 0)],
     ids=["bf16", "fp32-kept", "fp32-blocks"])

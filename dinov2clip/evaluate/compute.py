@@ -55,6 +55,7 @@ class SetEval:
         self.ks, self.cap = list(ks), max(ks)
         self.engine, self.use_gpu = engine, use_gpu
         self.screen = screen or screen_dtype()  # the exact engine's screen precision
+        self._projected_scores: torch.Tensor | None = None  # reused by every rows() call
         self._clip_screen = self._screen(self.clip_image)
         self.clip = self._recalls(self.clip_image, self._clip_screen)
 
@@ -66,7 +67,7 @@ class SetEval:
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
                               f"images {tuple(self.clip_image.shape)}")
         mixed = ensemble(self.clip_image, projected)
-        screen = self._screen(projected)
+        screen = self._screen(projected, reuse=True)
         out = {"clip": self.clip, "projected": self._recalls(projected, screen)}
         if screen is not None:
             screen = ensemble_screen(self._clip_screen, screen, self.text, self.clip_image,
@@ -76,14 +77,19 @@ class SetEval:
         out["ensemble_pct"] = percent_of(self.clip, out["ensemble"])
         return out
 
-    def _screen(self, image: torch.Tensor) -> Screen | None:
+    def _screen(self, image: torch.Tensor, reuse: bool = False) -> Screen | None:
         """A kept float32 screen where the CPU has no native bf16; None otherwise (exact_ranks
         then builds and drops its own: bf16 products cost less to redo than to keep, and a set
-        too large to keep two score matrices of is screened block by block)."""
+        too large to keep two score matrices of is screened block by block). `reuse`: into the
+        buffer of the previous projection's scores (--all-epochs calls rows() per epoch)."""
         kept_bytes = 2 * 4 * self.text.shape[0] * image.shape[0]  # CLIP's and the projection's
         if self.engine != "exact" or self.screen != torch.float32 or kept_bytes > _KEEP_BYTES:
             return None
-        return Screen.build(self.text.cpu(), image.cpu(), torch.float32, keep=True)
+        screen = Screen.build(self.text.cpu(), image.cpu(), torch.float32, keep=True,
+                              out=self._projected_scores if reuse else None)
+        if reuse:
+            self._projected_scores = screen.kept
+        return screen
 
     def _recalls(self, image: torch.Tensor, screen: Screen | EnsembleScreen | None = None,
                  ) -> dict[str, float]:

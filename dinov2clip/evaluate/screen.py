@@ -72,8 +72,9 @@ class Screen(_Bounded):
 
     @classmethod
     def build(cls, text: torch.Tensor, image: torch.Tensor, dtype: torch.dtype,
-              keep: bool = False) -> Screen:
-        """text and image: float32 (n_captions, D) and (n_images, D)."""
+              keep: bool = False, out: torch.Tensor | None = None) -> Screen:
+        """text and image: float32 (n_captions, D) and (n_images, D). A kept product goes into
+        `out` when given (a reused buffer spares fresh pages: ~0.1 s at COCO size)."""
         if dtype not in _U_OUT:
             raise ValueError(f"screen dtype must be bfloat16 or float32, got {dtype}")
         t_lo, i_lo = text.to(dtype), image.to(dtype)
@@ -87,7 +88,7 @@ class Screen(_Bounded):
         kept = None
         if keep and dtype == torch.float32:  # one whole product: faster than row blocks
             with full_float32():
-                kept = torch.mm(t_lo, i_lo.T)
+                kept = torch.mm(t_lo, i_lo.T, out=out)
         return cls((row + _TINY) * _HEADROOM, (col + _TINY) * _HEADROOM,
                    u_out / (1 - u_out) * _HEADROOM, t_lo, i_lo, kept)
 
