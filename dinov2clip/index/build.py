@@ -84,10 +84,11 @@ def wait_for_chunks(store: ChunkStore, chunks: list[Chunk], poll_s: float = 2.0,
     finds the finished chunks and builds the index from them.
     """
     last_report = time.monotonic()
-    while missing := [c.name for c in chunks if not store.is_done(c)]:
+    missing = chunks
+    while missing := [c for c in missing if not store.is_done(c)]:  # done stays done
         if time.monotonic() - last_report >= report_s:
             log.info("waiting for %d chunks from the other ranks (first: %s)", len(missing),
-                     missing[0])
+                     missing[0].name)
             last_report = time.monotonic()
         time.sleep(poll_s)
 
