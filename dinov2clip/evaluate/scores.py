@@ -150,23 +150,28 @@ class _Targets:
     sure: np.ndarray | None = None  # entries above hi: surely ahead
     upto: np.ndarray | None = None  # entries at or above lo: surely ahead or undecided
 
-    def recheck(self, cap: int) -> np.ndarray:
-        """Mask of targets whose rank hangs on undecided entries other than their own one.
+    def recheck(self, cap: int, span: slice = slice(None)) -> np.ndarray:
+        """Mask of targets (in span) whose rank hangs on undecided entries other than their own.
 
         The own entry is always undecided, as its exact score sits mid-band, hence the "> 1".
         """
-        return (self.sure < cap) & (self.upto - self.sure > 1)
+        sure, upto = self.sure[span], self.upto[span]
+        return (sure < cap) & (upto - sure > 1)
 
-    def wide(self, cap: int) -> np.ndarray:
+    def wide(self, cap: int, span: slice = slice(None)) -> np.ndarray:
         """Mask of targets to re-check whole, in float64, rather than pair by pair."""
-        return self.recheck(cap) & (self.upto - self.sure - 1 > _WIDE)
+        return self.recheck(cap, span) & (self.upto[span] - self.sure[span] - 1 > _WIDE)
+
+    def pairwise(self, cap: int, span: slice = slice(None)) -> np.ndarray:
+        """Mask of targets whose undecided entries are re-checked pair by pair."""
+        return self.recheck(cap, span) & ~self.wide(cap, span)
 
     def ranks(self, owner: np.ndarray, rival: np.ndarray, cap: int, exact) -> np.ndarray:
         """Exact ranks clipped at cap: the sure count, plus the undecided rivals of `owner` that
         beat its target when scored exactly by exact(owner, rival): higher, or equal at a lower
         index. Pairs of targets that need no recheck (or a whole one), and the own entry, are
         dropped first."""
-        keep = (self.recheck(cap) & ~self.wide(cap))[owner] & (rival != self.own[owner])
+        keep = self.pairwise(cap)[owner] & (rival != self.own[owner])
         owner, rival = owner[keep], rival[keep]
         scores, target = exact(owner, rival), self.score[owner]
         ahead = (scores > target) | ((scores == target) & (rival < self.own[owner]))
@@ -223,8 +228,7 @@ def _count_part(part: np.ndarray, first_row: int, rows: _Targets, cols: _Targets
     rows.upto[span] = _count(part >= rows.lo[span, None], axis=1)
     col_sure, col_upto = _count(part > cols.hi, axis=0), _count(part >= cols.lo, axis=0)
     # Only rows and columns with undecided entries are searched: a small slice of the part.
-    sure, upto = rows.sure[span], rows.upto[span]
-    need = np.flatnonzero((sure < cap) & (upto - sure > 1) & (upto - sure - 1 <= _WIDE))
+    need = np.flatnonzero(rows.pairwise(cap, span))
     r, c = _band(part[need], rows.lo[first_row + need, None], rows.hi[first_row + need, None])
     row_band = (first_row + need[r], c)
     need = np.flatnonzero((col_upto > col_sure) & open_cols)
