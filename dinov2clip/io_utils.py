@@ -1,24 +1,30 @@
 """Atomic file writes: a temp file in the same directory, then os.replace.
 
 No reader ever sees a half-written file under its final name, whatever moment a job is killed.
+A temp is named `.<name>.<host>.<pid>.<random>.tmp`, so that a later run can tell a temp left by
+a killed writer (removable) from one another rank is still writing (not its to touch).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path), fsync, then rename onto path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
@@ -29,6 +35,54 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _create_temp(path: Path) -> str:
+    """An empty new temp beside path; mode 0666 less the umask, as open() would give it."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # 2^32 names per process: a clash is rare, but retry it
+            continue
+
+
+def remove_temps(folder: Path, name: str) -> None:
+    """Every temp of folder/name, whoever wrote it: for a file only the caller ever writes."""
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def remove_dead_temps(folder: Path, name: str = "*") -> None:
+    """Temps of folder/name (every file: "*") left by a writer that is gone, or by this process.
+
+    A temp another live process on this host is writing is left alone, and so is one from
+    another host, whose writer cannot be checked from here (ranks on a shared filesystem).
+    """
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if temp_is_orphan(tmp.name):
+            tmp.unlink(missing_ok=True)
+
+
+def temp_is_orphan(name: str) -> bool:
+    m = _TEMP.fullmatch(name)
+    if m is None:
+        return True  # an older version's mkstemp name: its writer is long gone
+    if m["host"] != HOST:
+        return False
+    pid = int(m["pid"])
+    return pid == os.getpid() or not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,0 +1,69 @@
+"""Atomic writes: files follow the umask, and only a temp's writer removes it while it lives."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dinov2clip.io_utils import (
+    HOST,
+    atomic_save_npy,
+    atomic_write_text,
+    remove_dead_temps,
+    temp_is_orphan,
+)
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test and restore the old one afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
+    import numpy as np
+
+    for mask in (0o022, 0o077, 0o002):
+        umask(mask)
+        plain = tmp_path / f"plain-{mask:o}"
+        plain.write_text("x")
+        text = atomic_write_text(tmp_path / f"a-{mask:o}.json", "{}")
+        npy = atomic_save_npy(tmp_path / f"a-{mask:o}.npy", np.zeros(3))
+        expected = 0o666 & ~mask
+        assert (plain.stat().st_mode & 0o777) == expected
+        assert (text.stat().st_mode & 0o777) == expected
+        assert (npy.stat().st_mode & 0o777) == expected
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_temps_of_dead_writers_or_this_process_are_removed(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "live": f".manifest.json.{HOST}.{live.pid}.0123abcd.tmp",  # another rank, writing
+            "other_host": f".manifest.json.elsewhere-7.{dead_pid()}.0123abcd.tmp",
+            "dead": f".manifest.json.{HOST}.{dead_pid()}.0123abcd.tmp",
+            "own": f".plan.json.{HOST}.{os.getpid()}.0123abcd.tmp",
+            "legacy": ".config.json.q9x_ab1z.tmp",  # an older version's mkstemp name
+        }
+        for name in names.values():
+            (tmp_path / name).write_text("{")
+        remove_dead_temps(tmp_path)
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == {names["live"], names["other_host"]}
+        assert not temp_is_orphan(names["live"]) and temp_is_orphan(names["dead"])
+        remove_dead_temps(tmp_path, "plan.json")  # by name: other files' temps are not looked at
+        assert {p.name for p in tmp_path.iterdir()} == left
+    finally:
+        live.kill()
+        live.wait()
+    remove_dead_temps(tmp_path)  # its writer has gone now
+    assert {p.name for p in tmp_path.iterdir()} == {names["other_host"]}
