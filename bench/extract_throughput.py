@@ -95,6 +95,7 @@ def build_tinier_clip(out: Path) -> tuple[Path, Path]:
 def run_stage(paths: list[Path], mapper: Mapper, tokenizer, e: ExtractConfig,
               out: Path) -> tuple[float, dict]:
     writer = ShardWriter(out, "bench")
+    writer.start({p.stem: str(p) for p in paths}, {"models": "bench"})
     jobs = [(ShardJob(p, False), writer) for p in paths]
     timer = PhaseTimer()
     cpu = cpu_seconds()

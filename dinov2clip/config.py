@@ -83,6 +83,7 @@ class DataConfig:
 class ExtractConfig:
     datasets: list[str] = field(default_factory=list)  # "shards/<name>" or "evalsets/<name>"
     dino_model: str = "facebook/dinov2-base"  # HF hub id or local directory
+    dino_revision: str = ""  # hub branch, tag or commit to pin; empty: the default branch
     clip_model: str = "ViT-B-16"  # open_clip name, or a path to an open_clip model-config JSON
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a checkpoint path
     tag: str = ""  # embeddings/<dataset>/<tag>; empty: derived from the model names

@@ -24,7 +24,7 @@ from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract.mapper import cls_and_patch_mean, load_clip, load_dino, register_count
 from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
-from dinov2clip.train.data import pool, pooled_dim
+from dinov2clip.store import pool, pooled_dim
 from dinov2clip.train.projector import Projector
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -73,7 +73,7 @@ class DinoV2Clip:
             clip.visual = None  # frees CLIP's image tower; encode_text does not use it
         dino = dino_spec = None
         if image_tower:
-            dino, dino_spec = load_dino(ex["dino_model"], dev)
+            dino, dino_spec = load_dino(ex["dino_model"], dev, ex.get("dino_revision", ""))
             d_in = pooled_dim(int(dino.config.hidden_size), tr["pooling"])
             if d_in != projector.cfg.in_dim:
                 raise ConfigError(f"DINOv2 {ex['dino_model']!r} gives {d_in}-d {tr['pooling']} "

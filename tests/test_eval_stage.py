@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 from dinov2clip import evaluate
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.evaluate.compute import ensemble
-from dinov2clip.evaluate.embeddings import load_eval_embeddings, project
+from dinov2clip.evaluate.embeddings import project
 from dinov2clip.evaluate.metrics import retrieval_recalls
 from dinov2clip.evaluate.screen import screen_dtype
 from dinov2clip.pipeline import app
+from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from dinov2clip.train.projector import Projector
 
 SET = "shapes-test"
@@ -88,8 +89,9 @@ def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> 
     (emb / "meta").mkdir()
     pq.write_table(pa.table({"n_captions": pa.array(n_captions, pa.int64())}),
                    emb / "meta" / "0.parquet")
-    (emb / "done").mkdir()
-    (emb / "done" / "0.json").write_text("{}")
+    store = EmbeddingSet(emb)
+    store.write_plan({"0": "fake"}, "fake", {}, {})
+    store.markers.write("0", {})
 
 
 def cli_error(cfg_path: Path, *args: str) -> str:

@@ -13,7 +13,7 @@ from dinov2clip.config import ConfigError
 from dinov2clip.extract.preprocess import decode, normalise, resize_and_crop
 from dinov2clip.extract.reader import read_shard
 from dinov2clip.pipeline import app
-from dinov2clip.train.data import pool
+from dinov2clip.store import pool
 
 N = 12  # eval images compared
 

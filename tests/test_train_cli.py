@@ -37,7 +37,7 @@ def test_incomplete_embeddings_lists_the_shards_without_a_done_marker(setup):
         (art / "embeddings" / "syn" / "t" / "done" / f"{shard}.json").unlink()
     code, errors = pipeline("train", "-c", config)
     assert code == 2 and len(errors) == 1
-    assert "shards without a done-marker: 00000, 00002" in errors[0]
+    assert "2 of 3 shards missing (00000, 00002); re-run extract" in errors[0]
 
 
 def test_dims_that_do_not_match_the_config(setup):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.train.data import is_val_key, load_eval_pairs, load_split, pool
+from dinov2clip.store import is_val_key, load_eval_pairs, load_split, pool
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from tests.train_helpers import D_CLIP, D_DINO, make_embeddings
 
@@ -49,7 +49,7 @@ def test_eval_pairs_map_each_caption_to_its_image(tmp_path):
 
 
 def test_feed_covers_each_row_once_per_epoch_in_a_seeded_order():
-    from dinov2clip.train.data import Split
+    from dinov2clip.store import Split
 
     n = 103
     data = Split(torch.arange(n, dtype=torch.float16)[:, None].repeat(1, 4),

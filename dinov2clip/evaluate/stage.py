@@ -13,14 +13,10 @@ import torch
 from dinov2clip.config import Config, ConfigError, git_sha, read_run_config, to_dict
 from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval, resolve_engine
-from dinov2clip.evaluate.embeddings import (
-    EvalEmbeddings,
-    load_eval_embeddings,
-    project_pooled,
-)
+from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.evaluate.screen import screen_dtype
-from dinov2clip.train.data import pool
+from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
 from dinov2clip.train.projector import Projector
 
 log = logging.getLogger(__name__)

@@ -21,21 +21,22 @@ from dinov2clip.extract.preprocess import (
 DINO_TYPES = ("dinov2", "dinov2_with_registers")
 
 
-def load_dino(name: str, device: torch.device):
-    """A transformers DINOv2 (with or without registers) and its reference preprocessing."""
+def load_dino(name: str, device: torch.device, revision: str = ""):
+    """A transformers DINOv2 (with or without registers) and its reference preprocessing.
+    revision: a hub branch, tag or commit; empty: the default branch."""
     from transformers import AutoImageProcessor, AutoModel
 
-    model = _hf_load(AutoModel, name)
+    model = _hf_load(AutoModel, name, revision)
     if model.config.model_type not in DINO_TYPES:
         raise ConfigError(f"{name!r} is a {model.config.model_type!r} model, not DINOv2")
-    proc = _hf_load(AutoImageProcessor, name)
+    proc = _hf_load(AutoImageProcessor, name, revision)
     spec = spec_from_hf_processor(proc.to_dict(), backend=_hf_backend(proc))
     return model.eval().to(device), spec
 
 
-def _hf_load(auto_class, name: str):
+def _hf_load(auto_class, name: str, revision: str = ""):
     try:
-        return auto_class.from_pretrained(name)
+        return auto_class.from_pretrained(name, revision=revision or None)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load DINOv2 model {name!r}: {first}") from None
@@ -171,8 +172,11 @@ class Pending:
         return Embeddings(**{k: v.numpy() for k, v in self.host.items()})
 
 
-def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str) -> dict:
-    """What the manifest and the done-markers record about the models and preprocessing."""
+def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str,
+             tokenizer=None) -> dict:
+    """What identifies the models, weights and preprocessing (hashed into the done-markers)."""
+    from dinov2clip.extract.identity import clip_weights, dino_weights, tokenizer_info
+
     return {
         "dino_model": dino_name,
         "dino_registers": mapper.n_registers,
@@ -182,6 +186,9 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
         "clip_preprocess": mapper.clip_spec.to_dict(),
         "dims": mapper.dims,
         "compute_dtype": str(mapper.dtype).replace("torch.", ""),
+        "weights": {"dino": dino_weights(mapper.dino, dino_name),
+                    "clip": clip_weights(clip_name, clip_pretrained)},
+        "tokenizer": tokenizer_info(tokenizer),
     }
 
 

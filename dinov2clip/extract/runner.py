@@ -22,6 +22,7 @@ from tqdm import tqdm
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
+from dinov2clip.extract.identity import provenance, runtime
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
 from dinov2clip.extract.writer import ShardWriter, concat
 
@@ -79,18 +80,20 @@ def run(cfg: Config) -> None:
     device = resolve_device(e.device)
     dtype = compute_dtype(e.compute_dtype, device)
     rank, world = rank_and_world()
-    dino, dino_spec = load_dino(e.dino_model, device)
+    dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
     clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
     mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype)
-    info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained)
+    info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer)
     models_hash = config_hash(info)
+    env, made_by = runtime(dino), provenance(device)
     tag = embeddings_tag(cfg)
     log.info("extract rank %d/%d on %s (%s), tag %s", rank, world, device, dtype, tag)
     jobs, writers = [], []
     for src in sources:
-        writer = ShardWriter(cfg.root / "embeddings" / src.name / tag, models_hash)
+        writer = ShardWriter(cfg.root / "embeddings" / src.name / tag, models_hash, env,
+                             made_by)
+        writer.start({p.stem: _source(p, cfg.root) for p in shards[src.name]}, info)
         if rank == 0:
-            writer.remove_stale_manifest_temps()
             write_resolved(cfg, writer.out_dir)
         mine = shards[src.name][rank::world]
         todo = [p for p in mine if not writer.is_done(p.stem)]
@@ -102,8 +105,7 @@ def run(cfg: Config) -> None:
     extract_shards(jobs, mapper, tokenizer, e, timer, cfg.root)
     log.info("rank %d: %s", rank, timer.summary())
     for src, writer in writers:
-        manifest = writer.write_manifest({**info, "dataset": src.name, "tag": tag},
-                                         [p.stem for p in shards[src.name]])
+        manifest = writer.write_manifest({**info, "dataset": src.name, "tag": tag})
         if manifest is None:
             log.info("%s: other ranks still working; the last to finish writes the manifest",
                      src.name)
@@ -220,8 +222,12 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    source = job.path.relative_to(root) if job.path.is_relative_to(root) else job.path
     writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
-                 shard.skipped, str(source))
+                 shard.skipped, _source(job.path, root))
     timer.add("write", t)
     timer.count(len(shard.meta))
+
+
+def _source(path: Path, root: Path) -> str:
+    """An input shard's path as recorded: relative to the artifacts root when inside it."""
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)

@@ -1,7 +1,8 @@
 """The only place extraction touches disk: per-shard npy + Parquet, then an atomic done-marker.
 
-A shard's files are written under temporary names and renamed into place; its done-marker is
-renamed in last. A shard without a marker is treated as absent, whatever files it left behind.
+Where each file goes and what "complete" means belong to the store (dinov2clip/store). A shard's
+files are written under temporary names and renamed into place; its done-marker is renamed in
+last. A shard without a marker is treated as absent, whatever files it left behind.
 """
 
 from __future__ import annotations
@@ -15,77 +16,102 @@ import pyarrow.parquet as pq
 
 from dinov2clip.config import ConfigError
 from dinov2clip.extract.mapper import Embeddings
-from dinov2clip.io_utils import atomic_save_npy, atomic_write, atomic_write_json, read_json
-
-ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
+from dinov2clip.io_utils import (
+    atomic_save_npy,
+    atomic_write,
+    atomic_write_json,
+    remove_dead_temps,
+    remove_temps,
+)
+from dinov2clip.store import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
 
 
 class ShardWriter:
-    def __init__(self, out_dir: Path, models_hash: str):
-        self.out_dir = Path(out_dir)
+    """Writes one embeddings set. runtime: library versions a resume must match; provenance:
+    what is recorded but may differ between shards (device, git state)."""
+
+    def __init__(self, out_dir: Path, models_hash: str, runtime: dict | None = None,
+                 provenance: dict | None = None):
+        self.store = EmbeddingSet(out_dir)
+        self.out_dir = self.store.path
         self.models_hash = models_hash
+        self.runtime, self.provenance = runtime or {}, provenance or {}
         # pyarrow imports pandas on its first conversion (seconds); pay that here, not while
         # the writer thread holds the GIL in the middle of the stream.
         pa.array([0])
 
-    def marker(self, shard: str) -> Path:
-        return self.out_dir / "done" / f"{shard}.json"
+    def start(self, shards: dict[str, str], models: dict) -> None:
+        """Before the first shard (every rank): refuse to add to a set made by other models or
+        library versions, then write the plan. shards: name -> the input it comes from."""
+        remove_dead_temps(self.out_dir)  # plan, manifest, config temps of killed writers
+        old = self.store.read_plan()
+        if old is not None and self.store.markers.names():
+            self._refuse_changes(old.get("models_hash"), old.get("models", {}),
+                                 old.get("runtime", {}), models)
+        self.store.write_plan(shards, self.models_hash, models, self.runtime)
 
     def is_done(self, shard: str) -> bool:
-        path = self.marker(shard)
-        if not path.exists():
+        record = self.store.markers.read(shard)
+        if record is None:
             return False
-        found = read_json(path).get("models_hash")
-        if found != self.models_hash:
-            raise ConfigError(
-                f"{self.out_dir} holds shard {shard} from other models or preprocessing "
-                f"(hash {found} != {self.models_hash}); set extract.tag to a new name or delete it")
+        self._refuse_changes(record.get("models_hash"), None, record.get("runtime", {}), None)
         return True
 
-    def remove_stale_temps(self, shard: str) -> None:
-        """Temp files a killed run left while writing this shard (this rank owns the shard)."""
-        for folder, name in [*((a, f"{shard}.npy") for a in ARRAYS),
-                             ("meta", f"{shard}.parquet"), ("done", f"{shard}.json")]:
-            for tmp in (self.out_dir / folder).glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-
-    def remove_stale_manifest_temps(self) -> None:
-        for name in ("manifest.json", "config.json"):
-            for tmp in self.out_dir.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+    def _refuse_changes(self, old_hash: str | None, old_models: dict | None, old_runtime: dict,
+                        models: dict | None) -> None:
+        where = f"{self.out_dir} holds shards"
+        if old_hash != self.models_hash:
+            what = changes(old_models, models) if old_models and models else []
+            raise ConfigError(
+                f"{where} from other models or preprocessing ("
+                + ("; ".join(what) if what else f"hash {old_hash} != {self.models_hash}")
+                + "); set extract.tag to a new name or delete it")
+        if old_runtime != self.runtime:
+            what = "; ".join(changes(old_runtime, self.runtime))
+            raise ConfigError(f"{where} made with other library versions ({what}); restore "
+                              "them, or set extract.tag to a new name")
 
     def write(self, shard: str, emb: Embeddings, meta: list[dict], skipped: Counter,
               source: str) -> dict:
-        self.remove_stale_temps(shard)
+        self._remove_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
         for name in ARRAYS:
-            atomic_save_npy(self.out_dir / name / f"{shard}.npy", getattr(emb, name))
+            atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
         table = pa.Table.from_pylist(meta, schema=META_SCHEMA)
-        atomic_write(self.out_dir / "meta" / f"{shard}.parquet",
-                     lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.store.meta_path(shard), lambda tmp: pq.write_table(table, tmp))
         record = {"shard": shard, "source": source, "models_hash": self.models_hash,
+                  "runtime": self.runtime, "provenance": self.provenance,
                   "n_images": n, "n_captions": int(emb.clip_text.shape[0]),
                   "skipped": dict(sorted(skipped.items()))}
-        atomic_write_json(self.marker(shard), record)  # last: the shard now exists
+        self.store.markers.write(shard, record)  # last: the shard now exists
         return record
 
-    def done_records(self) -> list[dict]:
-        return [read_json(p) for p in sorted((self.out_dir / "done").glob("*.json"))]
+    def _remove_temps(self, shard: str) -> None:
+        """Temp files a killed run left while writing this shard (this rank owns the shard)."""
+        for path in [*(self.store.array_path(a, shard) for a in ARRAYS),
+                     self.store.meta_path(shard), self.store.markers.path(shard)]:
+            remove_temps(path.parent, path.name)
 
-    def write_manifest(self, description: dict, expected_shards: list[str]) -> dict | None:
-        """The manifest, once every expected shard is done (with several ranks, the last one
+    def write_manifest(self, description: dict) -> dict | None:
+        """The manifest, once every planned shard is done (with several ranks, the last one
         to finish writes it; ranks that see the same complete set write identical bytes)."""
-        records = self.done_records()
-        if {r["shard"] for r in records} < set(expected_shards):
+        planned = sorted(self.store.read_plan()["shards"])
+        records = [self.store.markers.read(s) for s in planned]
+        if any(r is None for r in records):
             return None
         skipped: Counter = Counter()
         for r in records:
             skipped.update(r["skipped"])
-        done = {r["shard"] for r in records}
+        provenance = []
+        for r in records:
+            if r.get("provenance") not in provenance:
+                provenance.append(r.get("provenance"))
         manifest = {
             **description,
             "models_hash": self.models_hash,
+            "runtime": self.runtime,
+            "provenance": provenance,
             "dtypes": {name: "float16" for name in ARRAYS},
             "normalised": {"dino_cls": False, "dino_mean": False, "clip_image": True,
                            "clip_text": True},
@@ -95,20 +121,9 @@ class ShardWriter:
             "n_images": sum(r["n_images"] for r in records),
             "n_captions": sum(r["n_captions"] for r in records),
             "skipped": dict(sorted(skipped.items())),
-            "incomplete_shards": sorted(set(expected_shards) - done),
         }
-        atomic_write_json(self.out_dir / "manifest.json", manifest)
+        atomic_write_json(self.out_dir / MANIFEST, manifest)
         return manifest
-
-
-META_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("captions", pa.list_(pa.string())),
-    ("url", pa.string()),
-    ("row", pa.int64()),  # row index in this shard's npy files
-    ("caption_start", pa.int64()),  # this image's first row in clip_text
-    ("n_captions", pa.int64()),
-])
 
 
 def empty_embeddings(d_dino: int, d_clip: int) -> Embeddings:
@@ -121,4 +136,3 @@ def concat(parts: list[Embeddings], d_dino: int, d_clip: int) -> Embeddings:
     if not parts:
         return empty_embeddings(d_dino, d_clip)
     return Embeddings(*(np.concatenate([getattr(p, a) for p in parts]) for a in ARRAYS))
-

@@ -32,7 +32,15 @@ from dinov2clip.device import rank_and_world
 from dinov2clip.index import faiss_index
 from dinov2clip.index.images import ImageCrops, collate_crops
 from dinov2clip.index.sources import Chunk, chunk_items, plan_chunks
-from dinov2clip.io_utils import atomic_save_npy, atomic_write, atomic_write_json, read_json
+from dinov2clip.io_utils import (
+    atomic_save_npy,
+    atomic_write,
+    atomic_write_json,
+    read_json,
+    remove_dead_temps,
+    remove_temps,
+)
+from dinov2clip.store import DoneMarkers
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +67,11 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
     model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype,
                                        batch_size=batch_size)
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
+    remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
     mine = chunks[rank::world]
     todo = [c for c in mine if not store.is_done(c)]
+    for chunk in todo:
+        store.remove_temps(chunk)
     log.info("index %s: %d chunks, %d for rank %d/%d, %d of them already done, into %s", images,
              len(chunks), len(mine), rank, world, len(mine) - len(todo), out_dir)
     t0, n_new = time.perf_counter(), 0
@@ -104,15 +115,12 @@ def _remove_old_index(out_dir: Path) -> None:
 class ChunkStore:
     def __init__(self, root: Path, models_hash: str):
         self.root, self.models_hash = root, models_hash
-
-    def marker(self, name: str) -> Path:
-        return self.root / "done" / f"{name}.json"
+        self.markers = DoneMarkers(root / "done")
 
     def is_done(self, chunk: Chunk) -> bool:
-        path = self.marker(chunk.name)
-        if not path.exists():
+        record = self.markers.read(chunk.name)
+        if record is None:
             return False
-        record = read_json(path)
         if record.get("models_hash") != self.models_hash:
             raise ConfigError(f"{self.root.parent} was built with another run or projector; "
                               "use --force to rebuild it or --out for a new index")
@@ -121,12 +129,18 @@ class ChunkStore:
                               f"{chunk.name} was indexed; use --force to rebuild")
         return True
 
+    def remove_temps(self, chunk: Chunk) -> None:
+        """Temp files a killed run left while writing this chunk (this rank owns it)."""
+        for folder, name in (("emb", f"{chunk.name}.npy"), ("meta", f"{chunk.name}.parquet"),
+                             ("done", f"{chunk.name}.json")):
+            remove_temps(self.root / folder, name)
+
     def write(self, chunk: Chunk, emb: np.ndarray, rows: list[dict], skipped: Counter) -> None:
         atomic_save_npy(self.root / "emb" / f"{chunk.name}.npy", emb)
         table = pa.Table.from_pylist(rows, schema=META_SCHEMA)
         atomic_write(self.root / "meta" / f"{chunk.name}.parquet",
                      lambda tmp: pq.write_table(table, tmp))
-        atomic_write_json(self.marker(chunk.name), {  # last: the chunk now exists
+        self.markers.write(chunk.name, {  # last: the chunk now exists
             "chunk": chunk.name, "n_images": len(rows), "skipped": dict(sorted(skipped.items())),
             "fingerprint": chunk.fingerprint(), "models_hash": self.models_hash})
 
@@ -173,7 +187,7 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, batch_size:
 
 def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_dir: Path,
               images: Path, kind: str, exact_max: int, dim: int) -> dict:
-    records = [read_json(store.marker(c.name)) for c in chunks]
+    records = [store.markers.read(c.name) for c in chunks]
     n = sum(r["n_images"] for r in records)
     skipped: Counter = Counter()
     for r in records:

@@ -1,5 +1,6 @@
-"""Cached embedding shards into a few big tensors, on the GPU when they fit, else in host memory.
+"""Readers of a complete embeddings set: a training split, and an eval set.
 
+A training split goes into a few big tensors, on the GPU when they fit, else in host memory.
 Shards are memory-mapped and read once; each is pooled and split by key hash straight into
 preallocated destination tensors, so the peak is the split itself plus one shard. Batches are then
 index slices of one permutation per epoch (train/feed.py): no per-sample Python, no DataLoader.
@@ -8,19 +9,17 @@ index slices of one permutation per epoch (train/feed.py): no per-sample Python,
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from dinov2clip.config import ConfigError
+from dinov2clip.store.layout import ARRAYS, EmbeddingSet
 
 POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
-ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
 
 
 @dataclass
@@ -71,35 +70,6 @@ def is_val_key(key: str, val_fraction: float) -> bool:
     return (h % 1_000_000) < val_fraction * 1_000_000
 
 
-def check_complete(emb_dir: Path) -> list[str]:
-    """Shard names with a done-marker; raises if the directory is missing or incomplete."""
-    if not emb_dir.is_dir():
-        raise ConfigError(f"embeddings directory not found: {emb_dir} (run the extract stage)")
-    done = sorted(p.stem for p in (emb_dir / "done").glob("*.json"))
-    started = sorted(p.stem for p in (emb_dir / "meta").glob("*.parquet"))
-    manifest = emb_dir / "manifest.json"
-    expected = set(started)
-    if manifest.exists():
-        expected |= set(json.loads(manifest.read_text()).get("incomplete_shards", []))
-    missing = sorted(expected - set(done))
-    if missing:
-        raise ConfigError(f"{emb_dir}: shards without a done-marker: {', '.join(missing[:10])}"
-                          + (" ..." if len(missing) > 10 else "") + " (re-run extract)")
-    if not done:
-        raise ConfigError(f"{emb_dir}: no completed shards (run the extract stage)")
-    return done
-
-
-def data_fingerprint(emb_dir: Path) -> list:
-    """What identifies the cached data for --resume: each shard's done-marker record."""
-    shards = check_complete(emb_dir)
-    out = []
-    for s in shards:
-        record = json.loads((emb_dir / "done" / f"{s}.json").read_text())
-        out.append([s, record.get("n_images"), record.get("models_hash")])
-    return out
-
-
 # Where a split's tensors go: given its size in bytes, (device, pin_memory).
 Placer = Callable[[int], tuple[torch.device, bool]]
 
@@ -110,22 +80,23 @@ def on_cpu(n_bytes: int) -> tuple[torch.device, bool]:
 
 def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_tokens: int = 256,
                place_train: Placer = on_cpu, place_val: Placer = on_cpu) -> tuple[Split, Split]:
-    """All completed shards, pooled and split into (train, val) by key hash, placed as asked."""
-    shards = check_complete(emb_dir)
-    masks = [_val_mask(emb_dir, s, val_fraction) for s in shards]
+    """All shards of a complete set, pooled and split into (train, val) by key hash, placed as
+    asked."""
+    store = EmbeddingSet(emb_dir)
+    shards = store.complete_shards()
+    masks = [_val_mask(store, s, val_fraction) for s in shards]
     n_val = sum(int(m.sum()) for m in masks)
     n_all = sum(len(m) for m in masks)
     if n_val in (0, n_all):
         raise ConfigError(f"train.val_fraction={val_fraction} leaves an empty split "
                           f"of {n_all} pairs")
-    d_dino = _mmap(emb_dir, "dino_cls", shards[0]).shape[1]
-    d_clip = _mmap(emb_dir, "clip_image", shards[0]).shape[1]
+    d_dino, d_clip = store.dims()
     d_in = pooled_dim(d_dino, pooling)
     train = _empty_split(n_all - n_val, d_in, d_clip, place_train)
     val = _empty_split(n_val, d_in, d_clip, place_val)
     at = {"train": 0, "val": 0}
     for shard, is_val in zip(shards, masks, strict=True):
-        part = _read_shard(emb_dir, shard, pooling, num_patch_tokens)
+        part = _read_shard(store, shard, pooling, num_patch_tokens)
         for name, dest, rows in (("train", train, ~is_val), ("val", val, is_val)):
             idx = torch.from_numpy(np.flatnonzero(rows))
             s, e = at[name], at[name] + len(idx)
@@ -135,28 +106,47 @@ def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_token
     return train, val
 
 
+@dataclass
+class EvalEmbeddings:
+    dino_cls: torch.Tensor  # (n_images, D_dino)
+    dino_mean: torch.Tensor  # (n_images, D_dino)
+    clip_image: torch.Tensor  # (n_images, D_clip), L2-normalised
+    clip_text: torch.Tensor  # (n_captions, D_clip), L2-normalised
+    caption_to_image: torch.Tensor  # (n_captions,) image row of each caption
+
+
+def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
+    """A complete eval set, every caption of every image, as float32 tensors."""
+    store = EmbeddingSet(emb_dir)
+    arrays = {n: [] for n in ARRAYS}
+    owners, n_images = [], 0
+    for s in store.complete_shards():
+        for n in arrays:
+            arrays[n].append(np.load(store.array_path(n, s)))
+        counts = np.asarray(store.meta_column(s, "n_captions"), dtype=np.int64)
+        if counts.sum() != arrays["clip_text"][-1].shape[0]:
+            raise ConfigError(f"{emb_dir} shard {s}: meta lists {counts.sum()} captions but "
+                              f"clip_text has {arrays['clip_text'][-1].shape[0]} rows")
+        owners.append(np.repeat(np.arange(len(counts)) + n_images, counts))
+        n_images += len(counts)
+    cat = {n: torch.from_numpy(np.concatenate(v)).float() for n, v in arrays.items()}
+    c2i = torch.from_numpy(np.concatenate(owners)) if owners else torch.zeros(0, dtype=torch.long)
+    if c2i.numel() == 0:
+        raise ConfigError(f"eval set at {emb_dir} has no captions: nothing to retrieve "
+                          "(are its .txt files empty?)")
+    return EvalEmbeddings(caption_to_image=c2i, **cat)
+
+
 def load_eval_pairs(emb_dir: Path, pooling: str, num_patch_tokens: int = 256) -> EvalPairs:
     """An eval set's embeddings, pooled, read exactly as the eval stage reads them."""
-    # Imported here: evaluate.embeddings itself builds on this module (pool, check_complete).
-    from dinov2clip.evaluate.embeddings import load_eval_embeddings
-
     emb = load_eval_embeddings(emb_dir)
     x = pool(emb.dino_cls, emb.dino_mean, pooling, num_patch_tokens).float()
     return EvalPairs(x, emb.clip_image, emb.clip_text, emb.caption_to_image)
 
 
-def _val_mask(emb_dir: Path, shard: str, val_fraction: float) -> np.ndarray:
-    keys = pq.read_table(emb_dir / "meta" / f"{shard}.parquet", columns=["key"]).column(0)
-    return np.fromiter((is_val_key(k, val_fraction) for k in keys.to_pylist()), dtype=bool)
-
-
-def _mmap(emb_dir: Path, array: str, shard: str) -> np.ndarray:
-    return np.load(emb_dir / array / f"{shard}.npy", mmap_mode="r")
-
-
-def _read(emb_dir: Path, array: str, shard: str) -> torch.Tensor:
-    """One shard's array, read into (writable) memory."""
-    return torch.from_numpy(np.array(_mmap(emb_dir, array, shard)))
+def _val_mask(store: EmbeddingSet, shard: str, val_fraction: float) -> np.ndarray:
+    keys = store.meta_column(shard, "key")
+    return np.fromiter((is_val_key(k, val_fraction) for k in keys), dtype=bool)
 
 
 def _empty_split(n: int, d_in: int, d_clip: int, place: Placer) -> Split:
@@ -169,16 +159,15 @@ def _empty_split(n: int, d_in: int, d_clip: int, place: Placer) -> Split:
     return Split(empty(d_in), empty(d_clip), empty(d_clip))
 
 
-def _read_shard(emb_dir: Path, shard: str, pooling: str,
+def _read_shard(store: EmbeddingSet, shard: str, pooling: str,
                 num_patch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, clip_img, clip_txt) of one shard in host memory: pooled, first caption per image."""
-    starts = pq.read_table(emb_dir / "meta" / f"{shard}.parquet", columns=["caption_start"])
-    first_caption = np.asarray(starts.column(0).to_pylist(), dtype=np.int64)
-    arr = {a: _mmap(emb_dir, a, shard) for a in ARRAYS}
+    first_caption = np.asarray(store.meta_column(shard, "caption_start"), dtype=np.int64)
+    arr = {a: store.mmap(a, shard) for a in ARRAYS}
     n = len(first_caption)
     for a in ("dino_cls", "dino_mean", "clip_image"):
         if arr[a].shape[0] != n:
-            raise ConfigError(f"{emb_dir}: shard {shard} has {arr[a].shape[0]} rows in {a} "
+            raise ConfigError(f"{store.path}: shard {shard} has {arr[a].shape[0]} rows in {a} "
                               f"but {n} in its meta (re-run extract)")
     cls, mean = (torch.from_numpy(np.array(arr[a])) for a in ARRAYS[:2])
     x = pool(cls, mean, pooling, num_patch_tokens).to(torch.float16)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.train.data import Placer, Split
+from dinov2clip.store import Placer, Split
 
 log = logging.getLogger(__name__)
 

@@ -16,22 +16,15 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from dinov2clip.config import Config, ConfigError, to_dict, write_resolved
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract import embeddings_tag
+from dinov2clip.io_utils import remove_dead_temps
+from dinov2clip.store import POOLINGS, EmbeddingSet, load_eval_pairs, load_split, pooled_dim
 from dinov2clip.train import validate as V
-from dinov2clip.train.data import (
-    POOLINGS,
-    check_complete,
-    data_fingerprint,
-    load_eval_pairs,
-    load_split,
-    pooled_dim,
-)
 from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
@@ -157,9 +150,7 @@ def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run_dir: 
 def _check_dims(cfg: Config, emb_dir: Path) -> None:
     """The projector's dims against the cached embeddings' npy headers (read, not loaded)."""
     t, p = cfg.train, cfg.train.projector
-    first = check_complete(emb_dir)[0]
-    d_dino = np.load(emb_dir / "dino_cls" / f"{first}.npy", mmap_mode="r").shape[1]
-    d_clip = np.load(emb_dir / "clip_image" / f"{first}.npy", mmap_mode="r").shape[1]
+    d_dino, d_clip = EmbeddingSet(emb_dir).dims()
     d_in = pooled_dim(d_dino, t.pooling)
     if (p.in_dim, p.out_dim) != (d_in, d_clip):
         raise ConfigError(
@@ -226,7 +217,7 @@ def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
     return {
         "architecture": {"projector": to_dict(t.projector), "pooling": t.pooling,
                          "num_patch_tokens": t.num_patch_tokens},
-        "data": {"dir": str(emb_dir), "shards": data_fingerprint(emb_dir),
+        "data": {"dir": str(emb_dir), "shards": EmbeddingSet(emb_dir).fingerprint(),
                  "val_fraction": t.val_fraction, "n_train": n_train, "n_val": n_val},
         "loss": dict(t.loss),
         "schedule": {k: getattr(t, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
@@ -242,6 +233,8 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     if force and run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / "checkpoints"):  # what a killed run was writing
+        remove_dead_temps(folder)
 
 
 def _scheduler(opt, kind: str, lr: float, total_steps: int, warmup_fraction: float):

@@ -55,18 +55,18 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
     """emb as embeddings/<dataset>/<tag>: npy + meta Parquet per shard, done-markers, manifest."""
     writer = ShardWriter(Path(out_dir), models_hash="synthetic-task")
     n, k = emb.dino_cls.shape[0], captions_per_image
-    names = []
-    for start in range(0, n, shard_size):
+    description = {"models": "synthetic alignment task",
+                   "dims": {"dino": emb.dino_cls.shape[1], "clip": emb.clip_image.shape[1]}}
+    starts = range(0, n, shard_size)
+    writer.start({f"{i:05d}": "synthetic" for i in range(len(starts))}, description)
+    for i, start in enumerate(starts):
         stop = min(n, start + shard_size)
-        name = f"{len(names):05d}"
+        name = f"{i:05d}"
         part = Embeddings(emb.dino_cls[start:stop], emb.dino_mean[start:stop],
                           emb.clip_image[start:stop], emb.clip_text[start * k:stop * k])
         meta = [{"key": f"{prefix}{i:08d}", "captions": [f"caption {j}" for j in range(k)],
                  "url": "", "row": i - start, "caption_start": (i - start) * k, "n_captions": k}
                 for i in range(start, stop)]
         writer.write(name, part, meta, Counter(), source="synthetic")
-        names.append(name)
-    writer.write_manifest({"models": "synthetic alignment task",
-                           "dims": {"dino": emb.dino_cls.shape[1],
-                                    "clip": emb.clip_image.shape[1]}}, names)
+    writer.write_manifest(description)
     return Path(out_dir)

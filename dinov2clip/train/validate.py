@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dinov2clip.device import autocast
 from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
-from dinov2clip.train.data import EvalPairs, Split
+from dinov2clip.store import EvalPairs, Split
 
 KS = [1, 5]
 RECALLS = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in KS]

@@ -1,0 +1,143 @@
+"""The on-disk contract of an embeddings set, embeddings/<dataset>/<tag>/, and when it is complete.
+
+    plan.json               written before the first shard: every shard the set must hold (from
+                            the input shards), the models' description and hash, the libraries
+    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption
+    meta/<shard>.parquet    META_SCHEMA, one row per image
+    done/<shard>.json       the shard's done-marker, renamed in after its files: the shard exists
+    manifest.json           once every planned shard is done: models, counts, skipped by reason
+    config.json             the resolved config of the extract run
+
+A set is complete when every shard of its plan has a done-marker; readers refuse anything else,
+so a killed extract never passes for a finished one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dinov2clip.config import ConfigError
+from dinov2clip.io_utils import atomic_write_json, read_json
+
+ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
+PLAN, MANIFEST = "plan.json", "manifest.json"
+
+META_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("captions", pa.list_(pa.string())),
+    ("url", pa.string()),
+    ("row", pa.int64()),  # row index in this shard's npy files
+    ("caption_start", pa.int64()),  # this image's first row in clip_text
+    ("n_captions", pa.int64()),
+])
+
+
+class DoneMarkers:
+    """A folder of <unit>.json records, one per finished unit of work (a shard, a chunk).
+
+    A marker is written atomically after the unit's files, so a unit exists once its marker
+    does, whatever a killed writer left behind.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def read(self, name: str) -> dict | None:
+        path = self.path(name)
+        return read_json(path) if path.exists() else None
+
+    def write(self, name: str, record: dict) -> None:
+        atomic_write_json(self.path(name), record)
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.json"))
+
+    def records(self) -> list[dict]:
+        return [read_json(self.path(n)) for n in self.names()]
+
+
+class EmbeddingSet:
+    """One embeddings/<dataset>/<tag>/ directory: where each file goes, and what it holds."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.markers = DoneMarkers(self.path / "done")
+
+    def array_path(self, array: str, shard: str) -> Path:
+        return self.path / array / f"{shard}.npy"
+
+    def meta_path(self, shard: str) -> Path:
+        return self.path / "meta" / f"{shard}.parquet"
+
+    def read_plan(self) -> dict | None:
+        path = self.path / PLAN
+        return read_json(path) if path.exists() else None
+
+    def write_plan(self, shards: dict[str, str], models_hash: str, models: dict,
+                   runtime: dict) -> None:
+        """shards: name -> the input it comes from. Every rank writes the same bytes."""
+        atomic_write_json(self.path / PLAN, {"shards": dict(sorted(shards.items())),
+                                             "models_hash": models_hash, "models": models,
+                                             "runtime": runtime})
+
+    def complete_shards(self) -> list[str]:
+        """The plan's shards, sorted; one line naming what is missing when any is not done."""
+        if not self.path.is_dir():
+            raise ConfigError(f"embeddings directory not found: {self.path} (run the extract "
+                              "stage)")
+        plan = self.read_plan()
+        if plan is None:
+            raise ConfigError(f"{self.path}: no {PLAN}, so which shards it must hold is unknown "
+                              "(extract was stopped before its first shard, or is older than "
+                              "this check); re-run extract to complete it")
+        shards = sorted(plan["shards"])
+        missing = [s for s in shards if not self.markers.path(s).exists()]
+        if missing:
+            raise ConfigError(
+                f"{self.path} is incomplete: {len(missing)} of {len(shards)} shards missing ("
+                + ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+                + "); re-run extract to finish it")
+        return shards
+
+    def fingerprint(self) -> list:
+        """What identifies the cached data for train --resume: each shard's done-marker."""
+        out = []
+        for s in self.complete_shards():
+            record = self.markers.read(s)
+            out.append([s, record.get("n_images"), record.get("models_hash")])
+        return out
+
+    def mmap(self, array: str, shard: str) -> np.ndarray:
+        return np.load(self.array_path(array, shard), mmap_mode="r")
+
+    def meta_column(self, shard: str, column: str) -> list:
+        return pq.read_table(self.meta_path(shard), columns=[column]).column(0).to_pylist()
+
+    def dims(self) -> tuple[int, int]:
+        """(D_dino, D_clip) from the npy headers of the first shard (read, not loaded)."""
+        first = self.complete_shards()[0]
+        return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
+
+
+def changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two descriptions, with both values, short."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text

@@ -1,0 +1,179 @@
+"""The embeddings store: a killed extract never passes for a finished one, and weights, library
+versions and the plan of shards are part of a set's identity."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dinov2clip.config import ConfigError, load_config
+from dinov2clip.data.synthetic import write_train_shards
+from dinov2clip.data.tiny_models import build_tiny_dinov2
+from dinov2clip.extract import identity, run, runner
+from dinov2clip.io_utils import HOST
+from dinov2clip.store import EmbeddingSet, load_eval_embeddings
+from tests.conftest import REPO, run_cli
+from tests.extract_utils import extract_config
+
+N_SHARDS = 5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TRAIN = """
+[train]
+dataset = "toy"
+run = "r"
+epochs = 1
+batch_size = 4
+val_fraction = 0.3
+device = "cpu"
+[train.projector]
+in_dim = 48
+out_dim = 32
+width = 16
+depth = 1
+head_width = 16
+"""
+
+# Runs `pipeline extract` and ends the process (os._exit: no cleanup, as a kill) right after the
+# done-marker of its EXIT_AFTER-th shard is renamed in: a kill between two shards, every time.
+KILLED_EXTRACT = """
+import os, sys
+from dinov2clip.store import DoneMarkers
+write, written = DoneMarkers.write, []
+def write_then_die(self, name, record):
+    write(self, name, record)
+    written.append(name)
+    if len(written) == int(os.environ["EXIT_AFTER"]):
+        os._exit(9)
+DoneMarkers.write = write_then_die
+from dinov2clip.pipeline import main
+sys.argv = ["pipeline", "extract", "-c", sys.argv[1]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "shards"
+    write_train_shards(out, num=4 * N_SHARDS, shard_size=4, image_size=64, seed=5)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def private_hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def new_config(root: Path, shards: Path, models: dict) -> Path:
+    shutil.copytree(shards, root / "art" / "shards" / "toy")
+    config = extract_config(root / "c.toml", root / "art", models, ["shards/toy"])
+    config.write_text(config.read_text() + TRAIN)
+    return config
+
+
+def emb_dir(config: Path) -> Path:
+    return config.parent / "art" / "embeddings" / "toy" / "t"
+
+
+def test_extract_killed_between_shards_is_refused_by_train_and_eval(tmp_path, shards,
+                                                                      tiny_models):
+    config = new_config(tmp_path, shards, tiny_models)
+    env = {**os.environ, "EXIT_AFTER": "2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_EXTRACT, str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr
+    out = emb_dir(config)
+    plan = json.loads((out / "plan.json").read_text())
+    assert sorted(plan["shards"]) == [f"{i:05d}" for i in range(N_SHARDS)]
+    assert sorted(p.stem for p in (out / "done").glob("*.json")) == ["00000", "00001"]
+    assert not (out / "manifest.json").exists()
+
+    line = f"{out} is incomplete: 3 of 5 shards missing (00002, 00003, 00004); re-run extract"
+    proc = run_cli("train", "-c", str(config), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {line} to finish it"]
+    with pytest.raises(ConfigError, match="3 of 5 shards missing"):
+        load_eval_embeddings(out)
+
+    run(load_config(config))  # the fix the line names
+    assert EmbeddingSet(out).complete_shards() == sorted(plan["shards"])
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 4 * N_SHARDS
+
+
+def test_a_shard_cut_before_its_meta_or_a_set_without_a_plan_is_refused(tmp_path):
+    from tests.train_helpers import make_embeddings
+
+    out = make_embeddings(tmp_path / "art", n=60, shard_size=20)
+    assert EmbeddingSet(out).complete_shards() == ["00000", "00001", "00002"]
+    (out / "meta" / "00001.parquet").unlink()  # killed after its arrays were renamed in
+    (out / "done" / "00001.json").unlink()
+    with pytest.raises(ConfigError, match=r"1 of 3 shards missing \(00001\)"):
+        load_eval_embeddings(out)
+    (out / "plan.json").unlink()
+    with pytest.raises(ConfigError, match="no plan.json.*re-run extract"):
+        EmbeddingSet(out).complete_shards()
+
+
+def test_other_weights_at_the_same_path_are_refused_naming_them(tmp_path, shards, tiny_models):
+    dino = build_tiny_dinov2(tmp_path / "dino")
+    config = new_config(tmp_path, shards, {**tiny_models, "dino": str(dino)})
+    run(load_config(config))
+    out = emb_dir(config)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"]["dino"]["sha256"]["model.safetensors"]
+    assert manifest["weights"]["clip"]["sha256"] == identity.file_sha256(
+        Path(tiny_models["clip_pretrained"]))
+    assert manifest["tokenizer"]["context_length"] == 77
+    assert manifest["runtime"]["torch"] and manifest["runtime"]["open_clip"]
+    assert set(manifest["provenance"][0]) == {"device", "git_sha", "git_dirty"}
+
+    other = build_tiny_dinov2(tmp_path / "other", seed=1)  # same shapes, other weights
+    shutil.copyfile(other / "model.safetensors", dino / "model.safetensors")
+    (out / "done" / "00003.json").unlink()
+    with pytest.raises(ConfigError, match=r"other models .*weights\.dino\.sha256\."
+                                          r"model\.safetensors [0-9a-f]{12} -> [0-9a-f]{12}"):
+        run(load_config(config))
+    assert not (out / "done" / "00003.json").exists()
+
+
+def test_other_library_versions_are_refused_naming_them(tmp_path, shards, tiny_models,
+                                                        monkeypatch):
+    config = new_config(tmp_path, shards, tiny_models)
+    run(load_config(config))
+    (emb_dir(config) / "done" / "00001.json").unlink()
+    monkeypatch.setattr(runner, "runtime",
+                        lambda dino: {**identity.runtime(dino), "transformers": "0.0.1"})
+    with pytest.raises(ConfigError, match=r"other library versions \(transformers \S+ -> "
+                                          r"0\.0\.1\)"):
+        run(load_config(config))
+
+
+def test_a_live_ranks_manifest_temp_survives_another_ranks_start(tmp_path, shards, tiny_models):
+    config = new_config(tmp_path, shards, tiny_models)
+    out = emb_dir(config)
+    out.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        temp = out / f".manifest.json.{HOST}.{live.pid}.0123abcd.tmp"
+        temp.write_text("{")
+        run(load_config(config))
+        assert temp.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 100)
+    first = identity.file_sha256(f)
+    st = f.stat()
+    f.write_bytes(b"b" * 100)  # same size; put the old mtime back: the cache answers
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert identity.file_sha256(f) == first
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again
+    assert identity.file_sha256(f) != first
