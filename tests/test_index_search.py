@@ -1,6 +1,8 @@
 """Index a collection with projected DINOv2, search it with CLIP text; resume; IVF; bad input."""
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from dinov2clip.config import ConfigError
 from dinov2clip.data.synthetic import jpeg_bytes
 from dinov2clip.index import build_index, faiss_index, search
+from dinov2clip.io_utils import HOST
 from dinov2clip.pipeline import app
 from tests.conftest import write_shape_classes
 
@@ -75,7 +78,11 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     shutil.copytree(src, out)
     kept = (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns
     (out / "chunks" / "done" / "00002.json").unlink()  # as if killed while writing chunk 2
+    (out / "chunks" / "emb" / ".00002.npy.x81kq_3a.tmp").write_bytes(b"half")
     (out / "index.json").unlink()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (out / f".index.faiss.{HOST}.{gone.pid}.0badcafe.tmp").write_bytes(b"half")
     with pytest.raises(ConfigError, match="no finished index"):
         search(index_dir=out, query="a dog", device="cpu")
     summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
@@ -83,6 +90,7 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     assert summary["n_images"] == 9
     assert (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns == kept
     assert (out / "chunks" / "done" / "00002.json").exists()
+    assert not list(out.rglob("*.tmp"))  # what the killed run left is gone
     # The collection changing under a half-built index is refused, not mixed in.
     (out / "chunks" / "done" / "00002.json").unlink()
     write_shape_classes(collection / "zzz", classes=("x",), per_class=1)

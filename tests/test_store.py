@@ -19,7 +19,7 @@ from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from tests.conftest import REPO, run_cli
 from tests.extract_utils import extract_config
 
-N_SHARDS = 5
+N_SHARDS = 3
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRAIN = """
@@ -59,7 +59,7 @@ main()
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "shards"
-    write_train_shards(out, num=4 * N_SHARDS, shard_size=4, image_size=64, seed=5)
+    write_train_shards(out, num=2 * N_SHARDS, shard_size=2, image_size=64, seed=5)
     return out
 
 
@@ -82,26 +82,26 @@ def emb_dir(config: Path) -> Path:
 def test_extract_killed_between_shards_is_refused_by_train_and_eval(tmp_path, shards,
                                                                       tiny_models):
     config = new_config(tmp_path, shards, tiny_models)
-    env = {**os.environ, "EXIT_AFTER": "2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "EXIT_AFTER": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", KILLED_EXTRACT, str(config)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr
     out = emb_dir(config)
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(plan["shards"]) == [f"{i:05d}" for i in range(N_SHARDS)]
-    assert sorted(p.stem for p in (out / "done").glob("*.json")) == ["00000", "00001"]
+    assert sorted(p.stem for p in (out / "done").glob("*.json")) == ["00000"]
     assert not (out / "manifest.json").exists()
 
-    line = f"{out} is incomplete: 3 of 5 shards missing (00002, 00003, 00004); re-run extract"
+    line = f"{out} is incomplete: 2 of 3 shards missing (00001, 00002); re-run extract"
     proc = run_cli("train", "-c", str(config), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {line} to finish it"]
-    with pytest.raises(ConfigError, match="3 of 5 shards missing"):
+    with pytest.raises(ConfigError, match="2 of 3 shards missing"):
         load_eval_embeddings(out)
 
     run(load_config(config))  # the fix the line names
     assert EmbeddingSet(out).complete_shards() == sorted(plan["shards"])
-    assert json.loads((out / "manifest.json").read_text())["n_images"] == 4 * N_SHARDS
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 2 * N_SHARDS
 
 
 def test_a_shard_cut_before_its_meta_or_a_set_without_a_plan_is_refused(tmp_path):
@@ -133,17 +133,32 @@ def test_other_weights_at_the_same_path_are_refused_naming_them(tmp_path, shards
 
     other = build_tiny_dinov2(tmp_path / "other", seed=1)  # same shapes, other weights
     shutil.copyfile(other / "model.safetensors", dino / "model.safetensors")
-    (out / "done" / "00003.json").unlink()
+    (out / "done" / "00002.json").unlink()
     with pytest.raises(ConfigError, match=r"other models .*weights\.dino\.sha256\."
                                           r"model\.safetensors [0-9a-f]{12} -> [0-9a-f]{12}"):
         run(load_config(config))
-    assert not (out / "done" / "00003.json").exists()
+    assert not (out / "done" / "00002.json").exists()
 
 
-def test_other_library_versions_are_refused_naming_them(tmp_path, shards, tiny_models,
-                                                        monkeypatch):
-    config = new_config(tmp_path, shards, tiny_models)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, shards, tiny_models) -> Path:
+    """The art dir of one finished extract, to copy."""
+    config = new_config(tmp_path_factory.mktemp("finished"), shards, tiny_models)
     run(load_config(config))
+    return config.parent
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the finished dir, its config pointing at the copy."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    config = copy / "c.toml"
+    config.write_text(config.read_text().replace(str(finished), str(copy)))
+    return config
+
+
+def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monkeypatch):
+    config = copy_of(finished, tmp_path)
     (emb_dir(config) / "done" / "00001.json").unlink()
     monkeypatch.setattr(runner, "runtime",
                         lambda dino: {**identity.runtime(dino), "transformers": "0.0.1"})
@@ -152,16 +167,16 @@ def test_other_library_versions_are_refused_naming_them(tmp_path, shards, tiny_m
         run(load_config(config))
 
 
-def test_a_live_ranks_manifest_temp_survives_another_ranks_start(tmp_path, shards, tiny_models):
-    config = new_config(tmp_path, shards, tiny_models)
+def test_a_live_ranks_manifest_temp_survives_another_ranks_start(finished, tmp_path):
+    config = copy_of(finished, tmp_path)
     out = emb_dir(config)
-    out.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         temp = out / f".manifest.json.{HOST}.{live.pid}.0123abcd.tmp"
         temp.write_text("{")
+        (out / "done" / "00002.json").unlink()  # this rank has work; the other is writing
         run(load_config(config))
-        assert temp.exists()
+        assert temp.exists() and (out / "done" / "00002.json").exists()
     finally:
         live.kill()
         live.wait()

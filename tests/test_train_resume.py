@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from dinov2clip.io_utils import HOST
 from dinov2clip.train.loop import train
 from tests.conftest import REPO
 from tests.train_helpers import load, make_embeddings, one_thread, write_config
@@ -69,3 +70,24 @@ def _wait_for(condition, proc, timeout: float = 240):
         assert time.time() < deadline, "no epoch finished in time"
         time.sleep(0.01)
     return value
+
+
+def test_resume_removes_temps_a_killed_run_left(tmp_path, single_thread):
+    art = tmp_path / "artifacts"
+    make_embeddings(art, n=200)
+    run_dir = train(load(art, "train.epochs=1"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = [run_dir / "checkpoints" / f".epoch_002.safetensors.{HOST}.{gone.pid}.0badcafe.tmp",
+                run_dir / f".model.safetensors.{HOST}.{gone.pid}.0badcafe.tmp",
+                run_dir / ".train_state.pt.k2j_x9aq.tmp"]  # an older version's name
+        busy = run_dir / f".metrics.jsonl.{HOST}.{live.pid}.0badcafe.tmp"  # not ours to touch
+        for path in [*dead, busy]:
+            path.write_bytes(b"half")
+        train(load(art, "train.epochs=1"), resume=True)
+        assert busy.exists() and not any(p.exists() for p in dead)
+    finally:
+        live.kill()
+        live.wait()
