@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dinov2clip.evaluate.compute import SetEval  # noqa: E402
 from dinov2clip.evaluate.screen import screen_dtype  # noqa: E402
+
+from dinov2clip.evaluate.compute import SetEval  # noqa: E402
 
 SETS = {"mscoco": (5000, 25000), "flickr30k": (1000, 5000), "flickr8k": (1000, 5000)}
 DIM = 512

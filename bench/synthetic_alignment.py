@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
 
 from dinov2clip.config import load_config
-from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
 from dinov2clip.train.data import load_eval_pairs
 from dinov2clip.train.loop import train
 from dinov2clip.train.projector import Projector
