@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dinov2clip.evaluate.plots import epochs_chart, recall_chart
+from dinov2clip.evaluate.plots import epochs_chart, epochs_figure, recall_chart, recall_figure
 from dinov2clip.evaluate.report import (
     markdown,
     print_table,
@@ -93,3 +93,25 @@ def test_charts_are_drawn(tmp_path):
     for name in ("recall.png", "epochs.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_recall_axis_fits_the_data_and_bars_carry_their_values():
+    results = results_for(["mscoco"])  # recalls 31..50 %: an axis to 100 would waste half
+    ax = recall_figure(results).axes[0]
+    low, high = ax.get_ylim()
+    assert low == 0 and 50 < high <= 60
+    assert {"31", "40", "50"} <= {t.get_text() for t in ax.texts}  # each bar's value
+
+
+def test_epochs_chart_shows_clip_at_100_and_says_which_colour_is_which_direction():
+    per_epoch = [{"epoch": e, "summary": set_result(40.0, 20.0 + e, 41.0)["summary"]}
+                 for e in (1, 2, 3)]
+    epochs = {"run_info": {"best_epoch": 2}, "epochs": [1, 2, 3],
+              "sets": {"mscoco": {"per_epoch": per_epoch}}}
+    ax = epochs_figure(epochs).axes[0]
+    assert any(list(line.get_ydata()) == [100, 100] for line in ax.lines)  # CLIP itself
+    legends = [a for a in ax.get_children() if a.__class__.__name__ == "Legend"]
+    texts = {t.get_text() for legend in legends for t in legend.get_texts()}
+    titles = {legend.get_title().get_text() for legend in legends}
+    assert "direction" in titles and {"text->image", "image->text"} <= texts
+    assert {"projected", "ensemble", "CLIP (100 %)", "chosen epoch 2"} <= texts

@@ -121,9 +121,9 @@ def evaluate_epochs(cfg: Config) -> dict:
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
-        log.info("epoch %d: %s", epoch, ", ".join(
-            f"{n} {s['per_epoch'][-1]['summary']['projected_pct_mean']['t2i']:.1f}/"
-            f"{s['per_epoch'][-1]['summary']['projected_pct_mean']['i2t']:.1f}% of CLIP"
+        log.info("epoch %d, projected %% of CLIP (mean over k): %s", epoch, "; ".join(
+            f"{n} text->image {s['per_epoch'][-1]['summary']['projected_pct_mean']['t2i']:.1f}, "
+            f"image->text {s['per_epoch'][-1]['summary']['projected_pct_mean']['i2t']:.1f}"
             for n, s in out["sets"].items()))
     return out
 
