@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dinov2clip.config import load_config
-from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
+from dinov2clip.retrieval import percent_of, recall_at_k
 from dinov2clip.store import load_eval_pairs
 from dinov2clip.train.loop import train
 from dinov2clip.train.projector import Projector
@@ -68,8 +68,8 @@ def score(run_dir: Path, test) -> dict:
     model = Projector.from_pretrained(run_dir)
     with torch.no_grad():
         proj = F.normalize(model(test.x), dim=-1)
-    ours = retrieval_recalls(proj, test.clip_text, test.caption_to_image, ks=[1, 5])
-    clip = retrieval_recalls(test.clip_image, test.clip_text, test.caption_to_image, ks=[1, 5])
+    ours = recall_at_k(proj, test.clip_text, test.caption_to_image, ks=[1, 5])
+    clip = recall_at_k(test.clip_image, test.clip_text, test.caption_to_image, ks=[1, 5])
     epochs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["kind"] == "epoch"]
     pct = percent_of(clip, ours)

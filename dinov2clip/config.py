@@ -139,9 +139,7 @@ class EvalConfig:
     sets: list[str] = field(default_factory=lambda: ["mscoco", "flickr30k", "flickr8k"])
     run: str = ""  # empty: train.run
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    use_gpu_faiss: bool = True
-    search: str = "auto"  # auto: FAISS if GPU FAISS is usable, else exact | exact | faiss
-    device: str = "auto"  # where the projector runs: auto | cpu | cuda | cuda:N
+    device: str = "auto"  # where the projector runs and ranks: auto | cpu | cuda | cuda:N
     # Zero-shot classification after retrieval, on a folder-per-class set (ImageNet layout):
     # a path, absolute or from the working directory; empty: none.
     zeroshot: str = ""
@@ -196,12 +194,22 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
     node[parts[-1]] = value
 
 
+# Keys that once existed, with what to do instead: a clearer error than "unknown key".
+_NO_ENGINE = ("the eval ranks every score exactly with one function (dinov2clip/retrieval.py) on "
+              "eval.device; FAISS serves `pipeline index` and `pipeline search` only")
+REMOVED = {"eval.search": _NO_ENGINE, "eval.use_gpu_faiss": _NO_ENGINE}
+
+
 def _build(cls: type, raw: dict, where: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
+    for key in unknown:
+        if prefix + key in REMOVED:
+            raise ConfigError(f"{where}: '{prefix}{key}' was removed, delete it: "
+                              f"{REMOVED[prefix + key]}")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})"

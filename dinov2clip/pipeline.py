@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from dinov2clip.config import Config, ConfigError, load_config
+from dinov2clip.config import REMOVED, Config, ConfigError, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -151,14 +151,14 @@ def eval_(
     all_epochs: Annotated[bool, typer.Option(
         "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
         "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
-    search: Annotated[str | None, typer.Option(
-        help="auto (FAISS on a usable GPU, else exact), exact, or faiss.")] = None,
+    search: Annotated[str | None, typer.Option(hidden=True)] = None,  # removed: a clear error
 ) -> None:
     """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
     extra = [f"eval.run={run_name!r}"] if run_name else []
-    extra += [f"eval.search={search!r}"] if search else []
 
     def go() -> None:
+        if search is not None:
+            raise ConfigError(f"--search was removed: {REMOVED['eval.search']}")
         cfg = _load(config, [*(overrides or []), *extra])
         _run_stage("eval", cfg, all_epochs=all_epochs)
 

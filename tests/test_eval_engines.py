@@ -1,57 +1,18 @@
-"""FAISS against torch.topk, and the two eval engines against each other and the reference."""
+"""SetEval: the eval's three rows, each the one ranking function on the right embeddings."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dinov2clip.config import ConfigError
-from dinov2clip.evaluate.compute import SetEval, ensemble, resolve_engine
-from dinov2clip.evaluate.metrics import retrieval_recalls
-from dinov2clip.evaluate.retrieval import faiss_topk, tie_safe_topk
+from dinov2clip.evaluate.compute import SetEval, ensemble
+from dinov2clip.retrieval import recall_at_k
 
 KS = [1, 5, 10]
 
 
 def unit(*shape, seed):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def test_faiss_topk_equals_torch_topk():
-    queries, keys = unit(300, 32, seed=0), unit(500, 32, seed=1)
-    scores = queries @ keys.T
-    want_scores, want_ids = scores.topk(10, dim=1)
-    got_scores, got_ids = faiss_topk(queries, keys, 10, use_gpu=False)
-    assert torch.equal(got_ids, want_ids)
-    torch.testing.assert_close(got_scores, want_scores, atol=1e-6, rtol=0)
-    assert torch.equal(tie_safe_topk(queries, keys, 10, use_gpu=False), want_ids)
-
-
-def test_tie_safe_topk_is_the_stable_order_on_ties():
-    g = torch.Generator().manual_seed(3)
-    queries = torch.randint(-1, 2, (200, 3), generator=g).float()
-    keys = torch.randint(-1, 2, (120, 3), generator=g).float()  # 27 distinct keys: ties galore
-    scores = queries @ keys.T
-    order = torch.sort(-scores, dim=1, stable=True).indices[:, :10]  # (score desc, index asc)
-    got = tie_safe_topk(queries, keys, 10, use_gpu=False)
-    assert torch.equal(got, order)
-    # The same scores torch.topk finds, only in a defined order.
-    assert torch.equal(scores.gather(1, got), scores.topk(10, dim=1).values)
-
-
-def test_tie_safe_topk_looks_past_a_long_run_of_equal_scores():
-    keys = torch.ones(50, 4)  # every key ties: the answer is keys 0..4, whatever FAISS returns
-    got = tie_safe_topk(torch.ones(7, 4), keys, 5, use_gpu=False)
-    assert got.tolist() == [[0, 1, 2, 3, 4]] * 7
-
-
-def test_tie_safe_topk_sorts_exactly_past_the_fetch_limit(monkeypatch):
-    from dinov2clip.evaluate import retrieval
-
-    monkeypatch.setattr(retrieval, "_MAX_FETCH", 8)  # 50 equal keys: more than FAISS may return
-    keys = torch.ones(50, 4)
-    keys[30] = 2.0  # one better key, far down the index order
-    got = tie_safe_topk(torch.ones(3, 4), keys, 5, use_gpu=False)
-    assert got.tolist() == [[30, 0, 1, 2, 3]] * 3
 
 
 @pytest.fixture(scope="module")
@@ -66,42 +27,30 @@ def random_set():
 
 
 def test_one_set_eval_serves_many_projections_as_fresh_ones_do(random_set):
-    # --all-epochs calls rows() once per checkpoint; float32 screens reuse one score buffer.
+    # --all-epochs calls rows() once per checkpoint on one SetEval.
     text, clip, projected, c2i = random_set
     other = F.normalize(projected + unit(*projected.shape, seed=9), dim=-1)
-    for screen in (torch.float32, torch.bfloat16):
-        ev = SetEval(text, clip, c2i, KS, engine="exact", screen=screen)
-        first, second = ev.rows(projected), ev.rows(other)
-        assert first != second
-        assert first == SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(projected)
-        assert second == SetEval(text, clip, c2i, KS, engine="exact", screen=screen).rows(other)
-        assert ev.rows(projected) == first
+    ev = SetEval(text, clip, c2i, KS)
+    first, second = ev.rows(projected), ev.rows(other)
+    assert first != second
+    assert first == SetEval(text, clip, c2i, KS).rows(projected)
+    assert second == SetEval(text, clip, c2i, KS).rows(other)
+    assert ev.rows(projected) == first
 
 
-@pytest.mark.parametrize(("screen", "keep_bytes"), [
-    (torch.bfloat16, None), (torch.float32, None), (torch.float32, 0)],
-    ids=["bf16", "fp32-kept", "fp32-blocks"])
-def test_exact_and_faiss_engines_agree_with_the_reference(random_set, screen, keep_bytes,
-                                                          monkeypatch):
-    from dinov2clip.evaluate import compute
-
-    if keep_bytes is not None:  # a set too large to keep: float32 screens block by block
-        monkeypatch.setattr(compute, "_KEEP_BYTES", keep_bytes)
+def test_rows_are_the_ranking_function_on_each_embedding(random_set):
     text, clip, projected, c2i = random_set
-    ev = SetEval(text, clip, c2i, KS, engine="exact", screen=screen)
-    assert (ev._clip_screen is not None) == (screen == torch.float32 and keep_bytes is None)
-    exact = ev.rows(projected)
-    via_faiss = SetEval(text, clip, c2i, KS, engine="faiss", use_gpu=False).rows(projected)
-    assert exact == via_faiss
-    # The reference path on the same inputs: upcast, then L2-normalised again in float32.
-    text, clip, projected = (F.normalize(x.float(), dim=-1) for x in (text, clip, projected))
-    assert exact["clip"] == retrieval_recalls(clip, text, c2i, KS)
-    assert exact["projected"] == retrieval_recalls(projected, text, c2i, KS)
-    assert exact["ensemble"] == retrieval_recalls(ensemble(clip, projected), text, c2i, KS)
-    assert exact["projected_pct"]["t2i_R@1"] == pytest.approx(
-        100 * exact["projected"]["t2i_R@1"] / exact["clip"]["t2i_R@1"])
+    rows = SetEval(text, clip, c2i, KS).rows(projected)
+    assert rows["clip"] == recall_at_k(text, clip, c2i, KS)
+    assert rows["projected"] == recall_at_k(text, projected, c2i, KS)
+    # The ensemble: normalize(CLIP + projected) of the float32, re-normalised embeddings.
+    mixed = F.normalize(F.normalize(clip.float(), dim=-1) + projected, dim=-1)
+    torch.testing.assert_close(ensemble(clip, projected), mixed, rtol=0, atol=1e-7)
+    assert rows["ensemble"] == recall_at_k(text, ensemble(clip, projected), c2i, KS)
+    assert rows["projected_pct"]["t2i_R@1"] == pytest.approx(
+        100 * rows["projected"]["t2i_R@1"] / rows["clip"]["t2i_R@1"])
     # The numbers are not degenerate: CLIP beats the noisier projection, nothing is perfect.
-    assert 0 < exact["projected"]["t2i_R@5"] < exact["clip"]["t2i_R@5"] < 100
+    assert 0 < rows["projected"]["t2i_R@5"] < rows["clip"]["t2i_R@5"] < 100
 
 
 def test_set_eval_reuses_clip_across_projections(random_set):
@@ -114,12 +63,11 @@ def test_set_eval_reuses_clip_across_projections(random_set):
     assert all(v == 100.0 for v in second["projected_pct"].values())
 
 
-def test_bad_engine_and_non_finite_embeddings_are_errors(random_set):
+def test_non_finite_and_misshapen_embeddings_are_errors(random_set):
     text, clip, projected, c2i = random_set
-    with pytest.raises(ConfigError, match="eval.search: unknown 'annoy'"):
-        resolve_engine("annoy", use_gpu=False)
-    assert resolve_engine("auto", use_gpu=False) == "exact"
     bad = projected.clone()
     bad[3, 0] = float("nan")
     with pytest.raises(ConfigError, match="NaN or inf"):
         SetEval(text, clip, c2i, KS).rows(bad)
+    with pytest.raises(ConfigError, match="projected embeddings are"):
+        SetEval(text, clip, c2i, KS).rows(projected[:-1])

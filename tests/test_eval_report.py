@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from dinov2clip.evaluate.metrics import percent_of
-from dinov2clip.evaluate.plots import epochs_chart, recall_chart
+from dinov2clip.evaluate.plots import epochs_chart, epochs_figure, recall_chart, recall_figure
 from dinov2clip.evaluate.report import (
     markdown,
     print_table,
@@ -14,6 +13,7 @@ from dinov2clip.evaluate.report import (
     summary,
     without_nan,
 )
+from dinov2clip.retrieval import percent_of
 
 KS = [1, 5, 10]
 
@@ -39,7 +39,7 @@ def results_for(names: list[str]) -> dict:
         sets[name] = res
     return {"run": "seed", "ks": KS, "note": "", "sets": sets,
             "run_info": {"checkpoint": "model.safetensors", "best_epoch": 16, "tag": "t",
-                         "git_sha": "abc", "engine": "exact"}}
+                         "git_sha": "abc", "device": "cpu"}}
 
 
 def test_summary_is_the_mean_over_k_and_r5():
@@ -59,7 +59,7 @@ def test_report_puts_the_seed_numbers_beside_ours():
     assert f"| ours, mean of R@1/R@5/R@10 % of CLIP | {mean['t2i']:.2f} | {mean['i2t']:.2f} |" in md
     assert "image retrieval = text->image" in md and "CLIP_benchmark default" in md
     assert "| projected | 31.00 | 35.00 | 40.00 | 31.00 | 35.00 | 40.00 |" in md
-    assert "(best epoch 16)" in md
+    assert "(best epoch 16)" in md and "ranked on `cpu` in float32" in md
     # The CLIP_benchmark names for the same sets get the same comparison.
     assert seed_comparison("mscoco_captions", results["sets"]["mscoco"], KS) is not None
 
@@ -69,7 +69,7 @@ def test_undefined_percentages_are_na_and_null():
     assert math.isnan(res["projected_pct"]["t2i_R@1"])
     results = {"run": "r", "ks": KS, "note": "", "sets": {"s": res},
                "run_info": {"checkpoint": "c", "best_epoch": None, "tag": "t", "git_sha": None,
-                            "engine": "exact"}}
+                            "device": "cpu"}}
     assert "| projected, % of CLIP | n/a |" in markdown(results)
     text = json.dumps(without_nan(results), allow_nan=False)  # raises on any NaN left
     assert '"t2i_R@1": null' in text
@@ -93,3 +93,25 @@ def test_charts_are_drawn(tmp_path):
     for name in ("recall.png", "epochs.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_recall_axis_fits_the_data_and_bars_carry_their_values():
+    results = results_for(["mscoco"])  # recalls 31..50 %: an axis to 100 would waste half
+    ax = recall_figure(results).axes[0]
+    low, high = ax.get_ylim()
+    assert low == 0 and 50 < high <= 60
+    assert {"31", "40", "50"} <= {t.get_text() for t in ax.texts}  # each bar's value
+
+
+def test_epochs_chart_shows_clip_at_100_and_says_which_colour_is_which_direction():
+    per_epoch = [{"epoch": e, "summary": set_result(40.0, 20.0 + e, 41.0)["summary"]}
+                 for e in (1, 2, 3)]
+    epochs = {"run_info": {"best_epoch": 2}, "epochs": [1, 2, 3],
+              "sets": {"mscoco": {"per_epoch": per_epoch}}}
+    ax = epochs_figure(epochs).axes[0]
+    assert any(list(line.get_ydata()) == [100, 100] for line in ax.lines)  # CLIP itself
+    legends = [a for a in ax.get_children() if a.__class__.__name__ == "Legend"]
+    texts = {t.get_text() for legend in legends for t in legend.get_texts()}
+    titles = {legend.get_title().get_text() for legend in legends}
+    assert "direction" in titles and {"text->image", "image->text"} <= texts
+    assert {"projected", "ensemble", "CLIP (100 %)", "chosen epoch 2"} <= texts

@@ -9,16 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from dinov2clip import evaluate
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.evaluate.compute import ensemble
 from dinov2clip.evaluate.embeddings import project
-from dinov2clip.evaluate.metrics import retrieval_recalls
-from dinov2clip.evaluate.screen import screen_dtype
 from dinov2clip.pipeline import app
+from dinov2clip.retrieval import recall_at_k
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from dinov2clip.train.projector import Projector
 
@@ -30,18 +28,19 @@ def test_results_match_the_reference_and_say_where_they_come_from(demo_run):
     results = json.loads((art / "runs" / "demo" / "eval" / "results.json").read_text())
     info = results["run_info"]
     assert info["checkpoint"] == "model.safetensors" and info["best_epoch"] == 4
-    assert info["tag"] == "tiny" and info["engine"] == "exact"
-    assert info["screen"] == str(screen_dtype()).removeprefix("torch.")
+    assert info["tag"] == "tiny" and info["device"] == "cpu"
+    # What actually ran: float32, not the configured GPU autocast dtype; and no screen any more.
+    assert info["compute_dtype"] == "float32" and "screen" not in info and "engine" not in info
     assert info["run_dir"] == str(art / "runs" / "demo") and len(info["git_sha"] or "x" * 40) == 40
     assert results["config"]["eval"]["sets"] == [SET] and results["config"]["source"] == str(config)
-    # Every number, recomputed here with the slow reference path from the same files.
+    # Every number, recomputed here with the ranking function from the same files.
     run_dir, emb_dir = art / "runs" / "demo", art / "embeddings" / SET / "tiny"
     emb = load_eval_embeddings(emb_dir)
     proj = project(emb, Projector.from_pretrained(run_dir), "token_mean", 256)
-    text, clip = F.normalize(emb.clip_text, dim=-1), F.normalize(emb.clip_image, dim=-1)
+    text, clip = emb.clip_text, emb.clip_image
     res = results["sets"][SET]
     for row, image in (("clip", clip), ("projected", proj), ("ensemble", ensemble(clip, proj))):
-        assert res[row] == retrieval_recalls(image, text, emb.caption_to_image)
+        assert res[row] == recall_at_k(text, image, emb.caption_to_image, [1, 5, 10])
     pct = res["projected_pct"]
     want_mean = sum(pct[f"t2i_R@{k}"] for k in (1, 5, 10) if pct[f"t2i_R@{k}"] is not None)
     assert res["summary"]["projected_pct_mean"]["t2i"] == pytest.approx(want_mean / 3)
@@ -129,7 +128,11 @@ def test_unknown_eval_set_exits_2(scratch):
     assert "unknown eval set 'imagenet-r'" in line and SET in line  # names what exists
     line = cli_error(cfg_path, "--set", 'eval.sets=["mscoco"]')
     assert "evalsets/mscoco" in line  # a known set that was never extracted: how to fix it
-    assert "unknown 'annoy'" in cli_error(cfg_path, "--search", "annoy")
+    # The removed FAISS/screen engines: the old flag and key say so and what to do instead.
+    line = cli_error(cfg_path, "--search", "faiss")
+    assert "--search was removed" in line and "pipeline index" in line
+    line = cli_error(cfg_path, "--set", "eval.search=exact")
+    assert "'eval.search' was removed, delete it" in line
 
 
 def test_bad_zeroshot_settings_exit_2_before_any_retrieval(scratch):
@@ -150,13 +153,11 @@ def test_all_epochs_without_checkpoints_exits_2(scratch):
 def test_cli_eval_with_run_option_writes_reports(scratch):
     cfg_path, root = scratch
     shutil.copytree(root / "runs" / "demo", root / "runs" / "other")
-    result = CliRunner().invoke(app, ["eval", "--config", str(cfg_path), "--run", "other",
-                                      "--search", "faiss"])
+    result = CliRunner().invoke(app, ["eval", "--config", str(cfg_path), "--run", "other"])
     assert result.exit_code == 0, result.output
     out = root / "runs" / "other" / "eval"
     results = json.loads((out / "results.json").read_text())
-    assert results["run"] == "other" and results["run_info"]["engine"] == "faiss"
-    assert results["run_info"]["screen"] is None  # FAISS does not screen
+    assert results["run"] == "other" and results["run_info"]["device"] == "cpu"
     assert "| projected, % of CLIP |" in (out / "report.md").read_text()
     assert (out / "recall.png").stat().st_size > 5000
     assert "% of CLIP" in result.stdout  # the rich table

@@ -14,6 +14,7 @@ from dinov2clip.evaluate.zeroshot import (
     load_folder_dataset,
     run_zeroshot,
     topk_accuracy,
+    trivial_note,
 )
 from dinov2clip.pipeline import app
 from tests.conftest import write_shape_classes
@@ -87,6 +88,24 @@ def test_folder_dataset_and_class_names(tmp_path):
         load_folder_dataset(tmp_path / "empty")
 
 
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    # Not a silent extra class that no image can be (it would still draw top-k guesses).
+    root = tmp_path / "ds"
+    for folder in ("cat", "dog"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "x.png").write_bytes(b"")
+    (root / "zebra").mkdir()
+    with pytest.raises(ConfigError, match=r"ds/zebra: class folder has no images"):
+        load_folder_dataset(root)
+
+
+def test_top_k_over_k_or_fewer_classes_is_called_trivial():
+    assert trivial_note(3) == "top5 is trivially 100 % with 3 classes"
+    assert trivial_note(5) == "top5 is trivially 100 % with 5 classes"
+    assert trivial_note(1) == "top1 and top5 are trivially 100 % with 1 class"
+    assert trivial_note(6) == ""
+
+
 def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path):
     _, art = demo_run
     root = write_shape_classes(tmp_path / "shapes", per_class=4)
@@ -97,6 +116,8 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["n_images"] == 12 and res["n_classes"] == 3 and res["n_templates"] == 7
     assert res["skipped"] == {"corrupt_image": 1}
+    assert res["note"] == "top5 is trivially 100 % with 3 classes"
+    assert res["compute_dtype"] == "float32" and res["device"] == "cpu"  # what ran, not bf16
     for row in ("clip", "projected", "ensemble"):
         assert 0 <= res[row]["top1"] <= res[row]["top5"] == 100.0  # 3 classes: top-5 is all
     assert res["projected_pct"]["top5"] == 100.0

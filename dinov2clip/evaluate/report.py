@@ -67,7 +67,7 @@ def markdown(results: dict) -> str:
     info = results["run_info"]
     lines = [f"# Retrieval: run `{results['run']}`", "",
              f"Checkpoint `{info['checkpoint']}` (best epoch {info['best_epoch']}), embeddings "
-             f"`{info['tag']}`, git `{info['git_sha']}`, search engine `{info['engine']}`. "
+             f"`{info['tag']}`, git `{info['git_sha']}`, ranked on `{info['device']}` in float32. "
              "Protocol: CLIP_benchmark's (DESIGN.md); R@k in %; ties go to the lower index.", ""]
     if results.get("note"):
         lines += [f"> {results['note']}", ""]
@@ -100,6 +100,8 @@ def _zeroshot_lines(z: dict) -> list[str]:
         lines.append(f"| {row} | {fmt(z[row]['top1'], 2)} | {fmt(z[row]['top5'], 2)} | "
                      + " | ".join("" if row == "clip" else fmt(pct.get(k), 1)
                                   for k in ("top1", "top5")) + " |")
+    if z.get("note"):
+        lines.append(f"\n> {z['note']}")
     if z.get("skipped"):
         lines.append(f"\nSkipped, by reason: {z['skipped']}")
     return [*lines, ""]

@@ -12,10 +12,9 @@ import torch
 
 from dinov2clip.config import Config, ConfigError, git_sha, read_run_config, to_dict
 from dinov2clip.device import resolve_device
-from dinov2clip.evaluate.compute import SetEval, resolve_engine
+from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
-from dinov2clip.evaluate.screen import screen_dtype
 from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
 from dinov2clip.train.projector import Projector
 
@@ -47,12 +46,8 @@ class EvalInputs:
             raise ConfigError(f"eval.ks must be positive integers, got {e.ks}")
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
-        self.engine = resolve_engine(e.search, e.use_gpu_faiss)
-        # The exact engine's screen precision: it changes the speed, never the numbers.
-        self.screen = str(screen_dtype()).removeprefix("torch.") if self.engine == "exact" else None
-        self.engine_label = f"exact, {self.screen} screen" if self.screen else self.engine
         try:
-            self.device = resolve_device(e.device)  # where the projector runs
+            self.device = resolve_device(e.device)  # where the projector runs and ranks
         except ValueError as err:
             raise ConfigError(f"eval.device: {err}") from None
 
@@ -86,8 +81,7 @@ def evaluate_run(cfg: Config) -> dict:
         set_started = time.perf_counter()
         emb = load_eval_embeddings(emb_dir)
         projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg["pooling"])
-        ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.engine,
-                     cfg.eval.use_gpu_faiss)
+        ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.device)
         res = {"n_images": emb.clip_image.shape[0], "n_captions": emb.clip_text.shape[0],
                **ev.rows(projected)}
         res["summary"] = summary(res, inp.ks)
@@ -95,8 +89,8 @@ def evaluate_run(cfg: Config) -> dict:
         if comparison:
             res["seed_comparison"] = comparison
         results["sets"][name] = res
-        log.info("%s: %d images, %d captions, evaluated in %.2fs (%s)", name, res["n_images"],
-                 res["n_captions"], time.perf_counter() - set_started, inp.engine_label)
+        log.info("%s: %d images, %d captions, evaluated in %.2fs on %s", name, res["n_images"],
+                 res["n_captions"], time.perf_counter() - set_started, inp.device)
     results["run_info"]["eval_seconds"] = round(time.perf_counter() - started, 3)
     return results
 
@@ -112,8 +106,7 @@ def evaluate_epochs(cfg: Config) -> dict:
     for name, emb_dir in inp.set_dirs.items():
         emb = load_eval_embeddings(emb_dir)
         sets[name] = (inp.pooled(emb), SetEval(emb.clip_text, emb.clip_image,
-                                               emb.caption_to_image, inp.ks, inp.engine,
-                                               cfg.eval.use_gpu_faiss))
+                                               emb.caption_to_image, inp.ks, inp.device))
     out = _header(cfg, inp, checkpoint="checkpoints/epoch_*.safetensors")
     out["epochs"] = [epoch for epoch, _ in checkpoints]
     out["sets"] = {name: {"clip": ev.clip, "per_epoch": []} for name, (_, ev) in sets.items()}
@@ -124,9 +117,9 @@ def evaluate_epochs(cfg: Config) -> dict:
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
-        log.info("epoch %d: %s", epoch, ", ".join(
-            f"{n} {s['per_epoch'][-1]['summary']['projected_pct_mean']['t2i']:.1f}/"
-            f"{s['per_epoch'][-1]['summary']['projected_pct_mean']['i2t']:.1f}% of CLIP"
+        log.info("epoch %d, projected %% of CLIP (mean over k): %s", epoch, "; ".join(
+            f"{n} text->image {s['per_epoch'][-1]['summary']['projected_pct_mean']['t2i']:.1f}, "
+            f"image->text {s['per_epoch'][-1]['summary']['projected_pct_mean']['i2t']:.1f}"
             for n, s in out["sets"].items()))
     return out
 
@@ -137,8 +130,8 @@ def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
         "config": to_dict(cfg),
         "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run_dir), "tag": inp.tag,
                      "checkpoint": checkpoint, "best_epoch": _best_epoch(inp.run_dir),
-                     "engine": inp.engine, "screen": inp.screen,
-                     "projector_device": str(inp.device),
+                     # The projector runs in float32, scores are float32, on this device.
+                     "device": str(inp.device), "compute_dtype": "float32",
                      "train_config": inp.train_cfg},
     }
 

@@ -19,13 +19,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dinov2clip.config import ConfigError
-from dinov2clip.evaluate.metrics import rank_of_targets
 from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.index.images import ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
+from dinov2clip.retrieval import rank_of_targets
 
 log = logging.getLogger(__name__)
 ROWS = ("clip", "projected", "ensemble")
+KS = (1, 5)
 LABELS = {"clip": "CLIP", "projected": "projected DINOv2", "ensemble": "ensemble"}
 
 
@@ -39,7 +40,8 @@ class FolderDataset:
 
 def load_folder_dataset(root: Path, classnames_file: Path | None = None,
                         max_per_class: int = 0) -> FolderDataset:
-    """Classes are root's sub-folders (sorted); images anywhere below each of them."""
+    """Classes are root's sub-folders (sorted); images anywhere below each of them. A class
+    folder without images is an error: it would be a class no image can be, silently."""
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"dataset folder not found: {root}")
@@ -50,11 +52,12 @@ def load_folder_dataset(root: Path, classnames_file: Path | None = None,
     files, labels = [], []
     for label, folder in enumerate(folders):
         found = list_images(root / folder)
+        if not found:
+            raise ConfigError(f"{root / folder}: class folder has no images (.jpg .jpeg .png "
+                              ".webp); add some or remove the folder")
         found = found[:max_per_class] if max_per_class > 0 else found
         files += found
         labels += [label] * len(found)
-    if not files:
-        raise ConfigError(f"{root}: no images (.jpg .jpeg .png .webp) in any class folder")
     return FolderDataset(names, folders, files, labels)
 
 
@@ -93,7 +96,7 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
     return torch.stack(rows)
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=KS) -> dict[str, float]:
     """Percent of rows whose label is among the k highest logits (k capped at n_classes).
 
     Equal logits go to the lower class index, as equal scores do in retrieval: topk's own
@@ -101,6 +104,13 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     """
     rank = rank_of_targets(logits, labels)  # (n,) 0 = the label is the top class
     return {f"top{k}": 100.0 * (rank < k).float().mean().item() for k in ks}
+
+
+def trivial_note(n_classes: int, ks=KS) -> str:
+    """What says nothing: top-k over k or fewer classes always holds the label."""
+    trivial = [f"top{k}" for k in ks if k >= n_classes]
+    return (f"{' and '.join(trivial)} {'is' if len(trivial) == 1 else 'are'} trivially 100 % "
+            f"with {n_classes} class{'es' if n_classes > 1 else ''}" if trivial else "")
 
 
 def percent_of_clip(clip: dict, other: dict) -> dict:
@@ -128,7 +138,10 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
               "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
     results = {"run_dir": str(run_dir), "data_dir": str(data_dir), "templates": templates,
                "n_templates": len(prompts), "n_classes": len(data.classnames),
-               "n_images": len(labels), "skipped": dict(sorted(skipped.items()))}
+               "n_images": len(labels), "skipped": dict(sorted(skipped.items())),
+               "note": trivial_note(len(data.classnames)),
+               "compute_dtype": str(model.dtype).removeprefix("torch."),  # what actually ran
+               "device": str(model.device)}
     for row in ROWS:
         results[row] = topk_accuracy(images[row] @ classifier.T, y)
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
@@ -180,5 +193,7 @@ def print_zeroshot(results: dict) -> None:
             cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
         table.add_row(LABELS[row], *cells)
     make_console().print(table)
+    if results.get("note"):
+        make_console().print(f"[bold yellow]{results['note']}[/]")
     if results["skipped"]:
         make_console().print(f"skipped: {results['skipped']}")

@@ -133,7 +133,9 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         log.info("epoch %d (%.0f samples/s): %s", epoch + 1, record["train_samples_per_s"],
                  ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
     metrics.close()
-    log.info("best epoch %d by %s; projector in %s", best["epoch"], t.select_metric, run_dir)
+    log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
+             t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
+             run_dir)
     return run_dir
 
 

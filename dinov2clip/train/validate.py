@@ -1,7 +1,8 @@
 """Per-epoch validation: the held-out split, and optionally an eval set used as validation.
 
-Recalls use the shared CLIP_benchmark metric (evaluate.metrics.retrieval_recalls) on CPU in
-float32; CLIP's own image embeddings on the same pairs give the reference for "% of CLIP".
+Recalls come from the one ranking function the eval uses (dinov2clip.retrieval.recall_at_k), on
+the training device; CLIP's own image embeddings on the same pairs give the reference for
+"% of CLIP".
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dinov2clip.device import autocast
-from dinov2clip.evaluate.metrics import percent_of, retrieval_recalls
+from dinov2clip.retrieval import percent_of, recall_at_k
 from dinov2clip.store import EvalPairs, Split
 
 KS = [1, 5]
@@ -48,9 +49,9 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
         loss, _ = loss_fn(pred[s:s + batch_size], img[s:s + batch_size], txt[s:s + batch_size])
         total += loss.item() * min(batch_size, len(val) - s)
     n = min(len(val), max_retrieval)
-    pairs = torch.arange(n)
-    ours = retrieval_recalls(F.normalize(pred[:n], dim=-1).cpu(), txt[:n].cpu(), pairs, ks=KS)
-    clip = retrieval_recalls(img[:n].cpu(), txt[:n].cpu(), pairs, ks=KS)
+    pairs = torch.arange(n)  # one caption per image
+    ours = recall_at_k(txt[:n], pred[:n], pairs, KS, device)
+    clip = recall_at_k(txt[:n], img[:n], pairs, KS, device)
     return {
         "val_loss": total / len(val),
         "val_cosine": F.cosine_similarity(pred, img, dim=-1).mean().item(),
@@ -60,15 +61,15 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
     }
 
 
-def clip_recalls(pairs: EvalPairs) -> dict:
-    return retrieval_recalls(pairs.clip_image, pairs.clip_text, pairs.caption_to_image, ks=KS)
+def clip_recalls(pairs: EvalPairs, device="cpu") -> dict:
+    return recall_at_k(pairs.clip_text, pairs.clip_image, pairs.caption_to_image, KS, device)
 
 
 @torch.no_grad()
 def validate_evalset(model, pairs: EvalPairs, clip: dict, device, dtype) -> dict:
     """Retrieval of projected images against an eval set's captions (e.g. COCO Karpathy val)."""
-    proj = F.normalize(predict(model, pairs.x, device, dtype), dim=-1).cpu()
-    ours = retrieval_recalls(proj, pairs.clip_text, pairs.caption_to_image, ks=KS)
+    proj = predict(model, pairs.x, device, dtype)  # (n_images, D_clip), raw
+    ours = recall_at_k(pairs.clip_text, proj, pairs.caption_to_image, KS, device)
     return {**{f"evalset_{k}": v for k, v in ours.items()},
             **{f"evalset_clip_{k}": v for k, v in clip.items()},
             "evalset_pct_clip": mean_pct_r1(clip, ours)}
