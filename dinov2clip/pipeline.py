@@ -6,6 +6,7 @@ overrides and calls the stage function. Bad input ends in one line on stderr and
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from dinov2clip.config import Config, ConfigError, load_config
+from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -50,8 +51,14 @@ def _setup_logging() -> None:
     logging.getLogger("dinov2clip").setLevel(logging.INFO)
 
 
-def _guarded(fn: Callable[[], object]) -> None:
-    """Run fn; user errors become one line on stderr and exit code 2, never a traceback."""
+INTERRUPTED = "interrupted; completed shards and chunks are kept: re-run the same command to resume"
+TRAIN_INTERRUPTED = ("interrupted; completed shards and epochs are kept: re-run the same command "
+                     "with --resume to continue training from the last completed epoch")
+
+
+def _guarded(fn: Callable[[], object], interrupted: str = INTERRUPTED) -> None:
+    """Run fn; user errors become one line on stderr and exit code 2, OS faults (disk full,
+    permission denied) one line and exit code 1, never a traceback."""
     _setup_logging()
     try:
         fn()
@@ -61,10 +68,23 @@ def _guarded(fn: Callable[[], object]) -> None:
     except FloatingPointError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(3) from None
+    except OSError as err:
+        typer.echo(f"error: {os_fault(err)}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; completed shards and epochs are kept, re-run to resume",
-                   err=True)
+        typer.echo(interrupted, err=True)
         raise typer.Exit(130) from None
+
+
+def os_fault(err: OSError) -> str:
+    """One line: the path, the cause and what to do, e.g. '<path>: No space left on device'."""
+    cause = err.strerror or " ".join(str(err).split())
+    where = f"{err.filename}: " if err.filename else ""
+    hint = {errno.ENOSPC: " (free some space, or set artifacts to another disk)",
+            errno.EACCES: " (this user cannot write there: set artifacts to a writable path)",
+            errno.EPERM: " (this user cannot write there: set artifacts to a writable path)",
+            errno.EROFS: " (set artifacts to a writable path)"}.get(err.errno, "")
+    return f"{where}{cause}{hint}"
 
 
 def _load(config: Path, overrides: list[str] | None) -> Config:
@@ -104,11 +124,17 @@ def run(
     def go() -> None:
         cfg = _load(config, overrides)
         stages = ["data", "extract", "train", "eval"] if stage == Stage.all else [stage.value]
+        if resume and force:  # before the stages ahead of train do any work
+            raise ConfigError(RESUME_AND_FORCE)
+        if "extract" in stages and "eval" in stages:
+            from dinov2clip.evaluate import check_planned_sets
+
+            check_planned_sets(cfg)
         for s in stages:
             logging.getLogger("dinov2clip").info("=== stage %s ===", s)
             _run_stage(s, cfg, resume=resume, force=force)
 
-    _guarded(go)
+    _guarded(go, TRAIN_INTERRUPTED if stage in (Stage.train, Stage.all) else INTERRUPTED)
 
 
 @app.command()
@@ -139,7 +165,8 @@ def train(
 
         _guarded(lambda: train_stage.average(_load(config, overrides), average))
         return
-    _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force))
+    _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force),
+             TRAIN_INTERRUPTED)
 
 
 @app.command(name="eval")

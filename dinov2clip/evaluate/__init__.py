@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dinov2clip.config import Config, write_resolved
+from dinov2clip.config import Config, ConfigError, write_resolved
 from dinov2clip.io_utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,17 @@ def run(cfg: Config, all_epochs: bool = False) -> dict:
         results["epochs"] = epochs
     log.info("eval results in %s", out)
     return results
+
+
+def check_planned_sets(cfg: Config) -> None:
+    """Before `run --stage all` does any work: every eval set is one extract will embed, or one
+    embedded before; a typo would otherwise surface only after data, extract and train."""
+    planned = [entry.partition("/")[2] for entry in cfg.extract.datasets]
+    for name in cfg.eval.sets:
+        if name not in planned and not (cfg.root / "embeddings" / name).is_dir():
+            raise ConfigError(f"eval.sets: unknown eval set {name!r}: not in extract.datasets "
+                              f"({', '.join(cfg.extract.datasets) or 'empty'}) and no "
+                              f"embeddings/{name} under {cfg.root}")
 
 
 def check_zeroshot(cfg: Config) -> None:
