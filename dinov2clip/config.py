@@ -223,6 +223,29 @@ class Config:
         return Path(self.artifacts)
 
 
+@dataclass(frozen=True)
+class UseOptions:
+    """How the "use" commands (zeroshot, index, search) run the models: one place to add one."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "bf16"  # GPU autocast dtype; CPU runs fp32
+    batch_size: int = 64  # images per forward pass
+    num_workers: int = 2  # DataLoader workers decoding images
+
+    def __post_init__(self):
+        try:
+            _check_device("device", self.device)
+            _check_dtype("dtype", self.dtype)
+            _check_at_least("batch_size", self.batch_size, 1)
+            _check_at_least("num_workers", self.num_workers, 0)
+        except InvalidValue as err:  # named as the command line spells it
+            raise ConfigError(f"--{err.key.replace('_', '-')} {err.problem}") from None
+
+    def model_args(self) -> dict:
+        """DinoV2Clip.from_pretrained's keywords."""
+        return {"device": self.device, "dtype": self.dtype, "batch_size": self.batch_size}
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     """Read a TOML experiment file and apply `section.key=value` overrides, strictly.
 
@@ -375,8 +398,13 @@ def write_resolved(cfg: Config, out_dir: Path, name: str = "config.json") -> Pat
     return path
 
 
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """The resolved config a training run wrote next to its weights (the `config` part)."""
+def read_run_config(run_dir: str | os.PathLike) -> Config:
+    """The resolved config a training run wrote next to its weights, as the same dataclasses.
+
+    An older run's file reads as is: a key it lacks takes today's default (so a run from before
+    train.num_patch_tokens existed pools with 256 tokens, as it did). A key this version does
+    not know, or a value it refuses, is a ConfigError naming the file and the key.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not run_dir.is_dir():
@@ -384,9 +412,14 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"not a training run: {path} missing")
     try:
-        return json.loads(path.read_text())["config"]
-    except (ValueError, KeyError):
+        raw = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path}: not a resolved run config") from None
+    try:
+        return _build(Config, raw, where=str(path), prefix="")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the run was written by another version of dinov2clip: "
+                          "edit its config.json, or train it again)") from None
 
 
 def require(cfg: Config, key: str) -> Any:

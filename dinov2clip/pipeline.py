@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, load_config
+from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, UseOptions, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -227,7 +227,8 @@ def zeroshot(
 
     _guarded(lambda: run_zeroshot(
         run_dir=run_dir, data_dir=data, classnames_file=classnames, templates=templates, out=out,
-        device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
+                           num_workers=num_workers),
         max_per_class=max_per_class))
 
 
@@ -255,7 +256,8 @@ def index(
 
     _guarded(lambda: build_index(
         run_dir=run_dir, images=images, out_dir=out, chunk_size=chunk_size, exact_max=exact_max,
-        kind=kind, device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
+                                      num_workers=num_workers),
         force=force))
 
 
@@ -277,7 +279,8 @@ def search(
     from dinov2clip.index import search as search_index
 
     _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run_dir=run_dir, device=device, nprobe=nprobe))
+                                  run_dir=run_dir, options=UseOptions(device=device),
+                                  nprobe=nprobe))
 
 
 def main() -> None:

@@ -187,3 +187,48 @@ def test_search_refuses_k_0_and_an_empty_query_before_loading(tmp_path):
     assert zero.exit_code == 2 and zero.stderr.strip() == "error: -k must be at least 1, got 0"
     empty = CliRunner().invoke(app, ["search", "--index", missing, ""])
     assert empty.exit_code == 2 and "empty query" in empty.stderr
+
+
+def test_a_run_config_reads_back_as_the_same_dataclasses(tmp_path):
+    import json
+
+    from dinov2clip.config import Config, read_run_config, write_resolved
+
+    cfg = load_config(write(tmp_path, "[train]\nepochs = 3\npooling = \"cls\"\n"))
+    run = tmp_path / "run"
+    write_resolved(cfg, run)
+    back = read_run_config(run)
+    assert isinstance(back, Config) and back == cfg
+    assert back.train.pooling == "cls" and back.train.projector.width == 2048
+
+    payload = json.loads((run / "config.json").read_text())
+    del payload["config"]["train"]["num_patch_tokens"]  # a run from before the key existed
+    (run / "config.json").write_text(json.dumps(payload))
+    assert read_run_config(run).train.num_patch_tokens == 256  # today's default, as documented
+
+    payload["config"]["train"]["temperature"] = 0.07  # a key this version does not know
+    (run / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=r"config\.json: unknown key 'train\.temperature' .*"
+                                          "another version of dinov2clip"):
+        read_run_config(run)
+    (run / "config.json").write_text("[]")
+    with pytest.raises(ConfigError, match="not a resolved run config"):
+        read_run_config(run)
+
+
+def test_use_options_are_checked_and_named_as_flags():
+    from typer.testing import CliRunner
+
+    from dinov2clip.config import UseOptions
+    from dinov2clip.pipeline import app
+
+    assert UseOptions().model_args() == {"device": "auto", "dtype": "bf16", "batch_size": 64}
+    with pytest.raises(ConfigError, match="^--batch-size must be at least 1, got 0$"):
+        UseOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="^--dtype must be one of bf16, fp16, fp32, got 'fp8'"):
+        UseOptions(dtype="fp8")
+    result = CliRunner().invoke(app, ["index", "--run", "nowhere", "--images", "nowhere",
+                                      "--device", "gpu"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --device must be auto, cpu, cuda or cuda:N, got "
+                                     "'gpu'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dinov2clip.config import Config, ConfigError, write_resolved
+from dinov2clip.config import Config, ConfigError, UseOptions, write_resolved
 from dinov2clip.io_utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,11 @@ def zeroshot_for(cfg: Config, run_dir: Path, out: Path) -> dict:
     from dinov2clip.evaluate.zeroshot import run_zeroshot
 
     e, x = cfg.eval, cfg.extract
+    options = UseOptions(device=e.device, dtype=x.compute_dtype, batch_size=x.batch_size,
+                         num_workers=x.num_workers)
     return run_zeroshot(run_dir=run_dir, data_dir=Path(e.zeroshot),
                         classnames_file=_classnames_file(cfg), templates=e.zeroshot_templates,
-                        out=out / "zeroshot.json", device=e.device, dtype=x.compute_dtype,
-                        batch_size=x.batch_size, num_workers=x.num_workers,
+                        out=out / "zeroshot.json", options=options,
                         max_per_class=e.zeroshot_max_per_class)
 
 
