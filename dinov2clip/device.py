@@ -68,8 +68,8 @@ def _warn_cpu_once() -> None:
     global _warned_cpu
     if not _warned_cpu:
         _warned_cpu = True
-        log.warning('device "auto" runs on the CPU: %s. Set device = "cpu" to silence this',
-                    why_no_cuda())
+        log.warning('device "auto" runs on the CPU: %s. Set the device to "cpu" to silence '
+                    "this", why_no_cuda())
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
