@@ -1,7 +1,8 @@
 """The `pipeline` command line: a thin typer layer over each stage's run(cfg).
 
 Parsed arguments never leave this module: each command loads the TOML config, applies --set
-overrides and calls the stage function. Bad input ends in one line on stderr and exit code 2.
+overrides and calls the stage function. Bad input ends in one line on stderr and exit code 2,
+an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C in 130.
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ def os_fault(err: OSError) -> str:
     """One line: the path, the cause and what to do, e.g. '<path>: No space left on device'."""
     cause = err.strerror or " ".join(str(err).split())
     where = f"{err.filename}: " if err.filename else ""
-    hint = {errno.ENOSPC: " (free some space, or set artifacts to another disk)",
-            errno.EACCES: " (this user cannot write there: set artifacts to a writable path)",
-            errno.EPERM: " (this user cannot write there: set artifacts to a writable path)",
-            errno.EROFS: " (set artifacts to a writable path)"}.get(err.errno, "")
+    not_writable = " (this user may not write there: choose a writable path, e.g. for artifacts)"
+    hint = {errno.ENOSPC: " (free some space, or write to another disk)",
+            errno.EACCES: not_writable, errno.EPERM: not_writable,
+            errno.EROFS: " (a read-only file system: choose a writable path)"}.get(err.errno, "")
     return f"{where}{cause}{hint}"
 
 

@@ -58,7 +58,8 @@ def setup(tmp_path):
 
 
 @pytest.mark.parametrize(("module", "name"), [("dinov2clip.train.state", "train_state.pt"),
-                                              ("dinov2clip.train.projector", "epoch_001")])
+                                              ("dinov2clip.train.projector", "epoch_001"),
+                                              ("dinov2clip.train.plots", "loss.png")])
 def test_train_on_a_full_disk(setup, monkeypatch, module, name):
     import importlib
 
