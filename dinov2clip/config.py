@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -29,6 +30,40 @@ MISSING = dataclasses.MISSING
 
 class ConfigError(ValueError):
     """A config problem, reported to the user as one line."""
+
+
+# Names checked when a config is read, before torch or any model loads. train/losses.py's
+# registry and device.py's dtypes must match these (tests/test_config.py checks).
+COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+LOSS_NAMES = ("unit_mse", "cosine", "cos_smoothl1", "text_infonce", "image_infonce",
+              "retrieval_kd")
+
+
+class InvalidValue(ConfigError):
+    """A value of the right type that cannot work; load_config adds the file and the section."""
+
+    def __init__(self, key: str, problem: str):
+        self.key, self.problem = key, problem
+        super().__init__(f"'{key}' {problem}")
+
+
+def _check_device(key: str, name: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise InvalidValue(key, f"must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def _check_dtype(key: str, name: str) -> None:
+    if name not in COMPUTE_DTYPES:
+        raise InvalidValue(key, f"must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
+
+
+def _check_at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:  # also catches nan
+        raise InvalidValue(key, f"must be at least {low}, got {value}")
+
+
+RESUME_AND_FORCE = ("--resume and --force contradict each other: --resume continues the run, "
+                    "--force deletes it; pass one")
 
 
 @dataclass(frozen=True)
@@ -93,6 +128,12 @@ class ExtractConfig:
     compute_dtype: str = "bf16"  # autocast dtype on GPU; CPU always runs float32
     shard_pattern: str = "*.tar"
 
+    def __post_init__(self):
+        _check_device("device", self.device)
+        _check_dtype("compute_dtype", self.compute_dtype)
+        _check_at_least("batch_size", self.batch_size, 1)
+        _check_at_least("num_workers", self.num_workers, 0)
+
 
 @dataclass(frozen=True)
 class ProjectorConfig:
@@ -133,6 +174,22 @@ class TrainConfig:
     compile: bool = False  # torch.compile the projector for the training steps
     ema_decay: float = 0.0  # > 0: validate and save an EMA of the weights, e.g. 0.999
 
+    def __post_init__(self):
+        _check_device("device", self.device)
+        _check_dtype("compute_dtype", self.compute_dtype)
+        _check_at_least("epochs", self.epochs, 1)
+        _check_at_least("batch_size", self.batch_size, 1)
+        _check_at_least("log_every", self.log_every, 1)
+        if not self.lr > 0:
+            raise InvalidValue("lr", f"must be positive, got {self.lr}")
+        if not self.loss:
+            raise InvalidValue("loss", f"is empty: name at least one of {', '.join(LOSS_NAMES)}")
+        for name, weight in self.loss.items():
+            if name not in LOSS_NAMES:
+                raise InvalidValue(f"loss.{name}", f"is not a loss (known: "
+                                                   f"{', '.join(LOSS_NAMES)})")
+            _check_at_least(f"loss.{name}", weight, 0.0)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -146,6 +203,9 @@ class EvalConfig:
     zeroshot_classnames: str = ""  # JSON list or {folder: name}, or TXT; empty: folder names
     zeroshot_templates: str = "imagenet80"  # imagenet80 | short | plain
     zeroshot_max_per_class: int = 0  # 0: every image
+
+    def __post_init__(self):
+        _check_device("device", self.device)
 
 
 @dataclass(frozen=True)
@@ -162,8 +222,34 @@ class Config:
         return Path(self.artifacts)
 
 
+@dataclass(frozen=True)
+class UseOptions:
+    """How the "use" commands (zeroshot, index, search) run the models: one place to add one."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "bf16"  # GPU autocast dtype; CPU runs fp32
+    batch_size: int = 64  # images per forward pass
+    num_workers: int = 2  # DataLoader workers decoding images
+
+    def __post_init__(self):
+        try:
+            _check_device("device", self.device)
+            _check_dtype("dtype", self.dtype)
+            _check_at_least("batch_size", self.batch_size, 1)
+            _check_at_least("num_workers", self.num_workers, 0)
+        except InvalidValue as err:  # named as the command line spells it
+            raise ConfigError(f"--{err.key.replace('_', '-')} {err.problem}") from None
+
+    def model_args(self) -> dict:
+        """DinoV2Clip.from_pretrained's keywords."""
+        return {"device": self.device, "dtype": self.dtype, "batch_size": self.batch_size}
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a TOML experiment file and apply `section.key=value` overrides, strictly."""
+    """Read a TOML experiment file and apply `section.key=value` overrides, strictly.
+
+    An error in a value given with --set names the command line, not the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -171,13 +257,23 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    given: dict[str, str] = {}  # dotted key -> the --set item that gave it
     for item in overrides or []:
-        _apply_override(raw, item, path)
+        key = _apply_override(raw, item, path)
+        given[key] = item
     raw["source"] = str(path)
-    return _build(Config, raw, where=str(path), prefix="")
+
+    def where(key: str) -> str:
+        for k, item in given.items():
+            if key == k or key.startswith((k + ".", k + "[")):
+                return f"--set {item}"
+        return str(path)
+
+    return _build(Config, raw, where=where, prefix="")
 
 
-def _apply_override(raw: dict, item: str, path: Path) -> None:
+def _apply_override(raw: dict, item: str, path: Path) -> str:
+    """Set the value in raw; returns the dotted key."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
@@ -190,8 +286,9 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section in {path}")
+            raise ConfigError(f"--set {item}: {part} is not a section in {path}")
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 # Keys that once existed, with what to do instead: a clearer error than "unknown key".
@@ -200,30 +297,43 @@ _NO_ENGINE = ("the eval ranks every score exactly with one function (dinov2clip/
 REMOVED = {"eval.search": _NO_ENGINE, "eval.use_gpu_faiss": _NO_ENGINE}
 
 
-def _build(cls: type, raw: dict, where: str, prefix: str) -> Any:
+Where = str | typing.Callable[[str], str]  # the file, or the file or --set item per dotted key
+
+
+def _at(where: Where, key: str) -> str:
+    return where(key) if callable(where) else where
+
+
+def _build(cls: type, raw: dict, where: Where, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: [{prefix.rstrip('.')}] must be a table")
+        raise ConfigError(f"{_at(where, prefix.rstrip('.'))}: [{prefix.rstrip('.')}] must be "
+                          "a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     for key in unknown:
         if prefix + key in REMOVED:
-            raise ConfigError(f"{where}: '{prefix}{key}' was removed, delete it: "
-                              f"{REMOVED[prefix + key]}")
+            raise ConfigError(f"{_at(where, prefix + key)}: '{prefix}{key}' was removed, "
+                              f"delete it: {REMOVED[prefix + key]}")
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})"
-        )
+        key = prefix + unknown[0]
+        raise ConfigError(f"{_at(where, key)}: unknown key '{key}' (known: "
+                          f"{', '.join(sorted(fields))})")
     values = {}
     for name, f in fields.items():
         if name in raw:
             values[name] = _coerce(hints[name], raw[name], where, prefix + name)
         elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"{where}: missing required key '{prefix}{name}'")
-    return cls(**values)
+            raise ConfigError(f"{_at(where, prefix + name)}: missing required key "
+                              f"'{prefix}{name}'")
+    try:
+        return cls(**values)
+    except InvalidValue as err:  # __post_init__'s checks, reported with file and full key
+        key = prefix + err.key
+        raise ConfigError(f"{_at(where, key)}: '{key}' {err.problem}") from None
 
 
-def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+def _coerce(tp: Any, value: Any, where: Where, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where, key + ".")
@@ -257,9 +367,10 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     return value
 
 
-def _type_error(where: str, key: str, tp: Any, value: Any) -> ConfigError:
+def _type_error(where: Where, key: str, tp: Any, value: Any) -> ConfigError:
     name = getattr(tp, "__name__", str(tp))
-    return ConfigError(f"{where}: '{key}' must be {name}, got {type(value).__name__} {value!r}")
+    return ConfigError(f"{_at(where, key)}: '{key}' must be {name}, got {type(value).__name__} "
+                       f"{value!r}")
 
 
 def to_dict(obj: Any) -> Any:
@@ -296,8 +407,13 @@ def write_resolved(cfg: Config, out_dir: Path, name: str = "config.json") -> Pat
     return path
 
 
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """The resolved config a training run wrote next to its weights (the `config` part)."""
+def read_run_config(run_dir: str | os.PathLike) -> Config:
+    """The resolved config a training run wrote next to its weights, as the same dataclasses.
+
+    An older run's file reads as is: a key it lacks takes today's default (so a run from before
+    train.num_patch_tokens existed pools with 256 tokens, as it did). A key this version does
+    not know, or a value it refuses, is a ConfigError naming the file and the key.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not run_dir.is_dir():
@@ -305,9 +421,14 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"not a training run: {path} missing")
     try:
-        return json.loads(path.read_text())["config"]
-    except (ValueError, KeyError):
+        raw = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path}: not a resolved run config") from None
+    try:
+        return _build(Config, raw, where=str(path), prefix="")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the run was written by another version of dinov2clip: "
+                          "edit its config.json, or train it again)") from None
 
 
 def require(cfg: Config, key: str) -> Any:

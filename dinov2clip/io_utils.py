@@ -21,18 +21,27 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path), fsync, then rename onto path."""
+    """Call write(tmp_path), fsync, then rename onto path.
+
+    An OS fault (disk full, a read-only directory) is raised as an OSError naming path, the
+    file the user knows, and its cause; the temp file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(path)
+    try:
+        tmp = _create_temp(path)
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from None
         raise
     return path
 
@@ -83,6 +92,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same fault, naming path (pyarrow's and numpy's errors name no file, or the temp)."""
+    cause = os.strerror(err.errno) if err.errno else " ".join(str(err).split())
+    return OSError(err.errno or 0, cause, str(path))  # OSError(errno.ENOSPC, ...) keeps its type
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

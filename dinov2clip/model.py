@@ -63,24 +63,24 @@ class DinoV2Clip:
             raise ConfigError(str(err)) from None
         projector = Projector.from_pretrained(run_dir, device=dev)  # raises when weights are gone
         projector.requires_grad_(False)
-        ex, tr = cfg["extract"], cfg["train"]
-        clip, tokenizer, clip_spec = load_clip(ex["clip_model"], ex["clip_pretrained"], dev)
+        ex, tr = cfg.extract, cfg.train
+        clip, tokenizer, clip_spec = load_clip(ex.clip_model, ex.clip_pretrained, dev)
         clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a tower that hides it
         if clip_dim and clip_dim != projector.cfg.out_dim:
             raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}-d "
-                              f"embeddings but CLIP {ex['clip_model']!r} is {clip_dim}-d")
+                              f"embeddings but CLIP {ex.clip_model!r} is {clip_dim}-d")
         if not clip_image:
             clip.visual = None  # frees CLIP's image tower; encode_text does not use it
         dino = dino_spec = None
         if image_tower:
-            dino, dino_spec = load_dino(ex["dino_model"], dev, ex.get("dino_revision", ""))
-            d_in = pooled_dim(int(dino.config.hidden_size), tr["pooling"])
+            dino, dino_spec = load_dino(ex.dino_model, dev, ex.dino_revision)
+            d_in = pooled_dim(int(dino.config.hidden_size), tr.pooling)
             if d_in != projector.cfg.in_dim:
-                raise ConfigError(f"DINOv2 {ex['dino_model']!r} gives {d_in}-d {tr['pooling']} "
+                raise ConfigError(f"DINOv2 {ex.dino_model!r} gives {d_in}-d {tr.pooling} "
                                   f"features but the projector expects {projector.cfg.in_dim}")
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
-                   dino=dino, dino_spec=dino_spec, pooling=tr["pooling"],
-                   num_patch_tokens=int(tr.get("num_patch_tokens", 256)), device=dev,
+                   dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
+                   num_patch_tokens=tr.num_patch_tokens, device=dev,
                    dtype=amp, batch_size=batch_size)
 
     @property

@@ -1,11 +1,13 @@
 """The `pipeline` command line: a thin typer layer over each stage's run(cfg).
 
 Parsed arguments never leave this module: each command loads the TOML config, applies --set
-overrides and calls the stage function. Bad input ends in one line on stderr and exit code 2.
+overrides and calls the stage function. Bad input ends in one line on stderr and exit code 2,
+an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C in 130.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -15,7 +17,14 @@ from typing import Annotated
 
 import typer
 
-from dinov2clip.config import REMOVED, Config, ConfigError, load_config
+from dinov2clip.config import (
+    REMOVED,
+    RESUME_AND_FORCE,
+    Config,
+    ConfigError,
+    UseOptions,
+    load_config,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -50,8 +59,14 @@ def _setup_logging() -> None:
     logging.getLogger("dinov2clip").setLevel(logging.INFO)
 
 
-def _guarded(fn: Callable[[], object]) -> None:
-    """Run fn; user errors become one line on stderr and exit code 2, never a traceback."""
+INTERRUPTED = "interrupted; completed shards and chunks are kept: re-run the same command to resume"
+TRAIN_INTERRUPTED = ("interrupted; completed shards and epochs are kept: re-run the same command "
+                     "with --resume to continue training from the last completed epoch")
+
+
+def _guarded(fn: Callable[[], object], interrupted: str = INTERRUPTED) -> None:
+    """Run fn; user errors become one line on stderr and exit code 2, OS faults (disk full,
+    permission denied) one line and exit code 1, never a traceback."""
     _setup_logging()
     try:
         fn()
@@ -61,10 +76,23 @@ def _guarded(fn: Callable[[], object]) -> None:
     except FloatingPointError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(3) from None
+    except OSError as err:
+        typer.echo(f"error: {os_fault(err)}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; completed shards and epochs are kept, re-run to resume",
-                   err=True)
+        typer.echo(interrupted, err=True)
         raise typer.Exit(130) from None
+
+
+def os_fault(err: OSError) -> str:
+    """One line: the path, the cause and what to do, e.g. '<path>: No space left on device'."""
+    cause = err.strerror or " ".join(str(err).split())
+    where = f"{err.filename}: " if err.filename else ""
+    not_writable = " (this user may not write there: choose a writable path, e.g. for artifacts)"
+    hint = {errno.ENOSPC: " (free some space, or write to another disk)",
+            errno.EACCES: not_writable, errno.EPERM: not_writable,
+            errno.EROFS: " (a read-only file system: choose a writable path)"}.get(err.errno, "")
+    return f"{where}{cause}{hint}"
 
 
 def _load(config: Path, overrides: list[str] | None) -> Config:
@@ -104,11 +132,17 @@ def run(
     def go() -> None:
         cfg = _load(config, overrides)
         stages = ["data", "extract", "train", "eval"] if stage == Stage.all else [stage.value]
+        if resume and force:  # before the stages ahead of train do any work
+            raise ConfigError(RESUME_AND_FORCE)
+        if "extract" in stages and "eval" in stages:
+            from dinov2clip.evaluate import check_planned_sets
+
+            check_planned_sets(cfg)
         for s in stages:
             logging.getLogger("dinov2clip").info("=== stage %s ===", s)
             _run_stage(s, cfg, resume=resume, force=force)
 
-    _guarded(go)
+    _guarded(go, TRAIN_INTERRUPTED if stage in (Stage.train, Stage.all) else INTERRUPTED)
 
 
 @app.command()
@@ -139,7 +173,8 @@ def train(
 
         _guarded(lambda: train_stage.average(_load(config, overrides), average))
         return
-    _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force))
+    _guarded(lambda: _run_stage("train", _load(config, overrides), resume=resume, force=force),
+             TRAIN_INTERRUPTED)
 
 
 @app.command(name="eval")
@@ -200,7 +235,8 @@ def zeroshot(
 
     _guarded(lambda: run_zeroshot(
         run_dir=run_dir, data_dir=data, classnames_file=classnames, templates=templates, out=out,
-        device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
+                           num_workers=num_workers),
         max_per_class=max_per_class))
 
 
@@ -228,7 +264,8 @@ def index(
 
     _guarded(lambda: build_index(
         run_dir=run_dir, images=images, out_dir=out, chunk_size=chunk_size, exact_max=exact_max,
-        kind=kind, device=device, dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+        kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
+                                      num_workers=num_workers),
         force=force))
 
 
@@ -250,7 +287,8 @@ def search(
     from dinov2clip.index import search as search_index
 
     _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run_dir=run_dir, device=device, nprobe=nprobe))
+                                  run_dir=run_dir, options=UseOptions(device=device),
+                                  nprobe=nprobe))
 
 
 def main() -> None:

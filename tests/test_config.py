@@ -103,3 +103,132 @@ def test_a_stage_refuses_an_empty_required_value(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: missing required value 'extract.datasets' for this stage"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ('train.device="gpu"', "'train.device' must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ('extract.device="cuda:x"', "'extract.device' must be auto, cpu, cuda or cuda:N"),
+    ('eval.device="tpu"', "'eval.device' must be auto, cpu, cuda or cuda:N"),
+    ('extract.compute_dtype="fp8"', "'extract.compute_dtype' must be one of bf16, fp16, fp32"),
+    ('train.compute_dtype="fp8"', "'train.compute_dtype' must be one of bf16, fp16, fp32"),
+    ("train.lr=0", "'train.lr' must be positive, got 0.0"),
+    ("train.lr=-1e-3", "'train.lr' must be positive"),
+    ("train.epochs=0", "'train.epochs' must be at least 1, got 0"),
+    ("train.batch_size=0", "'train.batch_size' must be at least 1, got 0"),
+    ("extract.batch_size=-4", "'extract.batch_size' must be at least 1, got -4"),
+    ("extract.num_workers=-1", "'extract.num_workers' must be at least 0"),
+    ("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss (known: unit_mse,"),
+    ("train.loss={unit_mse=-1.0}", "'train.loss.unit_mse' must be at least 0.0"),
+    ("train.loss={}", "'train.loss' is empty"),
+])
+def test_values_that_cannot_work_fail_when_the_config_is_read(tmp_path, override, message):
+    path = write(tmp_path, "[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    assert str(err.value).startswith(f"--set {override}: ")  # the command line, not c.toml
+    assert message in str(err.value)
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    path = write(tmp_path, "[train]\nepochs = 0\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: 'train\.epochs' must be at least 1, got 0"):
+        load_config(path)
+    # The file's bad value is overridden on the command line: fine.
+    assert load_config(path, ["train.epochs=2"]).train.epochs == 2
+
+
+def test_set_typos_name_the_command_line(tmp_path):
+    path = write(tmp_path, "[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"^--set train\.epohcs=4: unknown key 'train\.epohcs'"):
+        load_config(path, ["train.epohcs=4"])
+    with pytest.raises(ConfigError, match=r"^--set train\.epochs=four: 'train\.epochs' must be "
+                                          "int"):
+        load_config(path, ["train.epochs=four"])
+    with pytest.raises(ConfigError, match=r"^--set train\.projector\.widht=3: unknown key"):
+        load_config(path, ["train.projector.widht=3"])
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key 'train\.epohcs'"):
+        load_config(write(tmp_path, "[train]\nepohcs = 3\n"), ["train.epochs=4"])
+
+
+def test_checked_names_match_the_code_that_uses_them():
+    from dinov2clip.config import COMPUTE_DTYPES, LOSS_NAMES
+    from dinov2clip.device import _COMPUTE
+    from dinov2clip.train.losses import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES and tuple(_COMPUTE) == COMPUTE_DTYPES
+
+
+def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from dinov2clip.pipeline import app
+    from tests.conftest import tiny_config_text
+
+    art = tmp_path / "artifacts"
+    config = tmp_path / "demo.toml"
+    config.write_text(tiny_config_text(art))
+    for override, message in (("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss"),
+                              ('eval.sets=["shapes-tset"]', "unknown eval set 'shapes-tset'"),
+                              ("train.epochs=0", "'train.epochs' must be at least 1")):
+        result = CliRunner().invoke(app, ["run", "--stage", "all", "-c", str(config), "--set",
+                                          override])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not art.exists(), "nothing was done before the check"
+
+
+def test_search_refuses_k_0_and_an_empty_query_before_loading(tmp_path):
+    from typer.testing import CliRunner
+
+    from dinov2clip.pipeline import app
+
+    missing = str(tmp_path / "no-index")
+    zero = CliRunner().invoke(app, ["search", "--index", missing, "-k", "0", "a dog"])
+    assert zero.exit_code == 2 and zero.stderr.strip() == "error: -k must be at least 1, got 0"
+    empty = CliRunner().invoke(app, ["search", "--index", missing, ""])
+    assert empty.exit_code == 2 and "empty query" in empty.stderr
+
+
+def test_a_run_config_reads_back_as_the_same_dataclasses(tmp_path):
+    import json
+
+    from dinov2clip.config import Config, read_run_config, write_resolved
+
+    cfg = load_config(write(tmp_path, "[train]\nepochs = 3\npooling = \"cls\"\n"))
+    run = tmp_path / "run"
+    write_resolved(cfg, run)
+    back = read_run_config(run)
+    assert isinstance(back, Config) and back == cfg
+    assert back.train.pooling == "cls" and back.train.projector.width == 2048
+
+    payload = json.loads((run / "config.json").read_text())
+    del payload["config"]["train"]["num_patch_tokens"]  # a run from before the key existed
+    (run / "config.json").write_text(json.dumps(payload))
+    assert read_run_config(run).train.num_patch_tokens == 256  # today's default, as documented
+
+    payload["config"]["train"]["temperature"] = 0.07  # a key this version does not know
+    (run / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=r"config\.json: unknown key 'train\.temperature' .*"
+                                          "another version of dinov2clip"):
+        read_run_config(run)
+    (run / "config.json").write_text("[]")
+    with pytest.raises(ConfigError, match="not a resolved run config"):
+        read_run_config(run)
+
+
+def test_use_options_are_checked_and_named_as_flags():
+    from typer.testing import CliRunner
+
+    from dinov2clip.config import UseOptions
+    from dinov2clip.pipeline import app
+
+    assert UseOptions().model_args() == {"device": "auto", "dtype": "bf16", "batch_size": 64}
+    with pytest.raises(ConfigError, match="^--batch-size must be at least 1, got 0$"):
+        UseOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="^--dtype must be one of bf16, fp16, fp32, got 'fp8'"):
+        UseOptions(dtype="fp8")
+    result = CliRunner().invoke(app, ["index", "--run", "nowhere", "--images", "nowhere",
+                                      "--device", "gpu"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --device must be auto, cpu, cuda or cuda:N, got "
+                                     "'gpu'")

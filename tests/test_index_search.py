@@ -12,12 +12,15 @@ import torch
 import webdataset as wds
 from typer.testing import CliRunner
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.data.synthetic import jpeg_bytes
 from dinov2clip.index import build_index, faiss_index, search
 from dinov2clip.io_utils import HOST
 from dinov2clip.pipeline import app
 from tests.conftest import write_shape_classes
+
+CPU = UseOptions(device="cpu", num_workers=0)
+CPU3 = UseOptions(device="cpu", batch_size=3, num_workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def flat_index(demo_run, collection, tmp_path_factory):
     _, art = demo_run
     out = tmp_path_factory.mktemp("idx") / "flat"
     summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
-                          chunk_size=4, device="cpu", batch_size=3, num_workers=0)
+                          chunk_size=4, options=CPU3)
     return out, summary
 
 
@@ -57,7 +60,7 @@ def test_index_rows_are_the_api_embeddings_of_their_files(flat_index, demo_model
 def test_search_ranks_by_cosine_and_writes_html(flat_index, demo_model, tmp_path):
     out, _ = flat_index
     page = tmp_path / "hits.html"
-    hits = search(index_dir=out, query="a red circle", k=4, html_out=page, device="cpu")
+    hits = search(index_dir=out, query="a red circle", k=4, html_out=page, options=CPU)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     brute = (demo_model.encode_image(meta["path"]) @ demo_model.encode_text("a red circle").T)[:, 0]
@@ -84,9 +87,9 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     gone.wait()
     (out / f".index.faiss.{HOST}.{gone.pid}.0badcafe.tmp").write_bytes(b"half")
     with pytest.raises(ConfigError, match="no finished index"):
-        search(index_dir=out, query="a dog", device="cpu")
+        search(index_dir=out, query="a dog", options=CPU)
     summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
-                          chunk_size=4, device="cpu", num_workers=0)
+                          chunk_size=4, options=CPU)
     assert summary["n_images"] == 9
     assert (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns == kept
     assert (out / "chunks" / "done" / "00002.json").exists()
@@ -97,14 +100,14 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     try:
         with pytest.raises(ConfigError, match="collection changed"):
             build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
-                        chunk_size=3, device="cpu", num_workers=0)
+                        chunk_size=3, options=CPU)
     finally:
         shutil.rmtree(collection / "zzz")
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")
     with pytest.raises(ConfigError, match="not an index directory"):
         build_index(run_dir=art / "runs" / "demo", images=collection,
-                    out_dir=tmp_path / "precious", force=True, device="cpu")
+                    out_dir=tmp_path / "precious", force=True, options=CPU)
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
@@ -115,7 +118,7 @@ def test_ranks_split_the_chunks_and_rank_0_builds_the_same_index(demo_run, colle
     src, _ = flat_index
     out = tmp_path / "ranks"
     kwargs = dict(run_dir=art / "runs" / "demo", images=collection, out_dir=out, chunk_size=4,
-                  device="cpu", batch_size=3, num_workers=0)
+                  options=CPU3)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert build_index(**kwargs)["rank"] == 1  # chunks[1::2]: chunk 1 only, and no index
@@ -171,14 +174,14 @@ def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
         sink.write({"__key__": "bad", "jpg": b"garbage"})
     out = tmp_path / "ivf"
     summary = build_index(run_dir=art / "runs" / "demo", images=shards, out_dir=out,
-                          exact_max=2, device="cpu", num_workers=0)
+                          exact_max=2, options=CPU)
     assert summary["kind"] == "ivf" and summary["nlist"] >= 1
     assert summary["n_images"] == 5 and summary["skipped"] == {"corrupt_image": 1}
     import faiss
 
     assert isinstance(faiss.read_index(str(out / "index.faiss")), faiss.IndexIVFFlat)
     page = tmp_path / "p.html"
-    hits = search(index_dir=out, query="a green photo", k=5, html_out=page, device="cpu")
+    hits = search(index_dir=out, query="a green photo", k=5, html_out=page, options=CPU)
     assert len(hits) == 5 and {h["url"] for h in hits} == {
         f"https://example.org/{i}.jpg" for i in range(5)}
     assert {h["caption"] for h in hits} == {"colour 0", "colour 1", "colour 2", "", "colour 4"}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.templates import IMAGENET_80, SHORT, get_templates
 from dinov2clip.evaluate.zeroshot import (
     build_classifier,
@@ -112,7 +112,7 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
     (root / "square" / "2b_broken.jpg").write_bytes(b"not a jpeg")  # sorts mid-class
     out = tmp_path / "zs.json"
     res = run_zeroshot(run_dir=art / "runs" / "demo", data_dir=root, templates="short", out=out,
-                       device="cpu", batch_size=5, num_workers=0)
+                       options=UseOptions(device="cpu", batch_size=5, num_workers=0))
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["n_images"] == 12 and res["n_classes"] == 3 and res["n_templates"] == 7
     assert res["skipped"] == {"corrupt_image": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dinov2clip.config import Config, write_resolved
+from dinov2clip.config import Config, ConfigError, UseOptions, write_resolved
 from dinov2clip.io_utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,17 @@ def run(cfg: Config, all_epochs: bool = False) -> dict:
     return results
 
 
+def check_planned_sets(cfg: Config) -> None:
+    """Before `run --stage all` does any work: every eval set is one extract will embed, or one
+    embedded before; a typo would otherwise surface only after data, extract and train."""
+    planned = [entry.partition("/")[2] for entry in cfg.extract.datasets]
+    for name in cfg.eval.sets:
+        if name not in planned and not (cfg.root / "embeddings" / name).is_dir():
+            raise ConfigError(f"eval.sets: unknown eval set {name!r}: not in extract.datasets "
+                              f"({', '.join(cfg.extract.datasets) or 'empty'}) and no "
+                              f"embeddings/{name} under {cfg.root}")
+
+
 def check_zeroshot(cfg: Config) -> None:
     """One line and exit 2 for a missing folder, class-name file or prompt set, up front."""
     e = cfg.eval
@@ -65,10 +76,11 @@ def zeroshot_for(cfg: Config, run_dir: Path, out: Path) -> dict:
     from dinov2clip.evaluate.zeroshot import run_zeroshot
 
     e, x = cfg.eval, cfg.extract
+    options = UseOptions(device=e.device, dtype=x.compute_dtype, batch_size=x.batch_size,
+                         num_workers=x.num_workers)
     return run_zeroshot(run_dir=run_dir, data_dir=Path(e.zeroshot),
                         classnames_file=_classnames_file(cfg), templates=e.zeroshot_templates,
-                        out=out / "zeroshot.json", device=e.device, dtype=x.compute_dtype,
-                        batch_size=x.batch_size, num_workers=x.num_workers,
+                        out=out / "zeroshot.json", options=options,
                         max_per_class=e.zeroshot_max_per_class)
 
 

@@ -33,13 +33,13 @@ class EvalInputs:
         if not self.run_dir.is_dir():
             raise ConfigError(f"run directory not found: {self.run_dir} (train it first, or "
                               "set eval.run)")
-        self.train_cfg = read_run_config(self.run_dir)["train"]
+        self.train_cfg = read_run_config(self.run_dir).train  # how the projector was trained
         if not (self.run_dir / "model.safetensors").is_file():
             raise ConfigError(f"run {self.run_dir} has no weights: model.safetensors missing "
                               "(did training finish an epoch?)")
         from dinov2clip.extract import embeddings_tag
 
-        self.tag = self.train_cfg.get("tag") or embeddings_tag(cfg)
+        self.tag = self.train_cfg.tag or embeddings_tag(cfg)
         if not e.sets:
             raise ConfigError("eval.sets is empty: name at least one eval set")
         if not e.ks or min(e.ks) < 1:
@@ -67,8 +67,8 @@ class EvalInputs:
                           f"{', '.join(found) or 'none'})")
 
     def pooled(self, emb: EvalEmbeddings) -> torch.Tensor:
-        return pool(emb.dino_cls, emb.dino_mean, self.train_cfg["pooling"],
-                    self.train_cfg["num_patch_tokens"])
+        return pool(emb.dino_cls, emb.dino_mean, self.train_cfg.pooling,
+                    self.train_cfg.num_patch_tokens)
 
 
 def evaluate_run(cfg: Config) -> dict:
@@ -80,7 +80,7 @@ def evaluate_run(cfg: Config) -> dict:
     for name, emb_dir in inp.set_dirs.items():
         set_started = time.perf_counter()
         emb = load_eval_embeddings(emb_dir)
-        projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg["pooling"])
+        projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg.pooling)
         ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.device)
         res = {"n_images": emb.clip_image.shape[0], "n_captions": emb.clip_text.shape[0],
                **ev.rows(projected)}
@@ -113,7 +113,7 @@ def evaluate_epochs(cfg: Config) -> dict:
     for epoch, filename in checkpoints:
         projector = inp.projector(f"checkpoints/{filename}")
         for name, (x, ev) in sets.items():
-            rows = ev.rows(project_pooled(projector, x, inp.train_cfg["pooling"]))
+            rows = ev.rows(project_pooled(projector, x, inp.train_cfg.pooling))
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
@@ -132,7 +132,7 @@ def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
                      "checkpoint": checkpoint, "best_epoch": _best_epoch(inp.run_dir),
                      # The projector runs in float32, scores are float32, on this device.
                      "device": str(inp.device), "compute_dtype": "float32",
-                     "train_config": inp.train_cfg},
+                     "train_config": to_dict(inp.train_cfg)},
     }
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.index.images import ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
@@ -118,19 +118,17 @@ def percent_of_clip(clip: dict, other: dict) -> dict:
 
 
 def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
-                 templates: str = "imagenet80", out: Path | None = None, device: str = "auto",
-                 dtype: str = "bf16", batch_size: int = 64, num_workers: int = 2,
-                 max_per_class: int = 0) -> dict:
+                 templates: str = "imagenet80", out: Path | None = None,
+                 options: UseOptions = UseOptions(), max_per_class: int = 0) -> dict:
     from dinov2clip.model import DinoV2Clip
 
     prompts = get_templates(templates)
     data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
-    model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype, clip_image=True,
-                                       batch_size=batch_size)
+    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args(), clip_image=True)
     log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
              len(data.classnames), len(prompts))
     classifier = build_classifier(model.encode_text, data.classnames, prompts)
-    emb, labels, skipped = _embed(model, data, batch_size, num_workers)
+    emb, labels, skipped = _embed(model, data, options)
     if not labels:
         raise ConfigError(f"{data_dir}: no readable images (skipped: {dict(skipped)})")
     y = torch.tensor(labels)
@@ -153,9 +151,10 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
     return results
 
 
-def _embed(model, data: FolderDataset, batch_size: int, num_workers: int):
+def _embed(model, data: FolderDataset, options: UseOptions):
     loader = DataLoader(ImageCrops(data.files, [model.dino_spec, model.clip_spec]),
-                        batch_size=batch_size, num_workers=num_workers, collate_fn=collate_crops)
+                        batch_size=options.batch_size, num_workers=options.num_workers,
+                        collate_fn=collate_crops)
     parts = {"clip": [], "projected": []}
     labels, skipped = [], Counter()
     bar = tqdm(total=len(data.files), desc="zero-shot", unit="img")

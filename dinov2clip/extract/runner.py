@@ -77,7 +77,7 @@ def run(cfg: Config) -> None:
     e = cfg.extract
     sources = resolve_sources(cfg)
     shards = {s.name: list_shards(s, e.shard_pattern) for s in sources}  # fail before loading
-    device = resolve_device(e.device)
+    device = resolve_device(e.device, "extract.device")
     dtype = compute_dtype(e.compute_dtype, device)
     rank, world = rank_and_world()
     dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
@@ -175,8 +175,9 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -
         prefetch_factor=2 if e.num_workers else None)
     current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
     writes: list[Future] = []
-    bar = tqdm(desc="extract", unit="img", smoothing=0.1)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
+    # The bar closes on an error too, so the error line starts a line of its own.
+    with tqdm(desc="extract", unit="img", smoothing=0.1) as bar, \
+            ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
         t = time.perf_counter()
         for batch in loader:
             t = timer.add("read", t)
@@ -197,7 +198,6 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -
             bar.update(len(batch.rows) + sum(batch.failures.values()))
             t = timer.add("model", t)
         _wait_all_but(writes, 0, timer)
-    bar.close()
 
 
 def _collect(pending) -> None:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dinov2clip.config import ConfigError, config_hash
+from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_config, to_dict
 from dinov2clip.device import rank_and_world
 from dinov2clip.index import faiss_index
 from dinov2clip.index.images import ImageCrops, collate_crops
@@ -36,7 +36,6 @@ from dinov2clip.io_utils import (
     atomic_save_npy,
     atomic_write,
     atomic_write_json,
-    read_json,
     remove_dead_temps,
     remove_temps,
 )
@@ -50,8 +49,7 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
 
 def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
-                device: str = "auto", dtype: str = "bf16", batch_size: int = 64,
-                num_workers: int = 2, force: bool = False) -> dict:
+                options: UseOptions = UseOptions(), force: bool = False) -> dict:
     from dinov2clip.model import DinoV2Clip
 
     run_dir, images = Path(run_dir), Path(images)
@@ -64,8 +62,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
     if force and out_dir.exists():
         _remove_old_index(out_dir)
-    model = DinoV2Clip.from_pretrained(run_dir, device=device, dtype=dtype,
-                                       batch_size=batch_size)
+    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args())
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
     remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
     mine = chunks[rank::world]
@@ -76,7 +73,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
              len(chunks), len(mine), rank, world, len(mine) - len(todo), out_dir)
     t0, n_new = time.perf_counter(), 0
     for chunk in todo:
-        n_new += _embed_chunk(model, chunk, images, store, batch_size, num_workers)
+        n_new += _embed_chunk(model, chunk, images, store, options)
     if n_new:
         log.info("embedded %d images in %.1fs (%.1f img/s)", n_new, time.perf_counter() - t0,
                  n_new / max(time.perf_counter() - t0, 1e-9))
@@ -159,16 +156,17 @@ def models_hash(run_dir: Path) -> str:
         with open(run_dir / name, "rb") as fh:
             for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 h.update(block)
-    cfg = read_json(run_dir / "config.json")["config"]
-    return config_hash({"weights": h.hexdigest(), "extract": cfg["extract"],
-                        "pooling": cfg["train"]["pooling"]})
+    cfg = read_run_config(run_dir)
+    return config_hash({"weights": h.hexdigest(), "extract": to_dict(cfg.extract),
+                        "pooling": cfg.train.pooling})
 
 
-def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, batch_size: int,
-                 num_workers: int) -> int:
+def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: UseOptions
+                 ) -> int:
     items = chunk_items(chunk, root)
-    loader = DataLoader(ImageCrops(items.images, [model.dino_spec]), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_crops)
+    loader = DataLoader(ImageCrops(items.images, [model.dino_spec]),
+                        batch_size=options.batch_size, num_workers=options.num_workers,
+                        collate_fn=collate_crops)
     skipped, parts, rows = Counter(items.skipped), [], []
     bar = tqdm(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
     for batch in loader:

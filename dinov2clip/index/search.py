@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.index import faiss_index
 from dinov2clip.index.sources import read_tar_member
 from dinov2clip.io_utils import atomic_write_text, read_json
@@ -39,7 +39,8 @@ def load_index(index_dir: Path):
 
 
 def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
-           run_dir: Path | None = None, device: str = "auto", nprobe: int = 0) -> list[dict]:
+           run_dir: Path | None = None, options: UseOptions = UseOptions(), nprobe: int = 0
+           ) -> list[dict]:
     from dinov2clip.model import DinoV2Clip
 
     if not query or not query.strip():
@@ -49,7 +50,7 @@ def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = 
     index, summary, meta = load_index(index_dir)
     if nprobe:
         faiss_index.configure_search(index, summary, nprobe)
-    model = DinoV2Clip.from_pretrained(run_dir or summary["run_dir"], device=device,
+    model = DinoV2Clip.from_pretrained(run_dir or summary["run_dir"], **options.model_args(),
                                        image_tower=False)
     if model.dim != index.d:
         raise ConfigError(f"the index holds {index.d}-d embeddings but the run's text tower "

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dinov2clip.config import Config, ConfigError, to_dict, write_resolved
+from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict, write_resolved
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract import embeddings_tag
 from dinov2clip.io_utils import remove_dead_temps
@@ -36,19 +36,21 @@ SCHEDULERS = ("onecycle", "cosine", "constant")
 
 
 def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
+    if resume and force:
+        raise ConfigError(RESUME_AND_FORCE)
     t, pcfg = cfg.train, cfg.train.projector
     tag = t.tag or embeddings_tag(cfg)
     run_dir = cfg.root / "runs" / t.run
     emb_dir = cfg.root / "embeddings" / t.dataset / tag
     select_sign = _check_options(cfg)  # cheap checks first: fail before loading gigabytes
+    device = resolve_device(t.device, "train.device")
+    dtype = compute_dtype(t.compute_dtype, device)
     _check_dims(cfg, emb_dir)
     evalset = _load_evalset(cfg, tag)
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
     _prepare_run_dir(run_dir, resume, force)
-    device = resolve_device(t.device)
-    dtype = compute_dtype(t.compute_dtype, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 loss matmuls (B x B logits)
 
@@ -76,6 +78,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
     if resume:
         start_epoch, best = load_state(run_dir, fingerprint, model, loss_fn, opt, sched, ema)
+        if start_epoch >= t.epochs:
+            log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
+                     "resume (--force starts it over)", run_dir, t.epochs, best["epoch"])
+            return run_dir
     if start_epoch == 0:
         write_resolved(cfg, run_dir)
     log.info("training %s projector (%.1fM params) on %d pairs (%s), validating on %d, %s/%s",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dinov2clip.io_utils import atomic_write
+
 
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
@@ -28,7 +30,7 @@ def draw_curves(run_dir: Path) -> None:
     ax.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="val loss")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title=run_dir.name)
     ax.legend()
-    fig.savefig(run_dir / "loss.png", dpi=100)
+    _save(fig, run_dir / "loss.png")
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -45,4 +47,8 @@ def draw_curves(run_dir: Path) -> None:
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
     ax.set(xlabel="epoch", ylabel="%", title=f"{run_dir.name}: validation")
     ax.legend()
-    fig.savefig(run_dir / "val.png", dpi=100)
+    _save(fig, run_dir / "val.png")
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from dinov2clip.config import ConfigError, ProjectorConfig, _build
 from dinov2clip.io_utils import atomic_write, atomic_write_json
@@ -123,8 +124,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
+    save_tensors({k: v.detach() for k, v in unwrap(model).state_dict().items()}, path)
+
+
+def save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file, written by Python so that a full disk raises an OSError
+    (safetensors' own save_file reported no error when writing to a full device)."""
+    data = safetensors_bytes({k: v.cpu().contiguous() for k, v in state.items()})
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    atomic_write(path, write)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -50,7 +50,14 @@ def save_state(run_dir: Path, epoch: int, best: dict, fingerprint: dict, model, 
              "model": unwrap(model).state_dict(), "loss": loss_fn.state_dict(),
              "opt": opt.state_dict(), "sched": sched.state_dict(),
              "ema": ema.module.state_dict() if ema else None}
-    atomic_write(run_dir / STATE, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: str) -> None:
+        # Through a Python file: a full disk is then an OSError naming its cause, where
+        # torch.save(state, path) says only "enforce fail at inline_container.cc".
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+
+    atomic_write(run_dir / STATE, write)
 
 
 def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
@@ -64,8 +71,9 @@ def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
     state = torch.load(path, map_location="cpu", weights_only=False)
     differ = fingerprint_diff(state["fingerprint"], fingerprint)
     if differ:
-        raise ConfigError(f"cannot resume {run_dir}: its {', '.join(differ)} differ from this "
-                          "config (use --force to start over, or a new train.run)")
+        raise ConfigError(f"cannot resume {run_dir}: this config changes its "
+                          f"{_and(differ)} (use --force to start over, or a new "
+                          "train.run)")
     unwrap(model).load_state_dict(state["model"], strict=True)
     loss_fn.load_state_dict(state["loss"], strict=True)
     opt.load_state_dict(state["opt"])
@@ -75,6 +83,10 @@ def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
     truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
     log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     return state["epoch"], state["best"]
+
+
+def _and(words: list[str]) -> str:
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def truncate_metrics(path: Path, epoch: int) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dinov2clip.config import ConfigError
-from dinov2clip.io_utils import atomic_write, atomic_write_json
+from dinov2clip.io_utils import atomic_write_json, atomic_write_text
+from dinov2clip.train.projector import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def average_run(run_dir: Path, spec: str) -> Path:
     label = spec.replace(":", "").replace(",", "-")
     out = run_dir.parent / f"{run_dir.name}-avg-{label}"
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "projector.json", out / "projector.json")
-    shutil.copyfile(run_dir / "config.json", out / "config.json")
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(mean, tmp))
+    for name in ("projector.json", "config.json"):  # copies, atomic as every other write
+        atomic_write_text(out / name, (run_dir / name).read_text())
+    save_tensors(mean, out / "model.safetensors")
     atomic_write_json(out / "average.json", {"source_run": str(run_dir), "epochs": epochs})
     log.info("averaged epochs %s of %s into %s", epochs, run_dir, out)
     return out
