@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import io
 import json
 import logging
 import re
@@ -13,7 +14,9 @@ import pytest
 
 from dinov2clip import data
 from dinov2clip.config import ConfigError, load_config
+from dinov2clip.data.evalsets import local_shards
 from dinov2clip.data.synthetic import write_eval_set
+from dinov2clip.extract.reader import read_shard
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -204,3 +207,33 @@ def test_eval_set_tables_are_checked_and_settable_from_the_command_line(tmp_path
                              "data.eval_sets.v.source=karpathy", "data.eval_sets.v.split=val"])
     assert cfg.data.eval_sets["flickr8k"].source == "hf"
     assert (cfg.data.eval_sets["v"].source, cfg.data.eval_sets["v"].split) == ("karpathy", "val")
+
+
+def retar_with_names(src, dest, rename):
+    """dest: src's members renamed, as `tar -C dir .` (./s0.jpg) or a dotted folder would."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w") as tout:
+        for member in tin:
+            data = tin.extractfile(member).read()
+            member.name = rename(member.name)
+            tout.addfile(member, io.BytesIO(data))
+
+
+def test_member_names_with_dot_slash_or_dotted_folders_are_read_as_extract_reads_them(tmp_path):
+    write_eval_set(tmp_path / "made", 4, 2, 64, seed=5, shard_size=2)
+    (tmp_path / "mine" / "test").mkdir(parents=True)
+    for tar, rename in [("0.tar", lambda n: f"./{n}"), ("1.tar", lambda n: f"./v1.2/{n}")]:
+        retar_with_names(tmp_path / "made" / "test" / tar, tmp_path / "mine" / "test" / tar,
+                         rename)
+    cfg = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "mine"}" }}')
+    data.run(cfg)
+    record = json.loads((cfg.root / "evalsets" / "mine" / "source.json").read_text())
+    assert (record["n_images"], record["n_captions"]) == (4, 6)
+    keys = [s.key for tar in ("0.tar", "1.tar") for s in read_shard(
+        cfg.root / "evalsets" / "mine" / "test" / tar, multi_caption=True).samples]
+    assert keys == ["s0000000", "s0000001", "v1.2/s0000002", "v1.2/s0000003"]
+
+
+def test_shards_are_ordered_by_number_as_clip_benchmark_reads_them(tmp_path):
+    write_eval_set(tmp_path / "mine", 12, 1, 32, seed=6, shard_size=1)  # 0.tar ... 11.tar
+    shards = local_shards("mine", tmp_path / "mine")
+    assert [p.stem for p in shards] == [str(i) for i in range(12)]

@@ -16,8 +16,8 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, EvalSetConfig
-from dinov2clip.extract.reader import IMAGE_EXTS  # what the extract stage can read
-from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
+from dinov2clip.extract.reader import IMAGE_EXTS, is_image, split_name  # extract's rules
+from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json, shard_order
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ HF_REPOS = {
     "flickr30k": "clip-benchmark/wds_flickr30k",  # 1k test images
     "flickr8k": "clip-benchmark/wds_flickr8k",  # 1k test images
 }
-# The image types the extract stage reads (extract/reader.py; not imported: it pulls in torch).
 # Which EvalSetConfig fields each source reads; setting any other one is a mistake worth naming.
 FIELDS_USED = {
     "hf": ("repo", "revision"),
@@ -148,7 +147,7 @@ def local_shards(name: str, src: Path) -> list[Path]:
     if not src.is_dir():
         raise ConfigError(f"data.eval_sets.{name}.path: {src} is not a directory")
     shard_dir = src / "test" if (src / "test").is_dir() else src
-    tars = sorted(shard_dir.glob("*.tar"))
+    tars = sorted(shard_dir.glob("*.tar"), key=shard_order)
     if not tars:
         raise ConfigError(f"data.eval_sets.{name}.path: no .tar shards in {shard_dir}")
     return tars
@@ -163,7 +162,7 @@ def copy_local(name: str, src: Path, test_dir: Path) -> None:
 
 def scan_eval_shards(name: str, test_dir: Path) -> dict:
     """Count images and captions in test/*.tar, and check the format: image + .txt per sample."""
-    tars = sorted(test_dir.glob("*.tar"))
+    tars = sorted(test_dir.glob("*.tar"), key=shard_order)
     if not tars:
         raise ConfigError(f"data.eval_sets.{name}: no .tar shards in {test_dir}")
     n_images = n_captions = 0
@@ -175,14 +174,14 @@ def scan_eval_shards(name: str, test_dir: Path) -> dict:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    key, _, ext = member.name.partition(".")
+                    key, ext = split_name(member.name)
                     ext = ext.lower()
                     seen_exts.add(ext)
                     parts = samples.setdefault(key, {})
                     if ext == "txt":
                         text = tar.extractfile(member).read().decode("utf-8", "replace")
                         parts["captions"] = sum(1 for line in text.splitlines() if line.strip())
-                    elif ext in IMAGE_EXTS:
+                    elif is_image(ext):
                         parts["image"] = 1
         except (tarfile.TarError, OSError) as err:
             raise ConfigError(f"data.eval_sets.{name}: {tar_path} is not a readable tar "

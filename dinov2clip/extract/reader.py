@@ -74,10 +74,15 @@ def read_groups(path: Path) -> tuple[list[tuple[str, dict[str, bytes]]], Counter
     return groups, skipped
 
 
+def is_image(ext: str) -> bool:
+    """A member extension the extract stage reads as the image: "jpg", or e.g. "png.jpg"
+    (decoders go by the last dotted part)."""
+    return ext.lower().rpartition(".")[2] in IMAGE_EXTS
+
+
 def image_bytes(parts: dict[str, bytes]) -> bytes | None:
-    """A sample's image payload: "jpg", or e.g. "png.jpg" (decoders go by the last dotted part)."""
-    return next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
-                None)
+    """A sample's image payload."""
+    return next((data for ext, data in parts.items() if is_image(ext)), None)
 
 
 def sample_url(parts: dict[str, bytes]) -> str:

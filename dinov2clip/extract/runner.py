@@ -24,6 +24,7 @@ from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
 from dinov2clip.extract.writer import ShardWriter, concat
+from dinov2clip.io_utils import shard_order
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def resolve_sources(cfg: Config) -> list[Source]:
 def list_shards(src: Source, pattern: str) -> list[Path]:
     if not src.shard_dir.is_dir():
         raise ConfigError(f"input directory not found: {src.shard_dir}")
-    shards = sorted(src.shard_dir.glob(pattern))
+    shards = sorted(src.shard_dir.glob(pattern), key=shard_order)
     if not shards:
         raise ConfigError(f"no shards matching {pattern!r} in {src.shard_dir}")
     return shards

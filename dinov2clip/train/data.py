@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dinov2clip.config import ConfigError
+from dinov2clip.io_utils import shard_order
 
 POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
 ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
@@ -72,10 +73,11 @@ def is_val_key(key: str, val_fraction: float) -> bool:
 
 
 def check_complete(emb_dir: Path) -> list[str]:
-    """Shard names with a done-marker; raises if the directory is missing or incomplete."""
+    """Shard names with a done-marker, in shard order; raises if the directory is missing or
+    incomplete."""
     if not emb_dir.is_dir():
         raise ConfigError(f"embeddings directory not found: {emb_dir} (run the extract stage)")
-    done = sorted(p.stem for p in (emb_dir / "done").glob("*.json"))
+    done = sorted((p.stem for p in (emb_dir / "done").glob("*.json")), key=shard_order)
     started = sorted(p.stem for p in (emb_dir / "meta").glob("*.parquet"))
     manifest = emb_dir / "manifest.json"
     expected = set(started)
