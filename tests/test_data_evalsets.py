@@ -11,6 +11,7 @@ import threading
 import urllib.parse
 
 import pytest
+from PIL import Image
 
 from dinov2clip import data
 from dinov2clip.config import ConfigError, load_config
@@ -237,3 +238,29 @@ def test_shards_are_ordered_by_number_as_clip_benchmark_reads_them(tmp_path):
     write_eval_set(tmp_path / "mine", 12, 1, 32, seed=6, shard_size=1)  # 0.tar ... 11.tar
     shards = local_shards("mine", tmp_path / "mine")
     assert [p.stem for p in shards] == [str(i) for i in range(12)]
+
+
+def test_empty_caption_lines_and_uncaptioned_images_are_counted(tmp_path, caplog):
+    (tmp_path / "mine" / "test").mkdir(parents=True)
+    jpeg = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    members = [("a.jpg", jpeg.read_bytes()), ("a.txt", b"one\n\n  \ntwo\n"),  # 2 empty lines
+               ("b.jpg", jpeg.read_bytes()), ("b.txt", b" \n\n"),  # 2 empty: no caption left
+               ("c.jpg", jpeg.read_bytes()), ("c.txt", b"three\n\t\n")]  # 1 empty
+    with tarfile.open(tmp_path / "mine" / "test" / "0.tar", "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    cfg = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "mine"}" }}')
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    assert "eval set mine: installed, 2 images, 3 captions in 1 shards from " in caplog.text
+    assert "; skipped: none; 5 empty caption lines dropped; 1 images with no caption, which " \
+           "extract skips" in caplog.text
+    record = json.loads((cfg.root / "evalsets" / "mine" / "source.json").read_text())
+    assert (record["empty_caption_lines"], record["images_without_captions"]) == (5, 1)
+    contents = read_shard(cfg.root / "evalsets" / "mine" / "test" / "0.tar", multi_caption=True)
+    assert contents.dropped == {"empty_caption_lines": 5}  # extract counts the same lines
+    assert contents.skipped == {"empty_caption": 1}
+    assert [s.captions for s in contents.samples] == [["one", "two"], ["three"]]

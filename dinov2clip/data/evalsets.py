@@ -16,7 +16,12 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, EvalSetConfig
-from dinov2clip.extract.reader import IMAGE_EXTS, is_image, split_name  # extract's rules
+from dinov2clip.extract.reader import (  # the extract stage's rules
+    IMAGE_EXTS,
+    caption_lines,
+    is_image,
+    split_name,
+)
 from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json, shard_order
 
 log = logging.getLogger(__name__)
@@ -161,11 +166,14 @@ def copy_local(name: str, src: Path, test_dir: Path) -> None:
 
 
 def scan_eval_shards(name: str, test_dir: Path) -> dict:
-    """Count images and captions in test/*.tar, and check the format: image + .txt per sample."""
+    """Count images and captions in test/*.tar, and check the format: image + .txt per sample.
+
+    Counts what extract will leave out, as extract decides it: empty caption lines, and images
+    left with no caption."""
     tars = sorted(test_dir.glob("*.tar"), key=shard_order)
     if not tars:
         raise ConfigError(f"data.eval_sets.{name}: no .tar shards in {test_dir}")
-    n_images = n_captions = 0
+    n_images = n_captions = empty_lines = uncaptioned = 0
     seen_exts: set[str] = set()
     for tar_path in tars:
         samples: dict[str, dict[str, int]] = {}
@@ -180,22 +188,28 @@ def scan_eval_shards(name: str, test_dir: Path) -> dict:
                     parts = samples.setdefault(key, {})
                     if ext == "txt":
                         text = tar.extractfile(member).read().decode("utf-8", "replace")
-                        parts["captions"] = sum(1 for line in text.splitlines() if line.strip())
+                        captions, empty = caption_lines(text)
+                        parts["captions"], parts["empty_lines"] = len(captions), empty
                     elif is_image(ext):
                         parts["image"] = 1
         except (tarfile.TarError, OSError) as err:
             raise ConfigError(f"data.eval_sets.{name}: {tar_path} is not a readable tar "
                               f"({err}); delete it and re-run") from None
         for parts in samples.values():
+            if parts.get("image"):
+                empty_lines += parts.get("empty_lines", 0)
             if parts.get("image") and parts.get("captions"):
                 n_images += 1
                 n_captions += parts["captions"]
+            elif parts.get("image"):
+                uncaptioned += 1
     if not n_images:
         raise ConfigError(f"data.eval_sets.{name}: no sample in {test_dir} has an image "
                           f"({'/'.join(IMAGE_EXTS)}) and a .txt of captions (found extensions: "
                           f"{', '.join(sorted(seen_exts)) or 'none'}): not the CLIP_benchmark "
                           "webdataset format")
-    return {"n_shards": len(tars), "n_images": n_images, "n_captions": n_captions}
+    return {"n_shards": len(tars), "n_images": n_images, "n_captions": n_captions,
+            "empty_caption_lines": empty_lines, "images_without_captions": uncaptioned}
 
 
 def format_eval_summary(name: str, r: dict) -> str:
@@ -206,5 +220,8 @@ def format_eval_summary(name: str, r: dict) -> str:
     skipped = r.get("skipped") or {}
     skip_text = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "none"
     state = "already installed" if r.get("reused") else "installed"
+    lines, uncaptioned = r.get("empty_caption_lines", 0), r.get("images_without_captions", 0)
+    dropped = (f"; {lines} empty caption lines dropped" if lines else "") + (
+        f"; {uncaptioned} images with no caption, which extract skips" if uncaptioned else "")
     return (f"eval set {name}: {state}, {r['n_images']} images, {r['n_captions']} captions in "
-            f"{r['n_shards']} shards from {origin}; skipped: {skip_text}")
+            f"{r['n_shards']} shards from {origin}; skipped: {skip_text}{dropped}")

@@ -109,8 +109,10 @@ def run(cfg: Config) -> None:
             log.info("%s: other ranks still working; the last to finish writes the manifest",
                      src.name)
         else:
-            log.info("%s: %d images, %d captions, skipped %s", src.name, manifest["n_images"],
-                     manifest["n_captions"], manifest["skipped"] or "none")
+            log.info("%s: %d images, %d captions, skipped %s%s", src.name, manifest["n_images"],
+                     manifest["n_captions"], manifest["skipped"] or "none",
+                     "".join(f"; {n} {what.replace('_', ' ')} dropped"
+                             for what, n in manifest["dropped"].items()))
 
 
 class PhaseTimer:
@@ -147,6 +149,7 @@ class _Shard:
     parts: list = field(default_factory=list)
     meta: list = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
 
 
 def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tokenizer, e,
@@ -187,7 +190,8 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -
             if batch.end is not None:
                 _collect(pending)
                 pending = None
-                current.skipped.update(batch.end)
+                current.skipped.update(batch.end.skipped)
+                current.dropped.update(batch.end.dropped)
                 job, writer = jobs[batch.job]
                 timer.add("model", t)
                 _wait_all_but(writes, 1, timer)
@@ -223,6 +227,6 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
         start += row["n_captions"]
     source = job.path.relative_to(root) if job.path.is_relative_to(root) else job.path
     writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
-                 shard.skipped, str(source))
+                 shard.skipped, str(source), shard.dropped)
     timer.add("write", t)
     timer.count(len(shard.meta))

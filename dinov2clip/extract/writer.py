@@ -55,7 +55,7 @@ class ShardWriter:
                 tmp.unlink(missing_ok=True)
 
     def write(self, shard: str, emb: Embeddings, meta: list[dict], skipped: Counter,
-              source: str) -> dict:
+              source: str, dropped: Counter | None = None) -> dict:
         self.remove_stale_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
@@ -66,7 +66,8 @@ class ShardWriter:
                      lambda tmp: pq.write_table(table, tmp))
         record = {"shard": shard, "source": source, "models_hash": self.models_hash,
                   "n_images": n, "n_captions": int(emb.clip_text.shape[0]),
-                  "skipped": dict(sorted(skipped.items()))}
+                  "skipped": dict(sorted(skipped.items())),
+                  "dropped": dict(sorted((dropped or {}).items()))}  # e.g. empty caption lines
         atomic_write_json(self.marker(shard), record)  # last: the shard now exists
         return record
 
@@ -80,8 +81,10 @@ class ShardWriter:
         if {r["shard"] for r in records} < set(expected_shards):
             return None
         skipped: Counter = Counter()
+        dropped: Counter = Counter()
         for r in records:
             skipped.update(r["skipped"])
+            dropped.update(r.get("dropped", {}))
         done = {r["shard"] for r in records}
         manifest = {
             **description,
@@ -95,6 +98,7 @@ class ShardWriter:
             "n_images": sum(r["n_images"] for r in records),
             "n_captions": sum(r["n_captions"] for r in records),
             "skipped": dict(sorted(skipped.items())),
+            "dropped": dict(sorted(dropped.items())),
             "incomplete_shards": sorted(set(expected_shards) - done),
         }
         atomic_write_json(self.out_dir / "manifest.json", manifest)
