@@ -27,7 +27,7 @@ def karpathy(tmp_path):
     """dataset_coco.json-style file: 9 val entries (4 of them unusable), 2 test, 1 train."""
     root, rng = tmp_path / "images", random.Random(0)
     images = [entry(i, "val") for i in range(8)]
-    images[4] = entry(4, "val", ext="bmp")  # a type the extract stage can't read: re-encoded
+    images[4] = entry(4, "val", ext="tif")  # a type the extract stage can't read: re-encoded
     images[6] = entry(6, "val", n_captions=0)
     images.append({"split": "val", "sentences": [{"raw": "an entry with no file name"}]})
     images += [entry(i, "test", filepath=None) for i in (8, 9)] + [entry(10, "train")]
@@ -42,7 +42,7 @@ def karpathy(tmp_path):
             path.write_bytes(b"not an image")
             continue
         img = draw(random_scene(rng), 48, rng)
-        img.save(path, format="BMP" if e["filename"].endswith("bmp") else "JPEG")
+        img.save(path, format="TIFF" if e["filename"].endswith("tif") else "JPEG")
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     return tmp_path / "dataset_coco.json", root
 
