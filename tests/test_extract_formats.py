@@ -21,6 +21,17 @@ def saved(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+class Lines(logging.Handler):
+    """The log's messages (caplog is per test; this fixture runs once for the module)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def formats_run(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("formats")
@@ -44,21 +55,18 @@ def formats_run(tmp_path_factory, tiny_models):
                                *sample("e1", good_jpeg(5), b"three")])
     cfg = load_config(extract_config(root / "c.toml", root / "art", tiny_models,
                                      ["shards/fmt", "evalsets/ev"]))
-    with pytest.MonkeyPatch.context() as mp:  # 600 x 600 is over twice this: a bomb
-        mp.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
-        logger = logging.getLogger("dinov2clip")
-        records: list[str] = []
-        handler = logging.Handler()
-        handler.emit = lambda r: records.append(r.getMessage())
-        logger.addHandler(handler)
-        level = logger.level
-        logger.setLevel(logging.INFO)
-        try:
+    logger, lines = logging.getLogger("dinov2clip"), Lines()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # 600 x 600 is over twice this: a bomb
+            mp.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
             run(cfg)
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-    return cfg.root / "embeddings", "\n".join(records)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    return cfg.root / "embeddings", "\n".join(lines.messages)
 
 
 def test_gif_bmp_palette_cmyk_and_alpha_images_are_read_and_a_bomb_is_too_large(formats_run):
