@@ -74,8 +74,8 @@ def test_what_is_not_an_image_caption_webdataset_is_refused(tmp_path):
         for name in ("k0.jpg", "k0.json"):  # the caption is inside the JSON: not readable
             (tmp_path / name).write_bytes(b"{}")
             tar.add(tmp_path / name, arcname=name)
-    with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp\) and a .txt "
-                                          r"caption; found extensions: jpg, json"):
+    with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp/gif/bmp\) and a "
+                                          r".txt caption; found extensions: jpg, json"):
         data.run(config(tmp_path, f'mine = "{tmp_path / "jsononly"}"'))
 
 
