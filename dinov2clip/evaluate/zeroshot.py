@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dinov2clip.config import ConfigError
 from dinov2clip.evaluate.metrics import rank_of_targets
 from dinov2clip.evaluate.templates import get_templates
-from dinov2clip.index.images import ImageCrops, collate_crops, list_images
+from dinov2clip.index.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def load_folder_dataset(root: Path, classnames_file: Path | None = None,
         files += found
         labels += [label] * len(found)
     if not files:
-        raise ConfigError(f"{root}: no images (.jpg .jpeg .png .webp) in any class folder")
+        raise ConfigError(f"{root}: no images ({' '.join(IMAGE_SUFFIXES)}) in any class folder")
     return FolderDataset(names, folders, files, labels)
 
 
