@@ -76,6 +76,8 @@ def install_eval_set(name: str, spec: EvalSetConfig, dest: Path) -> dict:
     else:
         extra["skipped"] = write_karpathy_split(entries, spec, dest)
     result = {"source": record, **extra, **scan_eval_shards(name, dest / "test")}
+    # A Karpathy entry's empty sentences never reach its .txt: count them with the scan's.
+    result["empty_caption_lines"] += result.get("skipped", {}).pop("empty_caption_lines", 0)
     atomic_write_json(done, result)
     pending.unlink()
     return result
