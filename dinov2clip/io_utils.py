@@ -125,3 +125,10 @@ def atomic_save_npy(path: str | os.PathLike, array) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def shard_order(name: str | os.PathLike) -> tuple:
+    """Sort key for shard files: numeric stems by value (0, 1, 2, ..., 10, as CLIP_benchmark and
+    nshards.txt number an eval set's shards), then any other names alphabetically."""
+    stem = Path(name).name.split(".")[0]
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)

@@ -23,7 +23,7 @@ from PIL import Image
 from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract.mapper import cls_and_patch_mean, load_clip, load_dino, register_count
-from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
+from dinov2clip.extract.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
 from dinov2clip.store import pool, pooled_dim
 from dinov2clip.train.projector import Projector
 
@@ -162,10 +162,8 @@ class DinoV2Clip:
 
 
 def _open(image: Image.Image | str | Path) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    with Image.open(image) as img:
-        return img.convert("RGB")
+    # Not converted here: resize_and_crop makes it RGB where the reference processor does.
+    return image if isinstance(image, Image.Image) else decode(Path(image).read_bytes())
 
 
 def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:

@@ -244,7 +244,7 @@ def zeroshot(
 def index(
     run_dir: RunOpt,
     images: Annotated[Path, typer.Option(
-        "--images", help="An image folder (recursive: jpg png webp) or a folder of *.tar "
+        "--images", help="An image folder (recursive: jpg png webp gif bmp) or a folder of *.tar "
                          "webdataset shards.")],
     out: Annotated[Path | None, typer.Option(
         help="Index directory. Default: <run>/index/<images folder name>")] = None,

@@ -45,7 +45,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, Path]:
     artifacts = root / "artifacts"
     config = root / "demo.toml"
     config.write_text(tiny_config_text(artifacts))
-    run_cli("run", "--stage", "all", "--config", str(config))
+    proc = run_cli("run", "--stage", "all", "--config", str(config))
+    (root / "demo.log").write_text(proc.stdout + proc.stderr)  # what a user sees
     return config, artifacts
 
 

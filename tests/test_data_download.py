@@ -116,6 +116,7 @@ def test_missing_url_list_exits_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [expected]
 
 
+@pytest.mark.slow
 def test_img2dataset_resume_downloads_only_unfinished_shards(tmp_path, web):
     url, www, hits = web
     rng = random.Random(0)

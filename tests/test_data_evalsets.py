@@ -2,6 +2,7 @@
 
 import hashlib
 import http.server
+import io
 import json
 import logging
 import re
@@ -10,10 +11,13 @@ import threading
 import urllib.parse
 
 import pytest
+from PIL import Image
 
 from dinov2clip import data
 from dinov2clip.config import ConfigError, load_config
+from dinov2clip.data.evalsets import local_shards
 from dinov2clip.data.synthetic import write_eval_set
+from dinov2clip.extract.reader import read_shard
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -204,3 +208,59 @@ def test_eval_set_tables_are_checked_and_settable_from_the_command_line(tmp_path
                              "data.eval_sets.v.source=karpathy", "data.eval_sets.v.split=val"])
     assert cfg.data.eval_sets["flickr8k"].source == "hf"
     assert (cfg.data.eval_sets["v"].source, cfg.data.eval_sets["v"].split) == ("karpathy", "val")
+
+
+def retar_with_names(src, dest, rename):
+    """dest: src's members renamed, as `tar -C dir .` (./s0.jpg) or a dotted folder would."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w") as tout:
+        for member in tin:
+            data = tin.extractfile(member).read()
+            member.name = rename(member.name)
+            tout.addfile(member, io.BytesIO(data))
+
+
+def test_member_names_with_dot_slash_or_dotted_folders_are_read_as_extract_reads_them(tmp_path):
+    write_eval_set(tmp_path / "made", 4, 2, 64, seed=5, shard_size=2)
+    (tmp_path / "mine" / "test").mkdir(parents=True)
+    for tar, rename in [("0.tar", lambda n: f"./{n}"), ("1.tar", lambda n: f"./v1.2/{n}")]:
+        retar_with_names(tmp_path / "made" / "test" / tar, tmp_path / "mine" / "test" / tar,
+                         rename)
+    cfg = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "mine"}" }}')
+    data.run(cfg)
+    record = json.loads((cfg.root / "evalsets" / "mine" / "source.json").read_text())
+    assert (record["n_images"], record["n_captions"]) == (4, 6)
+    keys = [s.key for tar in ("0.tar", "1.tar") for s in read_shard(
+        cfg.root / "evalsets" / "mine" / "test" / tar, multi_caption=True).samples]
+    assert keys == ["s0000000", "s0000001", "v1.2/s0000002", "v1.2/s0000003"]
+
+
+def test_shards_are_ordered_by_number_as_clip_benchmark_reads_them(tmp_path):
+    write_eval_set(tmp_path / "mine", 12, 1, 32, seed=6, shard_size=1)  # 0.tar ... 11.tar
+    shards = local_shards("mine", tmp_path / "mine")
+    assert [p.stem for p in shards] == [str(i) for i in range(12)]
+
+
+def test_empty_caption_lines_and_uncaptioned_images_are_counted(tmp_path, caplog):
+    (tmp_path / "mine" / "test").mkdir(parents=True)
+    jpeg = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    members = [("a.jpg", jpeg.read_bytes()), ("a.txt", b"one\n\n  \ntwo\n"),  # 2 empty lines
+               ("b.jpg", jpeg.read_bytes()), ("b.txt", b" \n\n"),  # 2 empty: no caption left
+               ("c.jpg", jpeg.read_bytes()), ("c.txt", b"three\n\t\n")]  # 1 empty
+    with tarfile.open(tmp_path / "mine" / "test" / "0.tar", "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    cfg = config(tmp_path, f'mine = {{ source = "local", path = "{tmp_path / "mine"}" }}')
+    with caplog.at_level(logging.INFO, logger="dinov2clip"):
+        data.run(cfg)
+    assert "eval set mine: installed, 2 images, 3 captions in 1 shards from " in caplog.text
+    assert "; skipped: none; 5 empty caption lines dropped; 1 images with no caption, which " \
+           "extract skips" in caplog.text
+    record = json.loads((cfg.root / "evalsets" / "mine" / "source.json").read_text())
+    assert (record["empty_caption_lines"], record["images_without_captions"]) == (5, 1)
+    contents = read_shard(cfg.root / "evalsets" / "mine" / "test" / "0.tar", multi_caption=True)
+    assert contents.dropped == {"empty_caption_lines": 5}  # extract counts the same lines
+    assert contents.skipped == {"empty_caption": 1}
+    assert [s.captions for s in contents.samples] == [["one", "two"], ["three"]]

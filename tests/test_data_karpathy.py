@@ -27,8 +27,9 @@ def karpathy(tmp_path):
     """dataset_coco.json-style file: 9 val entries (4 of them unusable), 2 test, 1 train."""
     root, rng = tmp_path / "images", random.Random(0)
     images = [entry(i, "val") for i in range(8)]
-    images[4] = entry(4, "val", ext="bmp")  # a type the extract stage can't read: re-encoded
+    images[4] = entry(4, "val", ext="tif")  # a type the extract stage can't read: re-encoded
     images[6] = entry(6, "val", n_captions=0)
+    images[7]["sentences"].append({"raw": " \n ", "tokens": []})  # an empty caption, dropped
     images.append({"split": "val", "sentences": [{"raw": "an entry with no file name"}]})
     images += [entry(i, "test", filepath=None) for i in (8, 9)] + [entry(10, "train")]
     for i, e in enumerate(images):
@@ -42,7 +43,7 @@ def karpathy(tmp_path):
             path.write_bytes(b"not an image")
             continue
         img = draw(random_scene(rng), 48, rng)
-        img.save(path, format="BMP" if e["filename"].endswith("bmp") else "JPEG")
+        img.save(path, format="TIFF" if e["filename"].endswith("tif") else "JPEG")
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     return tmp_path / "dataset_coco.json", root
 
@@ -83,8 +84,8 @@ def test_split_is_written_as_clip_benchmark_shards(tmp_path, karpathy, caplog):
     assert (record["n_images"], record["n_captions"], record["n_shards"]) == (5, 10, 3)
     assert "eval set coco-val: installed, 5 images, 10 captions in 3 shards from " \
            f"{json_path} split val; skipped: 1 missing_image, 1 unreadable_image, 1 no_caption, " \
-           "1 no_filename" \
-        in caplog.text
+           "1 no_filename; 1 empty caption lines dropped" in caplog.text
+    assert record["empty_caption_lines"] == 1
     test_samples = read_shard(cfg.root / "evalsets" / "coco-test" / "test" / "0.tar", True)
     assert [s.key for s in test_samples.samples] == ["000000_COCO_test_000000000008",
                                                      "000001_COCO_test_000000000009"]

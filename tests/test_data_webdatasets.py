@@ -74,8 +74,8 @@ def test_what_is_not_an_image_caption_webdataset_is_refused(tmp_path):
         for name in ("k0.jpg", "k0.json"):  # the caption is inside the JSON: not readable
             (tmp_path / name).write_bytes(b"{}")
             tar.add(tmp_path / name, arcname=name)
-    with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp\) and a .txt "
-                                          r"caption; found extensions: jpg, json"):
+    with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp/gif/bmp\) and a "
+                                          r".txt caption; found extensions: jpg, json"):
         data.run(config(tmp_path, f'mine = "{tmp_path / "jsononly"}"'))
 
 
@@ -93,3 +93,16 @@ def test_a_name_already_in_use_is_refused(tmp_path, caplog):
                                           r"written by the download or synthetic set"):
         data.run(config(tmp_path, f'shapes = "{tmp_path / "b"}"',
                         'url_list = "somewhere.tsv"\n'))
+
+
+def test_members_named_dot_slash_or_in_dotted_folders_are_accepted(tmp_path):
+    from dinov2clip.data.webdatasets import link_webdataset
+
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "0.tar", "w") as tar:  # as `tar -C dir .` makes them
+        for name, payload in [("./v1.0/s0.png", b"png bytes"), ("./v1.0/s0.txt", b"a cap")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    line = link_webdataset("mine", str(tmp_path / "wds"), tmp_path / "shards")
+    assert line.endswith("(1 shards)")

@@ -6,6 +6,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 
+def test_the_log_has_no_library_noise_users_cannot_act_on(demo_run):
+    log = (demo_run[0].parent / "demo.log").read_text()
+    assert "=== stage eval ===" in log  # the log is there
+    for noise in ("Loading weights", "initialized randomly", "albumentations"):
+        assert noise not in log, noise
+
+
 def test_data_stage_writes_shards_eval_set_and_models(demo_run):
     _, art = demo_run
     assert sorted(p.name for p in (art / "shards" / "shapes").glob("*.tar")) == [

@@ -61,12 +61,18 @@ def test_dino_input_equals_hf_auto_image_processor(dino_pair):
         assert mad < 1e-5, (img.size, mad)
 
 
-def test_clip_input_equals_open_clip_preprocess(tiny_models):
-    model, _, spec = load_clip(tiny_models["clip"], tiny_models["clip_pretrained"],
-                               torch.device("cpu"))
-    # open_clip's own eval transform for the same model and checkpoint.
+@pytest.fixture(scope="module")
+def clip_pair(tiny_models):
+    """Our spec for the tiny CLIP, and open_clip's own eval transform for the same checkpoint."""
+    _, _, spec = load_clip(tiny_models["clip"], tiny_models["clip_pretrained"],
+                           torch.device("cpu"))
     _, _, preprocess = open_clip.create_model_and_transforms(
         "tiny-clip", pretrained=tiny_models["clip_pretrained"])
+    return spec, preprocess
+
+
+def test_clip_input_equals_open_clip_preprocess(clip_pair):
+    spec, preprocess = clip_pair
     assert spec.crop == 224
     for i, (w, h) in enumerate(SIZES):
         img = photo(w, h, 100 + i)
@@ -80,7 +86,7 @@ def test_clip_input_equals_open_clip_preprocess(tiny_models):
          std=(0.5,) * 3),  # SigLIP-style
     dict(size=224, resize_mode="longest", fill_color=0, interpolation="bilinear"),
 ])
-def test_other_open_clip_resize_modes_match(cfg):
+def test_other_open_clip_resize_modes_match(cfg, non_rgb_images):
     pcfg = PreprocessCfg(**cfg)
     spec = spec_from_open_clip(SimpleNamespace(visual=SimpleNamespace(
         preprocess_cfg=vars(pcfg))))
@@ -89,3 +95,49 @@ def test_other_open_clip_resize_modes_match(cfg):
         img = photo(w, h, 200 + i)
         mad = (ours(img, spec) - preprocess(img)).abs().mean().item()
         assert mad < 1e-5, ((w, h), cfg, mad)
+    for name, img in non_rgb_images.items():  # converted after resizing (and padding)
+        mad = (ours(img, spec) - preprocess(img)).abs().mean().item()
+        assert mad < 1e-5, (name, cfg, mad)
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return decode(buf.getvalue())  # as extract sees it: decoded, in the file's own mode
+
+
+@pytest.fixture(scope="module")
+def non_rgb_images() -> dict[str, Image.Image]:
+    """The modes photos come in besides RGB, each through its file format."""
+    base = photo(341, 256, 7)
+    alpha = Image.linear_gradient("L").resize(base.size)  # transparent to opaque
+    rgba = base.copy()
+    rgba.putalpha(alpha)
+    la = base.convert("L")
+    la.putalpha(alpha)
+    palette = base.quantize(64)
+    frames = [palette, photo(341, 256, 8).quantize(64)]
+    return {
+        "P": encoded(palette, "PNG"),
+        "P+transparency": encoded(palette, "PNG", transparency=3),
+        "CMYK": encoded(base.convert("CMYK"), "JPEG", quality=95),
+        "RGBA": encoded(rgba, "PNG"),
+        "LA": encoded(la, "PNG"),
+        "L": encoded(base.convert("L"), "PNG"),
+        "GIF": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "BMP": encoded(palette, "BMP"),
+    }
+
+
+def test_non_rgb_images_become_rgb_where_each_reference_converts_them(dino_pair, clip_pair,
+                                                                     non_rgb_images):
+    proc, dino_spec = dino_pair
+    clip_spec, preprocess = clip_pair
+    images = non_rgb_images
+    assert {k: im.mode for k, im in images.items()} == {
+        "P": "P", "P+transparency": "P", "CMYK": "CMYK", "RGBA": "RGBA", "LA": "LA", "L": "L",
+        "GIF": "P", "BMP": "P"}
+    for name, img in images.items():
+        hf = proc(images=[img], return_tensors="pt")["pixel_values"][0]
+        assert (ours(img, dino_spec) - hf).abs().mean().item() < 1e-5, name
+        assert (ours(img, clip_spec) - preprocess(img)).abs().mean().item() < 1e-5, name

@@ -70,6 +70,7 @@ def test_reference_run_is_complete(toy):
     assert "manifest.json" in names and not [n for n in names if n.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_files(toy):
     config = new_root(toy.base, "killed", toy.shards, toy.models)
     done = out_dir(config) / "done"

@@ -49,6 +49,7 @@ def image_server(tmp_path):
     server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_img2dataset_shards_feed_extract(tmp_path, image_server):
     url, captions = image_server
     tsv = tmp_path / "pairs.tsv"

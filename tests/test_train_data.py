@@ -76,3 +76,29 @@ def test_placement_on_cpu_and_its_options():
     assert reserve_bytes(54_608_384, 4096, 2048, 6, False) > 4 * 4 * 54_608_384
     with pytest.raises(ConfigError, match="unknown 'gpu'"):
         placer("gpu", torch.device("cpu"), 0)
+
+
+def test_eval_images_follow_numeric_shard_order(tmp_path):
+    """Shards 0, 1, 2, ..., 11 in that order, as CLIP_benchmark reads a set (ties go to the
+    lower index, so the order is part of the result)."""
+    from collections import Counter
+
+    from dinov2clip.extract.mapper import Embeddings
+    from dinov2clip.extract.runner import Source, list_shards
+    from dinov2clip.extract.writer import ShardWriter
+    from dinov2clip.store import load_eval_embeddings
+
+    writer = ShardWriter(tmp_path / "emb", models_hash="h")
+    writer.start({str(s): "x" for s in range(12)}, models={})
+    for s in range(12):
+        row = np.full((1, 4), s, np.float16)
+        meta = [{"key": f"k{s}", "captions": ["c"], "url": "", "row": 0, "caption_start": 0,
+                 "n_captions": 1}]
+        writer.write(str(s), Embeddings(row, row, row, row), meta, Counter(), source="x")
+    emb = load_eval_embeddings(tmp_path / "emb")
+    assert emb.dino_cls[:, 0].tolist() == list(range(12))
+    (tmp_path / "tars").mkdir()
+    for s in range(12):
+        (tmp_path / "tars" / f"{s}.tar").write_bytes(b"")
+    shards = list_shards(Source("x", tmp_path / "tars", True), "*.tar")
+    assert [p.stem for p in shards] == [str(s) for s in range(12)]

@@ -16,6 +16,7 @@ from dinov2clip.train.loop import train
 from tests.conftest import REPO
 from tests.train_helpers import load, make_embeddings, one_thread, write_config
 
+pytestmark = pytest.mark.slow  # kills a training run
 single_thread = pytest.fixture(one_thread)
 EPOCHS = 6
 

@@ -16,8 +16,13 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, EvalSetConfig
-from dinov2clip.extract.reader import IMAGE_EXTS  # what the extract stage can read
-from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
+from dinov2clip.extract.reader import (  # the extract stage's rules
+    IMAGE_EXTS,
+    caption_lines,
+    is_image,
+    split_name,
+)
+from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json, shard_order
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,6 @@ HF_REPOS = {
     "flickr30k": "clip-benchmark/wds_flickr30k",  # 1k test images
     "flickr8k": "clip-benchmark/wds_flickr8k",  # 1k test images
 }
-# The image types the extract stage reads (extract/reader.py; not imported: it pulls in torch).
 # Which EvalSetConfig fields each source reads; setting any other one is a mistake worth naming.
 FIELDS_USED = {
     "hf": ("repo", "revision"),
@@ -72,6 +76,8 @@ def install_eval_set(name: str, spec: EvalSetConfig, dest: Path) -> dict:
     else:
         extra["skipped"] = write_karpathy_split(entries, spec, dest)
     result = {"source": record, **extra, **scan_eval_shards(name, dest / "test")}
+    # A Karpathy entry's empty sentences never reach its .txt: count them with the scan's.
+    result["empty_caption_lines"] += result.get("skipped", {}).pop("empty_caption_lines", 0)
     atomic_write_json(done, result)
     pending.unlink()
     return result
@@ -148,7 +154,7 @@ def local_shards(name: str, src: Path) -> list[Path]:
     if not src.is_dir():
         raise ConfigError(f"data.eval_sets.{name}.path: {src} is not a directory")
     shard_dir = src / "test" if (src / "test").is_dir() else src
-    tars = sorted(shard_dir.glob("*.tar"))
+    tars = sorted(shard_dir.glob("*.tar"), key=shard_order)
     if not tars:
         raise ConfigError(f"data.eval_sets.{name}.path: no .tar shards in {shard_dir}")
     return tars
@@ -162,11 +168,14 @@ def copy_local(name: str, src: Path, test_dir: Path) -> None:
 
 
 def scan_eval_shards(name: str, test_dir: Path) -> dict:
-    """Count images and captions in test/*.tar, and check the format: image + .txt per sample."""
-    tars = sorted(test_dir.glob("*.tar"))
+    """Count images and captions in test/*.tar, and check the format: image + .txt per sample.
+
+    Counts what extract will leave out, as extract decides it: empty caption lines, and images
+    left with no caption."""
+    tars = sorted(test_dir.glob("*.tar"), key=shard_order)
     if not tars:
         raise ConfigError(f"data.eval_sets.{name}: no .tar shards in {test_dir}")
-    n_images = n_captions = 0
+    n_images = n_captions = empty_lines = uncaptioned = 0
     seen_exts: set[str] = set()
     for tar_path in tars:
         samples: dict[str, dict[str, int]] = {}
@@ -175,28 +184,34 @@ def scan_eval_shards(name: str, test_dir: Path) -> dict:
                 for member in tar:
                     if not member.isfile():
                         continue
-                    key, _, ext = member.name.partition(".")
+                    key, ext = split_name(member.name)
                     ext = ext.lower()
                     seen_exts.add(ext)
                     parts = samples.setdefault(key, {})
                     if ext == "txt":
                         text = tar.extractfile(member).read().decode("utf-8", "replace")
-                        parts["captions"] = sum(1 for line in text.splitlines() if line.strip())
-                    elif ext in IMAGE_EXTS:
+                        captions, empty = caption_lines(text)
+                        parts["captions"], parts["empty_lines"] = len(captions), empty
+                    elif is_image(ext):
                         parts["image"] = 1
         except (tarfile.TarError, OSError) as err:
             raise ConfigError(f"data.eval_sets.{name}: {tar_path} is not a readable tar "
                               f"({err}); delete it and re-run") from None
         for parts in samples.values():
+            if parts.get("image"):
+                empty_lines += parts.get("empty_lines", 0)
             if parts.get("image") and parts.get("captions"):
                 n_images += 1
                 n_captions += parts["captions"]
+            elif parts.get("image"):
+                uncaptioned += 1
     if not n_images:
         raise ConfigError(f"data.eval_sets.{name}: no sample in {test_dir} has an image "
                           f"({'/'.join(IMAGE_EXTS)}) and a .txt of captions (found extensions: "
                           f"{', '.join(sorted(seen_exts)) or 'none'}): not the CLIP_benchmark "
                           "webdataset format")
-    return {"n_shards": len(tars), "n_images": n_images, "n_captions": n_captions}
+    return {"n_shards": len(tars), "n_images": n_images, "n_captions": n_captions,
+            "empty_caption_lines": empty_lines, "images_without_captions": uncaptioned}
 
 
 def format_eval_summary(name: str, r: dict) -> str:
@@ -207,5 +222,8 @@ def format_eval_summary(name: str, r: dict) -> str:
     skipped = r.get("skipped") or {}
     skip_text = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "none"
     state = "already installed" if r.get("reused") else "installed"
+    lines, uncaptioned = r.get("empty_caption_lines", 0), r.get("images_without_captions", 0)
+    dropped = (f"; {lines} empty caption lines dropped" if lines else "") + (
+        f"; {uncaptioned} images with no caption, which extract skips" if uncaptioned else "")
     return (f"eval set {name}: {state}, {r['n_images']} images, {r['n_captions']} captions in "
-            f"{r['n_shards']} shards from {origin}; skipped: {skip_text}")
+            f"{r['n_shards']} shards from {origin}; skipped: {skip_text}{dropped}")

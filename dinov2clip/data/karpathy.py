@@ -53,7 +53,8 @@ def image_path(root: Path, entry: dict) -> Path:
 
 
 def write_karpathy_split(entries: list[dict], spec: EvalSetConfig, dest: Path) -> dict[str, int]:
-    """Write the shards not yet done; returns the images skipped, by reason, over all shards."""
+    """Write the shards not yet done; returns the images skipped, by reason, over all shards,
+    and under "empty_caption_lines" the empty sentences dropped from the images kept."""
     root, size = Path(spec.image_root).expanduser(), spec.shard_size
     skipped: Counter = Counter()
     n_shards = (len(entries) + size - 1) // size
@@ -76,6 +77,7 @@ def collect_samples(entries: list[dict], root: Path, first: int) -> tuple[list[d
         captions = [" ".join((s.get("raw") or " ".join(s.get("tokens", []))).split())
                     for s in entry.get("sentences", [])]
         captions = [c for c in captions if c]
+        empty_lines = len(entry.get("sentences", [])) - len(captions)
         if "filename" not in entry:
             skipped["no_filename"] += 1
             continue
@@ -93,6 +95,8 @@ def collect_samples(entries: list[dict], root: Path, first: int) -> tuple[list[d
         # Keys may not contain dots: the reader splits "key.ext" at the first one.
         key = f"{i:06d}_{path.stem.replace('.', '_')}"
         samples.append({"__key__": key, ext: data, "txt": "\n".join(captions)})
+        if empty_lines:
+            skipped["empty_caption_lines"] += empty_lines
     return samples, skipped
 
 

@@ -8,6 +8,8 @@ directory, and open_clip with a model-config JSON plus a local checkpoint as `pr
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -67,10 +69,25 @@ def build_tiny_clip(out_dir: Path, name: str = "tiny-clip", seed: int = 0) -> tu
     config_path.write_text(json.dumps(tiny_clip_config(), indent=2))
     open_clip.add_model_config(config_path)
     torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
+    with _quiet_root_warning("initialized randomly"):  # random on purpose
+        model = open_clip.create_model(name, pretrained=None)
     # A random CLIP's towers are unrelated; pulling the text projection towards the image side
     # would be cosmetic, so the demo says plainly that its numbers show only the machinery.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     ckpt = out_dir / "open_clip_model.safetensors"
     save_file(state, str(ckpt))
     return config_path, ckpt
+
+
+@contextmanager
+def _quiet_root_warning(text: str):
+    """Drop root-logger records containing text (open_clip logs through the root logger)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.reader import IMAGE_EXTS
+from dinov2clip.extract.reader import IMAGE_EXTS, is_image, split_name
 
 
 def link_webdataset(name: str, src: str, shards_root: Path) -> str:
@@ -54,11 +54,11 @@ def check_first_samples(key: str, tar_path: Path, n_members: int = 50) -> None:
                 if i >= n_members:
                     break
                 if member.isfile():
-                    stem, _, ext = member.name.partition(".")
-                    samples.setdefault(stem, set()).add(ext.lower())
+                    key, ext = split_name(member.name)
+                    samples.setdefault(key, set()).add(ext.lower())
     except (tarfile.TarError, OSError) as err:
         raise ConfigError(f"{key}: {tar_path} is not a readable tar ({err})") from None
-    if not any("txt" in exts and exts & set(IMAGE_EXTS) for exts in samples.values()):
+    if not any("txt" in exts and any(map(is_image, exts)) for exts in samples.values()):
         seen = sorted(set().union(*samples.values())) if samples else []
         raise ConfigError(f"{key}: samples in {tar_path} need an image "
                           f"({'/'.join(IMAGE_EXTS)}) and a .txt caption; found extensions: "

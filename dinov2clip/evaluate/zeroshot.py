@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.templates import get_templates
-from dinov2clip.index.images import ImageCrops, collate_crops, list_images
+from dinov2clip.index.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 from dinov2clip.retrieval import rank_of_targets
 
@@ -58,6 +58,8 @@ def load_folder_dataset(root: Path, classnames_file: Path | None = None,
         found = found[:max_per_class] if max_per_class > 0 else found
         files += found
         labels += [label] * len(found)
+    if not files:
+        raise ConfigError(f"{root}: no images ({' '.join(IMAGE_SUFFIXES)}) in any class folder")
     return FolderDataset(names, folders, files, labels)
 
 

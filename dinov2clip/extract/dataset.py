@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2clip.extract.preprocess import NotAnImage, PreprocessSpec, decode, resize_and_crop
+from dinov2clip.extract.preprocess import (
+    NotAnImage,
+    PreprocessSpec,
+    TooLarge,
+    decode,
+    resize_and_crop,
+)
 from dinov2clip.extract.reader import RawSample, read_shard
 
 
@@ -31,6 +37,7 @@ class ShardJob:
 @dataclass(frozen=True)
 class ShardEnd:
     skipped: dict  # reason -> count, from reading the tar
+    dropped: dict  # e.g. empty caption lines -> count
 
 
 class ShardBatches:
@@ -49,7 +56,7 @@ class ShardBatches:
             samples = contents.samples
             for start in range(0, len(samples), self.batch_size):
                 yield [(j, s) for s in samples[start:start + self.batch_size]]
-            yield [(j, ShardEnd(dict(contents.skipped)))]
+            yield [(j, ShardEnd(dict(contents.skipped), dict(contents.dropped)))]
 
     def _read_all(self, shards: queue.Queue) -> None:
         # Reading (disk, tar parsing) overlaps decoding and the models.
@@ -70,11 +77,13 @@ class DecodeSamples:
     def __getitem__(self, item: tuple[int, RawSample | ShardEnd]) -> dict:
         job, s = item
         if isinstance(s, ShardEnd):
-            return {"job": job, "end": s.skipped}
+            return {"job": job, "end": s}
         try:
             img = decode(s.image)
         except NotAnImage:
             return {"job": job, "failure": "not_an_image"}
+        except TooLarge:
+            return {"job": job, "failure": "too_large"}
         except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
             return {"job": job, "failure": "corrupt_image"}
         return {
@@ -95,7 +104,7 @@ class Batch:
     tokens: torch.Tensor | None = None  # (sum of n_captions, context_length)
     rows: list[dict] = field(default_factory=list)
     failures: Counter = field(default_factory=Counter)  # reason -> count
-    end: dict | None = None  # set on a shard's last batch: the reader's skip counts
+    end: ShardEnd | None = None  # set on a shard's last batch: the reader's counts
 
     def pin_memory(self) -> Batch:
         # Called by the DataLoader's pinning thread, so host->device copies can be asynchronous.

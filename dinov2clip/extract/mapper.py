@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,32 @@ def load_dino(name: str, device: torch.device, revision: str = ""):
 
 def _hf_load(auto_class, name: str, revision: str = ""):
     try:
-        return auto_class.from_pretrained(name, revision=revision or None)
+        with _no_weight_loading_bar():
+            return auto_class.from_pretrained(name, revision=revision or None)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot load DINOv2 model {name!r}: {first}") from None
+
+
+@contextmanager
+def _no_weight_loading_bar():
+    """Hide transformers' "Loading weights" bar (one per model, nothing to act on); download
+    bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: no such bar either
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        quiet = kwargs.get("desc") == "Loading weights"
+        return factory(*args, **{**kwargs, "disable": True} if quiet else kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def _hf_backend(proc) -> str:

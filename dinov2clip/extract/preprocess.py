@@ -7,6 +7,9 @@ equal the reference ones (tests/test_extract_preprocess.py):
 - HF's default DINOv2 processor (transformers 5, torchvision backend): a uint8 tensor resized by
   torchvision with antialiasing, crop offset int(d / 2). PIL's bicubic differs from it by one
   grey level in ~0.5% of pixels, more than the 1e-5 tolerance allows, so this path uses it too.
+Images that are not RGB become RGB where each reference converts them (PreprocessSpec.to_rgb):
+HF first, compositing any transparency on white; open_clip last, after PIL has resized the image
+in its own mode (a palette image with nearest-neighbour, as PIL does for mode P).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class PreprocessSpec:
     backend: str = "pil"  # pil: PIL resize | torch: torchvision resize of a uint8 tensor
     crop_rounding: str = "round"  # round: torchvision CenterCrop | floor: HF center_crop
     fill: int = 0  # padding grey level ("longest" mode)
+    # first: to RGB before resizing, alpha composited on white (HF's convert_to_rgb);
+    # last: PIL resizes the image in its own mode, then convert("RGB") (open_clip's order).
+    to_rgb: str = "first"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,18 +75,23 @@ def spec_from_open_clip(model) -> PreprocessSpec:
     return PreprocessSpec(resize=size, crop=size, interpolation=interpolation,
                           mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                           resize_mode=cfg.get("resize_mode", "shortest"),
-                          fill=int(cfg.get("fill_color", 0)))
+                          fill=int(cfg.get("fill_color", 0)), to_rgb="last")
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """(crop, crop, 3) uint8 from an RGB image, as the spec's reference processor cuts it."""
+    """(crop, crop, 3) uint8 from a decoded image, as the spec's reference processor cuts it."""
+    if spec.to_rgb == "first" or spec.backend != "pil":
+        img = rgb_on_white(img)
     w, h = img.size
     c = spec.crop
     if spec.resize_mode == "squash":
         return np.array(_resize(img, (c, c), spec))  # writable, like the other modes
     if spec.resize_mode == "longest":  # fit inside c x c, then pad to c x c
         ratio = max(h / c, w / c)
-        arr = _resize(img, (round(w / ratio), round(h / ratio)), spec)
+        size = (round(w / ratio), round(h / ratio))
+        if spec.to_rgb == "last" and spec.backend == "pil" and img.mode != "RGB":
+            return _pad_in_own_mode(img, size, spec)
+        arr = _resize(img, size, spec)
         out = np.full((c, c, 3), spec.fill, dtype=np.uint8)
         top, left = (c - arr.shape[0]) // 2, (c - arr.shape[1]) // 2
         out[top:top + arr.shape[0], left:left + arr.shape[1]] = arr
@@ -94,16 +105,30 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.array(arr[top:top + c, left:left + c])  # a writable, contiguous copy
 
 
+def _pad_in_own_mode(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """open_clip's "longest" mode on a non-RGB image: resize and pad in the image's own mode (a
+    palette image pads with palette entry `fill`, CMYK with ink level `fill`), then to RGB."""
+    c = spec.crop
+    small = img.resize(size, _RESAMPLE[spec.interpolation])
+    bands = len(small.getbands())
+    canvas = Image.new(small.mode, (c, c), spec.fill if bands == 1 else (spec.fill,) * bands)
+    if small.mode == "P":
+        canvas.putpalette(small.getpalette())
+    canvas.paste(small, ((c - size[0]) // 2, (c - size[1]) // 2))
+    return np.array(canvas.convert("RGB"), dtype=np.uint8)  # writable, like the other modes
+
+
 def _crop_offset(excess: int, spec: PreprocessSpec) -> int:
     return int(excess / 2.0) if spec.crop_rounding == "floor" else int(round(excess / 2.0))
 
 
 def _resize(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
-    """(h, w, 3) uint8 of img resized to size = (w, h)."""
+    """(h, w, 3) uint8 of img resized to size = (w, h), then made RGB if it is not yet."""
+    if spec.backend == "pil":
+        out = img if size == img.size else img.resize(size, _RESAMPLE[spec.interpolation])
+        return np.asarray(out if out.mode == "RGB" else out.convert("RGB"), dtype=np.uint8)
     if size == img.size:
         return np.asarray(img, dtype=np.uint8)
-    if spec.backend == "pil":
-        return np.asarray(img.resize(size, _RESAMPLE[spec.interpolation]), dtype=np.uint8)
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize
 
@@ -113,19 +138,37 @@ def _resize(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np
     return out.permute(1, 2, 0).numpy()
 
 
+def rgb_on_white(img: Image.Image) -> Image.Image:
+    """img as RGB the way HF's convert_to_rgb makes it: any transparency composited on white."""
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 class NotAnImage(UnidentifiedImageError):
     """The payload is no image format PIL knows (text, HTML, an empty file); an OSError."""
 
 
+class TooLarge(ValueError):
+    """More pixels than PIL decodes safely (Image.MAX_IMAGE_PIXELS, a decompression bomb)."""
+
+
 def decode(image_bytes: bytes) -> Image.Image:
-    """An RGB PIL image; raises NotAnImage, or another OSError/ValueError for a corrupt or cut
-    file."""
+    """A decoded PIL image in its own mode (GIF: the first frame); resize_and_crop makes it RGB
+    as each reference does. Raises NotAnImage, TooLarge, or another OSError/ValueError for a
+    corrupt or cut file."""
     try:
         img = Image.open(io.BytesIO(image_bytes))
+        img.load()  # decode now, so a truncated file fails here and is counted
     except UnidentifiedImageError:
         raise NotAnImage("not an image") from None
-    img.load()  # decode now, so a truncated file fails here and is counted
-    return img if img.mode == "RGB" else img.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise TooLarge(str(err)) from None
+    return img
 
 
 def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32,

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")  # gif: its first frame
 
 
 @dataclass
@@ -26,7 +26,8 @@ class RawSample:
 @dataclass
 class ShardContents:
     samples: list[RawSample] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples lost
+    dropped: Counter = field(default_factory=Counter)  # parts of samples left out, e.g. lines
 
 
 def read_shard(path: Path, multi_caption: bool) -> ShardContents:
@@ -35,7 +36,9 @@ def read_shard(path: Path, multi_caption: bool) -> ShardContents:
     out = ShardContents(skipped=skipped)
     seen: set[str] = set()
     for key, parts in groups:
-        sample, reason = _to_sample(key, parts, multi_caption)
+        sample, reason, empty_lines = _to_sample(key, parts, multi_caption)
+        if empty_lines:
+            out.dropped["empty_caption_lines"] += empty_lines
         if sample is not None and key in seen:
             sample, reason = None, "duplicate_key"
         if sample is None:
@@ -74,10 +77,15 @@ def read_groups(path: Path) -> tuple[list[tuple[str, dict[str, bytes]]], Counter
     return groups, skipped
 
 
+def is_image(ext: str) -> bool:
+    """A member extension the extract stage reads as the image: "jpg", or e.g. "png.jpg"
+    (decoders go by the last dotted part)."""
+    return ext.lower().rpartition(".")[2] in IMAGE_EXTS
+
+
 def image_bytes(parts: dict[str, bytes]) -> bytes | None:
-    """A sample's image payload: "jpg", or e.g. "png.jpg" (decoders go by the last dotted part)."""
-    return next((data for ext, data in parts.items() if ext.rpartition(".")[2] in IMAGE_EXTS),
-                None)
+    """A sample's image payload."""
+    return next((data for ext, data in parts.items() if is_image(ext)), None)
 
 
 def sample_url(parts: dict[str, bytes]) -> str:
@@ -97,20 +105,30 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem).removeprefix("./"), ext
 
 
+def caption_lines(text: str) -> tuple[list[str], int]:
+    """An eval set's .txt: (its captions, one a line, stripped; how many empty lines it had)."""
+    lines = [line.strip() for line in text.splitlines()]
+    captions = [line for line in lines if line]
+    return captions, len(lines) - len(captions)
+
+
 def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
+    """(sample or None, why it was skipped, empty caption lines dropped)."""
     image = image_bytes(parts)
     if image is None:
-        return None, "no_image"
+        return None, "no_image", 0
     if not image:
-        return None, "zero_byte_image"
+        return None, "zero_byte_image", 0
     if "txt" not in parts:
-        return None, "no_caption"
+        return None, "no_caption", 0
     text = parts["txt"].decode("utf-8", errors="replace")
+    empty_lines = 0
     if multi_caption:
-        captions = [line.strip() for line in text.splitlines() if line.strip()]
+        captions, empty_lines = caption_lines(text)
     else:
         captions = [" ".join(text.split())]  # one caption; stray newlines become spaces
     captions = [c for c in captions if c]
     if not captions:
-        return None, "empty_caption"
-    return RawSample(key=key, image=image, captions=captions, url=sample_url(parts)), ""
+        return None, "empty_caption", empty_lines
+    sample = RawSample(key=key, image=image, captions=captions, url=sample_url(parts))
+    return sample, "", empty_lines

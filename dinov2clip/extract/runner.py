@@ -25,6 +25,7 @@ from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, co
 from dinov2clip.extract.identity import provenance, runtime
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
 from dinov2clip.extract.writer import ShardWriter, concat
+from dinov2clip.io_utils import shard_order
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def resolve_sources(cfg: Config) -> list[Source]:
 def list_shards(src: Source, pattern: str) -> list[Path]:
     if not src.shard_dir.is_dir():
         raise ConfigError(f"input directory not found: {src.shard_dir}")
-    shards = sorted(src.shard_dir.glob(pattern))
+    shards = sorted(src.shard_dir.glob(pattern), key=shard_order)
     if not shards:
         raise ConfigError(f"no shards matching {pattern!r} in {src.shard_dir}")
     return shards
@@ -110,8 +111,10 @@ def run(cfg: Config) -> None:
             log.info("%s: other ranks still working; the last to finish writes the manifest",
                      src.name)
         else:
-            log.info("%s: %d images, %d captions, skipped %s", src.name, manifest["n_images"],
-                     manifest["n_captions"], manifest["skipped"] or "none")
+            log.info("%s: %d images, %d captions, skipped %s%s", src.name, manifest["n_images"],
+                     manifest["n_captions"], manifest["skipped"] or "none",
+                     "".join(f"; {n} {what.replace('_', ' ')} dropped"
+                             for what, n in manifest["dropped"].items()))
 
 
 class PhaseTimer:
@@ -148,6 +151,7 @@ class _Shard:
     parts: list = field(default_factory=list)
     meta: list = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
 
 
 def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tokenizer, e,
@@ -189,7 +193,8 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -
             if batch.end is not None:
                 _collect(pending)
                 pending = None
-                current.skipped.update(batch.end)
+                current.skipped.update(batch.end.skipped)
+                current.dropped.update(batch.end.dropped)
                 job, writer = jobs[batch.job]
                 timer.add("model", t)
                 _wait_all_but(writes, 1, timer)
@@ -223,7 +228,7 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
     writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
-                 shard.skipped, _source(job.path, root))
+                 shard.skipped, _source(job.path, root), shard.dropped)
     timer.add("write", t)
     timer.count(len(shard.meta))
 

@@ -72,7 +72,7 @@ class ShardWriter:
                               "them, or set extract.tag to a new name")
 
     def write(self, shard: str, emb: Embeddings, meta: list[dict], skipped: Counter,
-              source: str) -> dict:
+              source: str, dropped: Counter | None = None) -> dict:
         self._remove_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
@@ -83,7 +83,8 @@ class ShardWriter:
         record = {"shard": shard, "source": source, "models_hash": self.models_hash,
                   "runtime": self.runtime, "provenance": self.provenance,
                   "n_images": n, "n_captions": int(emb.clip_text.shape[0]),
-                  "skipped": dict(sorted(skipped.items()))}
+                  "skipped": dict(sorted(skipped.items())),
+                  "dropped": dict(sorted((dropped or {}).items()))}  # e.g. empty caption lines
         self.store.markers.write(shard, record)  # last: the shard now exists
         return record
 
@@ -101,8 +102,10 @@ class ShardWriter:
         if any(r is None for r in records):
             return None
         skipped: Counter = Counter()
+        dropped: Counter = Counter()
         for r in records:
             skipped.update(r["skipped"])
+            dropped.update(r.get("dropped", {}))
         provenance = []
         for r in records:
             if r.get("provenance") not in provenance:
@@ -121,6 +124,7 @@ class ShardWriter:
             "n_images": sum(r["n_images"] for r in records),
             "n_captions": sum(r["n_captions"] for r in records),
             "skipped": dict(sorted(skipped.items())),
+            "dropped": dict(sorted(dropped.items())),
         }
         atomic_write_json(self.out_dir / MANIFEST, manifest)
         return manifest

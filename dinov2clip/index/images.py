@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dinov2clip.extract.preprocess import PreprocessSpec, decode, resize_and_crop
+from dinov2clip.extract.preprocess import PreprocessSpec, TooLarge, decode, resize_and_crop
 from dinov2clip.extract.reader import IMAGE_EXTS
 
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
@@ -62,6 +62,8 @@ class ImageCrops(Dataset):
             return {"index": i, "failure": "zero_byte_image"}
         try:
             img = decode(data)
+        except TooLarge:
+            return {"index": i, "failure": "too_large"}
         except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
             return {"index": i, "failure": "corrupt_image"}
         return {"index": i, "crops": [resize_and_crop(img, s) for s in self.specs]}

@@ -128,7 +128,7 @@ def _thumbnail_uri(hit: dict) -> str:
 
         from dinov2clip.extract.preprocess import decode
 
-        img = decode(data)
+        img = decode(data).convert("RGB")
         img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.BICUBIC)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)

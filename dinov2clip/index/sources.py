@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.reader import IMAGE_EXTS, image_bytes, read_groups, sample_url, split_name
+from dinov2clip.extract.reader import image_bytes, is_image, read_groups, sample_url, split_name
 from dinov2clip.index.images import IMAGE_SUFFIXES, list_images, sidecar_caption
 
 
@@ -97,7 +97,7 @@ def read_tar_member(path: Path, key: str) -> bytes | None:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
                 name, ext = split_name(member.name)
-                if name == key and ext.lower().rpartition(".")[2] in IMAGE_EXTS:
+                if name == key and is_image(ext):
                     fh = tar.extractfile(member)
                     return fh.read() if fh else None
     except (tarfile.TarError, EOFError, OSError):

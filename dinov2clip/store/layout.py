@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dinov2clip.config import ConfigError
-from dinov2clip.io_utils import atomic_write_json, read_json
+from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
 
 ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
 PLAN, MANIFEST = "plan.json", "manifest.json"
@@ -88,7 +88,8 @@ class EmbeddingSet:
                                              "runtime": runtime})
 
     def complete_shards(self) -> list[str]:
-        """The plan's shards, sorted; one line naming what is missing when any is not done."""
+        """The plan's shards in shard order (0, 1, ..., 10); one line naming what is missing
+        when any is not done."""
         if not self.path.is_dir():
             raise ConfigError(f"embeddings directory not found: {self.path} (run the extract "
                               "stage)")
@@ -97,7 +98,7 @@ class EmbeddingSet:
             raise ConfigError(f"{self.path}: no {PLAN}, so which shards it must hold is unknown "
                               "(extract was stopped before its first shard, or is older than "
                               "this check); re-run extract to complete it")
-        shards = sorted(plan["shards"])
+        shards = sorted(plan["shards"], key=shard_order)
         missing = [s for s in shards if not self.markers.path(s).exists()]
         if missing:
             raise ConfigError(
