@@ -55,10 +55,7 @@ class EvalInputs:
         # The exact engine's screen precision: it changes the speed, never the numbers.
         self.screen = str(screen_dtype()).removeprefix("torch.") if self.engine == "exact" else None
         self.engine_label = f"exact, {self.screen} screen" if self.screen else self.engine
-        try:
-            self.device = resolve_device(e.device)  # where the projector runs
-        except ValueError as err:
-            raise ConfigError(f"eval.device: {err}") from None
+        self.device = resolve_device(e.device, "eval.device")  # where the projector runs
 
     def projector(self, filename: str = "model.safetensors") -> Projector:
         return Projector.from_pretrained(self.run_dir, filename=filename, device=self.device)
