@@ -46,10 +46,7 @@ class EvalInputs:
             raise ConfigError(f"eval.ks must be positive integers, got {e.ks}")
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
-        try:
-            self.device = resolve_device(e.device)  # where the projector runs and ranks
-        except ValueError as err:
-            raise ConfigError(f"eval.device: {err}") from None
+        self.device = resolve_device(e.device, "eval.device")  # where the projector runs and ranks
 
     def projector(self, filename: str = "model.safetensors") -> Projector:
         return Projector.from_pretrained(self.run_dir, filename=filename, device=self.device)
