@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--against", default="", help="also time this git commit's eval engine")
     ap.add_argument("--machine", default="", help="how to name this machine in the results")
+    ap.add_argument("--note", default="", help="conditions of the run, kept in the results")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,6 +117,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
+        "note": args.note,
         "sanity_mscoco_clip": results["mscoco"]["clip"],
     }
     if old_records:

@@ -192,3 +192,22 @@ def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
     assert identity.file_sha256(f) == first
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again
     assert identity.file_sha256(f) != first
+
+
+def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny-dinov2"
+    shutil.copytree(tiny_models["dino"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("import torch\n"
+            "from dinov2clip.extract.identity import dino_weights\n"
+            "from dinov2clip.extract.mapper import load_dino\n"
+            "for rev in ('', 'main'):\n"
+            "    model, _ = load_dino('org/tiny-dinov2', torch.device('cpu'), rev)\n"
+            "    print(dino_weights(model, 'org/tiny-dinov2', rev))\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str({"commit": commit})] * 2

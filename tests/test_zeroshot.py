@@ -47,9 +47,10 @@ def test_classifier_is_the_normalised_mean_of_normalised_prompts():
 
 def test_topk_accuracy_against_a_loop():
     gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(50, 7, generator=gen)
+    images, classifier = torch.randn(50, 4, generator=gen), torch.randn(7, 4, generator=gen)
+    logits = F.normalize(images, dim=-1) @ F.normalize(classifier, dim=-1).T
     labels = torch.randint(0, 7, (50,), generator=gen)
-    acc = topk_accuracy(logits, labels, ks=(1, 5, 10))
+    acc = topk_accuracy(images, classifier, labels, ks=(1, 5, 10))
     for k in (1, 5):
         hits = sum(int(labels[i]) in logits[i].argsort(descending=True)[:k].tolist()
                    for i in range(50))
@@ -57,8 +58,9 @@ def test_topk_accuracy_against_a_loop():
     assert acc["top10"] == 100.0  # k beyond the number of classes: every label is in
     assert acc["top1"] <= acc["top5"]
     # Ties go to the lower class index: the same answer whatever order topk would give them.
+    # Logits [[a, a, 0], [a, a, 0], [0, a, a]]: each image ties two classes.
     tied = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
-    got = topk_accuracy(tied, torch.tensor([0, 1, 2]), ks=(1, 2))
+    got = topk_accuracy(tied, torch.eye(3), torch.tensor([0, 1, 2]), ks=(1, 2))
     assert got == {"top1": pytest.approx(100 / 3), "top2": 100.0}
 
 
@@ -131,8 +133,8 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
     labels = torch.tensor([y for _, y in good])
     proj = demo_model.encode_image([p for p, _ in good])
     clip = demo_model.encode_clip_image([p for p, _ in good])
-    assert res["projected"]["top1"] == pytest.approx(topk_accuracy(proj @ w.T, labels)["top1"])
-    assert res["clip"]["top1"] == pytest.approx(topk_accuracy(clip @ w.T, labels)["top1"])
+    assert res["projected"]["top1"] == pytest.approx(topk_accuracy(proj, w, labels)["top1"])
+    assert res["clip"]["top1"] == pytest.approx(topk_accuracy(clip, w, labels)["top1"])
 
 
 def test_cli_unreadable_dataset_exits_2(demo_run, tmp_path):

@@ -22,7 +22,7 @@ from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.index.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
-from dinov2clip.retrieval import rank_of_targets
+from dinov2clip.retrieval import recall_at_k
 
 log = logging.getLogger(__name__)
 ROWS = ("clip", "projected", "ensemble")
@@ -98,14 +98,15 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
     return torch.stack(rows)
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=KS) -> dict[str, float]:
-    """Percent of rows whose label is among the k highest logits (k capped at n_classes).
+def topk_accuracy(images: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
+                  ks=KS, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Percent of images whose label is among the k best classes (k capped at n_classes).
 
-    Equal logits go to the lower class index, as equal scores do in retrieval: topk's own
-    order among ties is unspecified, so a tie could flip a hit between runs or devices.
+    Ranked by the one ranking function: each image is a query whose "caption" is its class, so
+    equal logits go to the lower class index, as equal scores do in retrieval.
     """
-    rank = rank_of_targets(logits, labels)  # (n,) 0 = the label is the top class
-    return {f"top{k}": 100.0 * (rank < k).float().mean().item() for k in ks}
+    recalls = recall_at_k(images, classifier, labels, ks, device)
+    return {f"top{k}": recalls[f"t2i_R@{k}"] for k in ks}
 
 
 def trivial_note(n_classes: int, ks=KS) -> str:
@@ -143,7 +144,7 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
                "compute_dtype": str(model.dtype).removeprefix("torch."),  # what actually ran
                "device": str(model.device)}
     for row in ROWS:
-        results[row] = topk_accuracy(images[row] @ classifier.T, y)
+        results[row] = topk_accuracy(images[row], classifier, y, device=model.device)
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
     results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
     out = Path(out) if out else Path(run_dir) / "zeroshot" / f"{Path(data_dir).name}.json"

@@ -24,14 +24,25 @@ LIBRARIES = {"torch": "torch", "torchvision": "torchvision", "transformers": "tr
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def dino_weights(model, name: str) -> dict:
-    """The HF commit the weights came from (None for a local directory), and for a local
-    directory the sha256 of each weight file in it."""
-    out = {"commit": getattr(model.config, "_commit_hash", None)}
+def dino_weights(model, name: str, revision: str = "") -> dict:
+    """For a local directory, the sha256 of each weight file in it; for a hub id, the commit
+    the weights came from."""
     if Path(name).is_dir():
-        out["sha256"] = {p.name: file_sha256(p) for p in sorted(Path(name).iterdir())
-                         if p.suffix in WEIGHT_SUFFIXES and p.is_file()}
-    return out
+        return {"sha256": {p.name: file_sha256(p) for p in sorted(Path(name).iterdir())
+                           if p.suffix in WEIGHT_SUFFIXES and p.is_file()}}
+    return {"commit": getattr(model.config, "_commit_hash", None) or _hub_commit(name, revision)}
+
+
+def _hub_commit(repo: str, revision: str) -> str | None:
+    """The snapshot from_pretrained read (transformers 5 keeps no _commit_hash): the local hub
+    cache's folder for this revision is named by its commit. No network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    except Exception:  # an id the hub library rejects: nothing to record
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def clip_weights(name: str, pretrained: str) -> dict:

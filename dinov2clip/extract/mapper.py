@@ -196,7 +196,7 @@ class Pending:
 
 
 def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str,
-             tokenizer=None) -> dict:
+             tokenizer=None, dino_revision: str = "") -> dict:
     """What identifies the models, weights and preprocessing (hashed into the done-markers)."""
     from dinov2clip.extract.identity import clip_weights, dino_weights, tokenizer_info
 
@@ -209,7 +209,7 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
         "clip_preprocess": mapper.clip_spec.to_dict(),
         "dims": mapper.dims,
         "compute_dtype": str(mapper.dtype).replace("torch.", ""),
-        "weights": {"dino": dino_weights(mapper.dino, dino_name),
+        "weights": {"dino": dino_weights(mapper.dino, dino_name, dino_revision),
                     "clip": clip_weights(clip_name, clip_pretrained)},
         "tokenizer": tokenizer_info(tokenizer),
     }

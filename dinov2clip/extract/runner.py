@@ -84,7 +84,8 @@ def run(cfg: Config) -> None:
     dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
     clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
     mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype)
-    info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer)
+    info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer,
+                    e.dino_revision)
     models_hash = config_hash(info)
     env, made_by = runtime(dino), provenance(device)
     tag = embeddings_tag(cfg)
