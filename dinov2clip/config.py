@@ -412,7 +412,8 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
 
     An older run's file reads as is: a key it lacks takes today's default (so a run from before
     train.num_patch_tokens existed pools with 256 tokens, as it did). A key this version does
-    not know, or a value it refuses, is a ConfigError naming the file and the key.
+    not know, or a value it refuses, is a ConfigError naming the file and the key. Keys this
+    version removed (REMOVED) are dropped: every run written before their removal has them.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
@@ -424,6 +425,10 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
         raw = json.loads(path.read_text())["config"]
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path}: not a resolved run config") from None
+    for dotted in REMOVED:
+        section, _, key = dotted.rpartition(".")
+        if isinstance(raw.get(section), dict):
+            raw[section].pop(key, None)
     try:
         return _build(Config, raw, where=str(path), prefix="")
     except ConfigError as err:

@@ -206,6 +206,10 @@ def test_a_run_config_reads_back_as_the_same_dataclasses(tmp_path):
     (run / "config.json").write_text(json.dumps(payload))
     assert read_run_config(run).train.num_patch_tokens == 256  # today's default, as documented
 
+    payload["config"]["eval"].update(search="auto", use_gpu_faiss=True)  # removed keys: dropped
+    (run / "config.json").write_text(json.dumps(payload))
+    assert read_run_config(run).eval == cfg.eval
+
     payload["config"]["train"]["temperature"] = 0.07  # a key this version does not know
     (run / "config.json").write_text(json.dumps(payload))
     with pytest.raises(ConfigError, match=r"config\.json: unknown key 'train\.temperature' .*"
