@@ -91,6 +91,9 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compute_dtype: str = "bf16"  # autocast dtype on GPU; CPU always runs float32
     shard_pattern: str = "*.tar"
+    # cpu: workers decode and resize | gpu: workers read bytes, JPEGs are decoded and resized in
+    # batches on the extract device (also works on a CPU device) | auto: gpu on CUDA, else cpu
+    decode: str = "auto"
 
 
 @dataclass(frozen=True)
