@@ -74,6 +74,10 @@ class DataConfig:
     number_sample_per_shard: int = 10000
     max_samples: int = 0  # 0: all rows
     timeout: int = 10
+    # img2dataset's own distributors; on a cluster every worker needs this package's environment
+    distributor: str = "multiprocessing"  # multiprocessing | pyspark | ray
+    spark_master: str = ""  # pyspark: e.g. spark://head:7077; empty: local[processes_count]
+    ray_address: str = ""  # ray: e.g. head:6379 or ray://head:10001; empty: "auto", the running one
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)  # evalsets/<name>/test
     webdatasets: dict[str, str] = field(default_factory=dict)  # shards/<name> -> an existing dir
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
