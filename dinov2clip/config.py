@@ -109,6 +109,10 @@ class DataConfig:
     number_sample_per_shard: int = 10000
     max_samples: int = 0  # 0: all rows
     timeout: int = 10
+    # img2dataset's own distributors; on a cluster every worker needs this package's environment
+    distributor: str = "multiprocessing"  # multiprocessing | pyspark | ray
+    spark_master: str = ""  # pyspark: e.g. spark://head:7077; empty: local[processes_count]
+    ray_address: str = ""  # ray: e.g. head:6379 or ray://head:10001; empty: "auto", the running one
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)  # evalsets/<name>/test
     webdatasets: dict[str, str] = field(default_factory=dict)  # shards/<name> -> an existing dir
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -127,6 +131,9 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compute_dtype: str = "bf16"  # autocast dtype on GPU; CPU always runs float32
     shard_pattern: str = "*.tar"
+    # cpu: workers decode and resize | gpu: workers read bytes, JPEGs are decoded and resized in
+    # batches on the extract device (also works on a CPU device) | auto: gpu on CUDA, else cpu
+    decode: str = "auto"
 
     def __post_init__(self):
         _check_device("device", self.device)

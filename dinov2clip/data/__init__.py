@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> None:
     root, d = cfg.root, cfg.data
     check_names(cfg)
+    if d.url_list:
+        from dinov2clip.data.download import check_distributor
+
+        check_distributor(d)  # before the quick steps, not after them
     root.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, root, "data_config.json")
     s = d.synthetic

@@ -25,13 +25,14 @@ def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
     """Run img2dataset into out_dir; a re-run resumes (incremental mode skips finished shards)."""
     from dinov2clip.data.urllists import prepare_url_list
 
+    check_distributor(cfg)
     check_same_request(cfg, out_dir, work_dir / f"{cfg.dataset}.request.json")
     url_list, input_format = prepare_url_list(cfg, work_dir)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
     from img2dataset import download
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with sigint_is_an_interrupt():
+    with sigint_is_an_interrupt(), distributor_session(cfg):
         download(
             url_list=url_list,
             input_format=input_format,
@@ -47,11 +48,63 @@ def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
             timeout=cfg.timeout,
             incremental_mode="incremental",  # shards with a _stats.json are done and skipped
             enable_wandb=False,
-            distributor="multiprocessing",
+            distributor=cfg.distributor,
         )
     summary = summarise_stats(out_dir)
     atomic_write_json(work_dir / f"{cfg.dataset}.summary.json", summary)
     return summary
+
+
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+
+
+def check_distributor(cfg: DataConfig) -> None:
+    """Fail before downloading: an unknown distributor, or one whose library is missing
+    (img2dataset's ray distributor silently does nothing without ray)."""
+    if cfg.distributor not in DISTRIBUTORS:
+        raise ConfigError(f"data.distributor must be one of {', '.join(DISTRIBUTORS)}, "
+                          f"got {cfg.distributor!r}")
+    if cfg.distributor == "multiprocessing":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec(cfg.distributor) is None:
+        raise ConfigError(f"data.distributor={cfg.distributor} needs the {cfg.distributor} "
+                          f"package in this environment (pip install {cfg.distributor})")
+
+
+@contextmanager
+def distributor_session(cfg: DataConfig) -> Iterator[None]:
+    """The Spark session or Ray connection img2dataset's distributor runs on, from the config.
+
+    img2dataset uses an active Spark session if there is one (else it makes a local one with
+    16 GB of driver memory); ray needs ray.init() before. Both are closed again afterwards.
+    """
+    if cfg.distributor == "pyspark":
+        import sys
+
+        from pyspark.sql import SparkSession
+
+        master = cfg.spark_master or f"local[{cfg.processes_count}]"
+        if master.startswith("local"):  # the workers run this Python, not whatever is on PATH
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        spark = SparkSession.builder.master(master).appName("dinov2clip-data").getOrCreate()
+        log.info("img2dataset on Spark master %s", master)
+        try:
+            yield
+        finally:
+            spark.stop()
+    elif cfg.distributor == "ray":
+        import ray
+
+        ray.init(address=cfg.ray_address or "auto")
+        log.info("img2dataset on Ray cluster %s", cfg.ray_address or "auto")
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    else:
+        yield
 
 
 @contextmanager

@@ -91,9 +91,12 @@ class DecodeSamples:
             "dino": resize_and_crop(img, self.dino_spec),
             "clip": resize_and_crop(img, self.clip_spec),
             "tokens": self.tokenizer(s.captions),  # (n_captions, context_length)
-            "row": {"key": s.key, "captions": s.captions, "url": s.url,
-                    "n_captions": len(s.captions)},
+            "row": self.row(s),
         }
+
+    @staticmethod
+    def row(s: RawSample) -> dict:
+        return {"key": s.key, "captions": s.captions, "url": s.url, "n_captions": len(s.captions)}
 
 
 @dataclass
@@ -105,6 +108,10 @@ class Batch:
     rows: list[dict] = field(default_factory=list)
     failures: Counter = field(default_factory=Counter)  # reason -> count
     end: ShardEnd | None = None  # set on a shard's last batch: the reader's counts
+    # extract.decode=gpu (gpu_decode.py): JPEG rows arrive as bytes, the others as crops.
+    jpegs: list = field(default_factory=list)  # (row position, 1-D uint8 JPEG bytes)
+    cpu_rows: list[int] = field(default_factory=list)  # positions of the dino_u8/clip_u8 rows
+    fallbacks: Counter = field(default_factory=Counter)  # rows decoded by the workers, by reason
 
     def pin_memory(self) -> Batch:
         # Called by the DataLoader's pinning thread, so host->device copies can be asynchronous.

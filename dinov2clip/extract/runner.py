@@ -22,6 +22,13 @@ from tqdm import tqdm
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
+from dinov2clip.extract.gpu_decode import (
+    DeviceDecoder,
+    ReadJpegBytes,
+    collate_bytes,
+    decoded_ahead,
+    resolve_decode,
+)
 from dinov2clip.extract.identity import provenance, runtime
 from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
 from dinov2clip.extract.writer import ShardWriter, concat
@@ -124,6 +131,7 @@ class PhaseTimer:
     def __init__(self):
         self.seconds = Counter()
         self.images = 0
+        self.decoded: Counter = Counter()  # decode=gpu: "device", or the CPU fallback's reason
         self.start = time.perf_counter()
         self._lock = threading.Lock()
 
@@ -142,7 +150,9 @@ class PhaseTimer:
         sec = self.seconds
         return (f"{self.images} images in {wall:.1f}s ({self.images / max(wall, 1e-9):.1f} img/s); "
                 f"waiting for decoded batches {sec['read']:.1f}s, models {sec['model']:.1f}s, "
-                f"writing {sec['write']:.1f}s in the background (waited {sec['write_wait']:.1f}s)")
+                f"writing {sec['write']:.1f}s in the background (waited {sec['write_wait']:.1f}s)"
+                + (f"; decoding on the device {sec['device_decode']:.1f}s in the background, "
+                   f"images decoded: {dict(self.decoded)}" if self.decoded else ""))
 
 
 @dataclass
@@ -158,33 +168,40 @@ class _Shard:
 def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tokenizer, e,
                    timer: PhaseTimer, root: Path) -> None:
     """Stream every job's shard through one DataLoader; write each shard when its end arrives."""
+    on_device = resolve_decode(e.decode, mapper.device, [mapper.dino_spec, mapper.clip_spec])
     if not jobs:
         return
     threads = torch.get_num_threads()
     if mapper.device.type == "cpu" and e.num_workers:  # leave the decoding workers their cores
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - e.num_workers)))
     try:
-        _stream(jobs, mapper, tokenizer, e, timer, root)
+        _stream(jobs, mapper, tokenizer, e, timer, root, on_device)
     finally:
         torch.set_num_threads(threads)
 
 
-def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path) -> None:
+def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,
+            on_device: bool) -> None:
+    samples = ReadJpegBytes if on_device else DecodeSamples
     loader = DataLoader(
-        DecodeSamples(mapper.dino_spec, mapper.clip_spec, tokenizer),
+        samples(mapper.dino_spec, mapper.clip_spec, tokenizer),
         batch_sampler=ShardBatches([job for job, _ in jobs], e.batch_size),
-        num_workers=e.num_workers, collate_fn=collate,
+        num_workers=e.num_workers, collate_fn=collate_bytes if on_device else collate,
         pin_memory=mapper.device.type == "cuda",
         # Two batches per worker keep the device fed (a worker needs num_workers times longer
         # for a batch than the models) while bounding the decoded crops held in shared memory.
         prefetch_factor=2 if e.num_workers else None)
+    batches = loader
+    if on_device:  # decode batch n+1 on the device while the models run batch n
+        decoder = DeviceDecoder(mapper.dino_spec, mapper.clip_spec, mapper.device, timer.decoded)
+        batches = decoded_ahead(loader, decoder, timer)
     current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
     writes: list[Future] = []
     # The bar closes on an error too, so the error line starts a line of its own.
     with tqdm(desc="extract", unit="img", smoothing=0.1) as bar, \
             ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
         t = time.perf_counter()
-        for batch in loader:
+        for batch in batches:
             t = timer.add("read", t)
             current.skipped.update(batch.failures)
             if batch.rows:  # queue this batch, then collect the previous one
