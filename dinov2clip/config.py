@@ -110,7 +110,9 @@ class TrainConfig:
     tag: str = ""  # empty: the extract stage's tag
     run: str = "seed"  # runs/<run>
     pooling: str = "token_mean"  # cls | patch_mean | token_mean | concat
-    num_patch_tokens: int = 256  # token_mean weights the patch mean by this many tokens
+    # token_mean weighs the patch mean by this many tokens; 0: the count extract recorded in
+    # the manifest (256 for DINOv2 at 224 px, 196 for DINOv3)
+    num_patch_tokens: int = 0
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"unit_mse": 1.0})
     epochs: int = 16

@@ -22,7 +22,14 @@ from tqdm import tqdm
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
-from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
+from dinov2clip.extract.mapper import (
+    OPEN_CLIP_SCHEMAS,
+    Mapper,
+    describe,
+    load_clip,
+    load_dino,
+    tokenizer_info,
+)
 from dinov2clip.extract.writer import ShardWriter, concat
 
 log = logging.getLogger(__name__)
@@ -64,10 +71,13 @@ def list_shards(src: Source, pattern: str) -> list[Path]:
 
 
 def embeddings_tag(cfg: Config) -> str:
-    """embeddings/<dataset>/<tag>: explicit, or derived from the two model names."""
+    """embeddings/<dataset>/<tag>: explicit, or derived from the two model names, so several
+    backbone-teacher pairs live side by side over one download."""
     e = cfg.extract
     if e.tag:
         return e.tag
+    if e.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
+        return f"{Path(e.dino_model).name}__{Path(e.clip_model.partition(':')[2]).name}"
     pre = Path(e.clip_pretrained).stem if e.clip_pretrained else "random"
     return f"{Path(e.dino_model).name}__{Path(e.clip_model).stem}-{pre}"
 
@@ -83,6 +93,7 @@ def run(cfg: Config) -> None:
     clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
     mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype)
     info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained)
+    info["clip_tokenizer"] = tokenizer_info(tokenizer)  # context length, HF source, cleaning
     models_hash = config_hash(info)
     tag = embeddings_tag(cfg)
     log.info("extract rank %d/%d on %s (%s), tag %s", rank, world, device, dtype, tag)
