@@ -92,8 +92,9 @@ class DinoV2Clip:
         """(n, dim) float32 on CPU, L2-normalised: projected DINOv2 embeddings in CLIP space.
 
         images: PIL images or file paths (resized and cropped here exactly as extract does);
-        or a tensor, either uint8 (B, H, W, 3) already resized and centre-cropped to the DINOv2
-        crop (RGB, 0-255), or float (B, 3, H, W) already normalised with DINOv2's mean/std.
+        or a tensor, either (B, H, W, 3) already resized and centre-cropped to the DINOv2 crop
+        (RGB, 0-255; uint8, or float32 as resize_and_crop gives it for DINOv3), or float
+        (B, 3, H, W) already normalised with DINOv2's mean/std.
         """
         if self.dino is None:
             raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
@@ -151,7 +152,7 @@ class DinoV2Clip:
             _check_tensor(images, spec)
             for i in range(0, images.shape[0], self.batch_size):
                 x = images[i:i + self.batch_size].to(self.device)
-                yield normalise(x, spec) if x.dtype == torch.uint8 else x.float()
+                yield normalise(x, spec) if _channels_last(x) else x.float()
             return
         if isinstance(images, Image.Image | str | Path):
             images = [images]
@@ -168,12 +169,18 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
         return img.convert("RGB")
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """(B, H, W, 3) crops on the 0-255 scale, not yet normalised."""
+    return x.dtype == torch.uint8 or x.shape[-1] == 3 and x.shape[1] != 3
+
+
 def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:
-    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1:] == (spec.crop, spec.crop, 3):
+    if (x.dtype == torch.uint8 or x.is_floating_point()) and x.ndim == 4 and \
+            x.shape[1:] == (spec.crop, spec.crop, 3):
         return
     if x.is_floating_point() and x.ndim == 4 and x.shape[1:] == (3, spec.crop, spec.crop):
         return
-    raise ValueError(f"image tensor must be uint8 (B, {spec.crop}, {spec.crop}, 3) cropped, or "
+    raise ValueError(f"image tensor must be (B, {spec.crop}, {spec.crop}, 3) cropped, or "
                      f"float (B, 3, {spec.crop}, {spec.crop}) normalised; got {x.dtype} "
                      f"{tuple(x.shape)}")
 

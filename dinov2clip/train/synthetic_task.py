@@ -67,6 +67,7 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
         writer.write(name, part, meta, Counter(), source="synthetic")
         names.append(name)
     writer.write_manifest({"models": "synthetic alignment task",
+                           "dino_patch_tokens": 256,  # token_mean weighs as for DINOv2 at 224
                            "dims": {"dino": emb.dino_cls.shape[1],
                                     "clip": emb.clip_image.shape[1]}}, names)
     return Path(out_dir)
