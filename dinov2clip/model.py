@@ -22,7 +22,13 @@ from PIL import Image
 
 from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.extract.mapper import cls_and_patch_mean, load_clip, load_dino, register_count
+from dinov2clip.extract.mapper import (
+    cls_and_patch_mean,
+    load_clip,
+    load_dino,
+    patch_token_count,
+    register_count,
+)
 from dinov2clip.extract.preprocess import PreprocessSpec, normalise, resize_and_crop
 from dinov2clip.train.data import pool, pooled_dim
 from dinov2clip.train.projector import Projector
@@ -80,7 +86,8 @@ class DinoV2Clip:
                                   f"features but the projector expects {projector.cfg.in_dim}")
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                    dino=dino, dino_spec=dino_spec, pooling=tr["pooling"],
-                   num_patch_tokens=int(tr.get("num_patch_tokens", 256)), device=dev,
+                   num_patch_tokens=int(tr.get("num_patch_tokens", 256)) or (
+                       patch_token_count(dino, dino_spec.crop) if dino else 0), device=dev,
                    dtype=amp, batch_size=batch_size)
 
     @property

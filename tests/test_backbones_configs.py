@@ -37,3 +37,28 @@ def test_tags_differ_between_pairs_and_name_hub_teachers():
                       ['extract.tag=""', 'extract.clip_model="hf-hub:timm/ViT-B-16-SigLIP2"',
                        'extract.clip_pretrained=""'])
     assert embeddings_tag(cfg) == "dinov3-vitb16-pretrain-lvd1689m__ViT-B-16-SigLIP2"
+
+
+def test_token_mean_weighs_by_the_manifests_patch_count(tmp_path):
+    import json
+
+    import torch
+
+    from dinov2clip.config import ConfigError
+    from dinov2clip.train.data import pool
+    from dinov2clip.train.loop import with_patch_tokens
+
+    cfg = load_config(REPO / "configs" / "dinov3-clip.toml")
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    with pytest.raises(ConfigError, match="does not record the backbone's patch-token count"):
+        with_patch_tokens(cfg, emb)  # no manifest count, no train.num_patch_tokens
+    (emb / "manifest.json").write_text(json.dumps({"dino_patch_tokens": 196}))
+    assert with_patch_tokens(cfg, emb).train.num_patch_tokens == 196
+    set256 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_patch_tokens=256))
+    with pytest.raises(ConfigError, match="256 but the backbone gave 196"):
+        with_patch_tokens(set256, emb)
+    cls, mean = torch.ones(2, 4), torch.zeros(2, 4)
+    torch.testing.assert_close(pool(cls, mean, "token_mean", 196), torch.full((2, 4), 1 / 197))
+    with pytest.raises(ConfigError, match="patch-token count"):
+        pool(cls, mean, "token_mean", 0)  # never silently the CLS token

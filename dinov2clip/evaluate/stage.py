@@ -20,7 +20,7 @@ from dinov2clip.evaluate.embeddings import (
 )
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.evaluate.screen import screen_dtype
-from dinov2clip.train.data import pool
+from dinov2clip.train.data import pool, recorded_patch_tokens
 from dinov2clip.train.projector import Projector
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class EvalInputs:
             raise ConfigError(f"eval.ks must be positive integers, got {e.ks}")
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
+        # Runs record the count they trained with; else the eval set's manifest has it.
+        self.num_patch_tokens = int(self.train_cfg.get("num_patch_tokens") or 0) or next(
+            (n for d in self.set_dirs.values() if (n := recorded_patch_tokens(d))), 0)
         self.engine = resolve_engine(e.search, e.use_gpu_faiss)
         # The exact engine's screen precision: it changes the speed, never the numbers.
         self.screen = str(screen_dtype()).removeprefix("torch.") if self.engine == "exact" else None
@@ -77,7 +80,7 @@ class EvalInputs:
 
     def pooled(self, emb: EvalEmbeddings) -> torch.Tensor:
         return pool(emb.dino_cls, emb.dino_mean, self.train_cfg["pooling"],
-                    self.train_cfg["num_patch_tokens"])
+                    self.num_patch_tokens)
 
 
 def evaluate_run(cfg: Config) -> dict:

@@ -32,6 +32,7 @@ from dinov2clip.train.data import (
     load_eval_pairs,
     load_split,
     pooled_dim,
+    recorded_patch_tokens,
 )
 from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
@@ -163,7 +164,7 @@ def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
     token_mean pooling weighs the patch mean by it; a set value must agree with the manifest."""
     t = cfg.train
     path = emb_dir / "manifest.json"
-    recorded = json.loads(path.read_text()).get("dino_patch_tokens") if path.is_file() else None
+    recorded = recorded_patch_tokens(emb_dir)
     if recorded and t.num_patch_tokens and t.num_patch_tokens != recorded:
         raise ConfigError(f"train.num_patch_tokens = {t.num_patch_tokens} but the backbone gave "
                           f"{recorded} patch tokens per image ({path}); remove the key")
