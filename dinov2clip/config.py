@@ -159,7 +159,9 @@ class TrainConfig:
     tag: str = ""  # empty: the extract stage's tag
     run: str = "seed"  # runs/<run>
     pooling: str = "token_mean"  # cls | patch_mean | token_mean | concat
-    num_patch_tokens: int = 256  # token_mean weights the patch mean by this many tokens
+    # token_mean weighs the patch mean by this many tokens; 0: the count extract recorded in
+    # the manifest (256 for DINOv2 at 224 px, 196 for DINOv3)
+    num_patch_tokens: int = 0
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"unit_mse": 1.0})
     epochs: int = 16
@@ -417,10 +419,10 @@ def write_resolved(cfg: Config, out_dir: Path, name: str = "config.json") -> Pat
 def read_run_config(run_dir: str | os.PathLike) -> Config:
     """The resolved config a training run wrote next to its weights, as the same dataclasses.
 
-    An older run's file reads as is: a key it lacks takes today's default (so a run from before
-    train.num_patch_tokens existed pools with 256 tokens, as it did). A key this version does
-    not know, or a value it refuses, is a ConfigError naming the file and the key. Keys this
-    version removed (REMOVED) are dropped: every run written before their removal has them.
+    An older run's file reads as is: a key it lacks takes today's default, except
+    train.num_patch_tokens, which a run from before that key existed pooled with 256. A key
+    this version does not know, or a value it refuses, is a ConfigError naming the file and the
+    key. Keys this version removed (REMOVED) are dropped: every run before their removal has them.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
@@ -432,6 +434,9 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
         raw = json.loads(path.read_text())["config"]
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path}: not a resolved run config") from None
+    train = raw.get("train")
+    if isinstance(train, dict):  # every run since records the count it pooled with
+        train.setdefault("num_patch_tokens", 256)
     for dotted in REMOVED:
         section, _, key = dotted.rpartition(".")
         if isinstance(raw.get(section), dict):

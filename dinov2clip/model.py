@@ -22,7 +22,13 @@ from PIL import Image
 
 from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.extract.mapper import cls_and_patch_mean, load_clip, load_dino, register_count
+from dinov2clip.extract.mapper import (
+    cls_and_patch_mean,
+    load_clip,
+    load_dino,
+    patch_token_count,
+    register_count,
+)
 from dinov2clip.extract.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
 from dinov2clip.store import pool, pooled_dim
 from dinov2clip.train.projector import Projector
@@ -80,7 +86,8 @@ class DinoV2Clip:
                                   f"features but the projector expects {projector.cfg.in_dim}")
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                    dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
-                   num_patch_tokens=tr.num_patch_tokens, device=dev,
+                   num_patch_tokens=tr.num_patch_tokens or (
+                       patch_token_count(dino, dino_spec.crop) if dino else 0), device=dev,
                    dtype=amp, batch_size=batch_size)
 
     @property
@@ -92,8 +99,9 @@ class DinoV2Clip:
         """(n, dim) float32 on CPU, L2-normalised: projected DINOv2 embeddings in CLIP space.
 
         images: PIL images or file paths (resized and cropped here exactly as extract does);
-        or a tensor, either uint8 (B, H, W, 3) already resized and centre-cropped to the DINOv2
-        crop (RGB, 0-255), or float (B, 3, H, W) already normalised with DINOv2's mean/std.
+        or a tensor, either (B, H, W, 3) already resized and centre-cropped to the DINOv2 crop
+        (RGB, 0-255; uint8, or float32 as resize_and_crop gives it for DINOv3), or float
+        (B, 3, H, W) already normalised with DINOv2's mean/std.
         """
         if self.dino is None:
             raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
@@ -151,7 +159,7 @@ class DinoV2Clip:
             _check_tensor(images, spec)
             for i in range(0, images.shape[0], self.batch_size):
                 x = images[i:i + self.batch_size].to(self.device)
-                yield normalise(x, spec) if x.dtype == torch.uint8 else x.float()
+                yield normalise(x, spec) if _channels_last(x) else x.float()
             return
         if isinstance(images, Image.Image | str | Path):
             images = [images]
@@ -166,12 +174,18 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
     return image if isinstance(image, Image.Image) else decode(Path(image).read_bytes())
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """(B, H, W, 3) crops on the 0-255 scale, not yet normalised."""
+    return x.dtype == torch.uint8 or x.shape[-1] == 3 and x.shape[1] != 3
+
+
 def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:
-    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1:] == (spec.crop, spec.crop, 3):
+    if (x.dtype == torch.uint8 or x.is_floating_point()) and x.ndim == 4 and \
+            x.shape[1:] == (spec.crop, spec.crop, 3):
         return
     if x.is_floating_point() and x.ndim == 4 and x.shape[1:] == (3, spec.crop, spec.crop):
         return
-    raise ValueError(f"image tensor must be uint8 (B, {spec.crop}, {spec.crop}, 3) cropped, or "
+    raise ValueError(f"image tensor must be (B, {spec.crop}, {spec.crop}, 3) cropped, or "
                      f"float (B, 3, {spec.crop}, {spec.crop}) normalised; got {x.dtype} "
                      f"{tuple(x.shape)}")
 

@@ -96,7 +96,7 @@ def cli(*args):
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "input directory not found"),
     ("no_match", "no shards matching"),
-    ("bad_dino", "cannot load DINOv2 model"),
+    ("bad_dino", "cannot load DINO model"),
     ("not_dino", "not DINOv2"),
     ("bad_clip", "unknown open_clip model 'ViT-Nope-99'"),
     ("bad_tag", "cannot load open_clip"),

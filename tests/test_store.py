@@ -127,7 +127,7 @@ def test_other_weights_at_the_same_path_are_refused_naming_them(tmp_path, shards
     assert manifest["weights"]["dino"]["sha256"]["model.safetensors"]
     assert manifest["weights"]["clip"]["sha256"] == identity.file_sha256(
         Path(tiny_models["clip_pretrained"]))
-    assert manifest["tokenizer"]["context_length"] == 77
+    assert manifest["clip_tokenizer"]["context_length"] == 77
     assert manifest["runtime"]["torch"] and manifest["runtime"]["open_clip"]
     assert set(manifest["provenance"][0]) == {"device", "git_sha", "git_dirty"}
 

@@ -1,8 +1,10 @@
-"""Tiny randomly initialised DINOv2 and CLIP models, saved like real checkpoints.
+"""Tiny randomly initialised DINOv2 / DINOv3 and CLIP / SigLIP models, saved like real checkpoints.
 
 The demo and the tests cannot download weights, so they build these, write them to disk and load
 them back through exactly the loading code the real models use: transformers `from_pretrained` on a
-directory, and open_clip with a model-config JSON plus a local checkpoint as `pretrained`.
+directory; open_clip with a model-config JSON plus a local checkpoint as `pretrained`; and for the
+SigLIP-style teacher, an open_clip "local-dir:" folder laid out like an hf-hub open_clip repo
+(open_clip_config.json, weights, and an HF tokenizer built here with the `tokenizers` library).
 """
 
 from __future__ import annotations
@@ -50,6 +52,34 @@ def build_tiny_dinov2(out_dir: Path, hidden: int = 48, layers: int = 2, register
     return out_dir
 
 
+# facebook/dinov3-vit*16-pretrain-lvd1689m's preprocessor_config.json: squash to 224 x 224,
+# bilinear, no crop, ImageNet mean/std.
+DINOV3_PROCESSOR = {
+    "do_resize": True,
+    "size": {"height": 224, "width": 224},
+    "resample": 2,  # bilinear
+    "do_center_crop": None,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+
+
+def build_tiny_dinov3(out_dir: Path, hidden: int = 48, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random DINOv3 ViT: patch 16 and 4 register tokens, as the real ones."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
+
+    torch.manual_seed(seed)
+    model = DINOv3ViTModel(DINOv3ViTConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=hidden * 2, image_size=224, patch_size=16, num_register_tokens=4))
+    model.eval().save_pretrained(out_dir)
+    DINOv3ViTImageProcessor(**DINOV3_PROCESSOR).save_pretrained(out_dir)
+    return out_dir
+
+
 def tiny_clip_config(embed_dim: int = 32) -> dict:
     return {
         "embed_dim": embed_dim,
@@ -91,3 +121,64 @@ def _quiet_root_warning(text: str):
         yield
     finally:
         root.removeFilter(keep)
+
+
+# SigLIP's eval preprocessing (open_clip's webli tags): squash, bicubic, mean = std = 0.5.
+SIGLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                     "interpolation": "bicubic", "resize_mode": "squash"}
+TOKENIZER_WORDS = (
+    "a an the of on in with and there is picture photo image background against small large "
+    "red green blue yellow purple orange black white circle square triangle star itap my one "
+    "many good bad bright dark close up drawing painting rendering cropped"
+).split()
+
+
+def tiny_siglip_config(vocab_size: int, embed_dim: int = 32) -> dict:
+    """ViT-B-16-SigLIP2's model config, shrunk: a timm test ViT image tower, open_clip's
+    non-causal text tower pooled at the last token, an HF tokenizer with "canonicalize"."""
+    return {
+        "embed_dim": embed_dim,
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit",
+                       "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
+        "text_cfg": {"context_length": 16, "vocab_size": vocab_size,
+                     "hf_tokenizer_name": "tiny-siglip",  # local-dir: the folder's own files
+                     "tokenizer_kwargs": {"clean": "canonicalize"},
+                     "width": 64, "heads": 4, "layers": 2, "no_causal_mask": True,
+                     "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6},
+                     "act_kwargs": {"approximate": "tanh"}},
+    }
+
+
+def build_tiny_tokenizer(out_dir: Path) -> int:
+    """A lower-case word-level HF tokenizer (ends every text with </s>, as SigLIP's does);
+    returns its vocabulary size. Unknown words map to <unk>, so upper case would show."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *TOKENIZER_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(out_dir)
+    return len(vocab)
+
+
+def build_tiny_siglip(out_dir: Path, seed: int = 0) -> str:
+    """Save a random SigLIP-style open_clip model as a local-dir folder; returns its model id
+    ("local-dir:<folder>", used with an empty pretrained tag)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = tiny_siglip_config(build_tiny_tokenizer(out_dir))
+    (out_dir / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": model_cfg, "preprocess_cfg": SIGLIP_PREPROCESS}, indent=2))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"local-dir:{out_dir}", pretrained=None, load_weights=False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "open_clip_model.safetensors"))
+    return f"local-dir:{out_dir}"

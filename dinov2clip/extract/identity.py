@@ -91,8 +91,18 @@ def _hub_file(hub: str) -> Path | None:
 
 
 def tokenizer_info(tokenizer) -> dict:
-    return {"class": type(tokenizer).__name__,
-            "context_length": getattr(tokenizer, "context_length", None)}
+    """What the manifest records about the teacher's tokenizer: open_clip's own class, its
+    context length and, for HF tokenizers (SigLIP), where it came from and how text is cleaned
+    before tokenising (SigLIP: "canonicalize", lower-cased and without punctuation)."""
+    info = {"class": type(tokenizer).__name__,
+            "context_length": int(getattr(tokenizer, "context_length", 0) or 0)}
+    hf = getattr(tokenizer, "tokenizer", None)
+    if hf is not None and hasattr(hf, "name_or_path"):
+        info["hf_tokenizer"] = str(hf.name_or_path)
+    clean = getattr(tokenizer, "clean_fn", None)
+    if clean is not None:
+        info["clean"] = getattr(clean, "__name__", str(clean))
+    return info
 
 
 def runtime(dino) -> dict:

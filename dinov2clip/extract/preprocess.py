@@ -7,6 +7,9 @@ equal the reference ones (tests/test_extract_preprocess.py):
 - HF's default DINOv2 processor (transformers 5, torchvision backend): a uint8 tensor resized by
   torchvision with antialiasing, crop offset int(d / 2). PIL's bicubic differs from it by one
   grey level in ~0.5% of pixels, more than the 1e-5 tolerance allows, so this path uses it too.
+- HF's DINOv3 processor squashes to 224 x 224 with no crop, and rescales to float *before*
+  resizing: rounding its resize to uint8 would be off by up to half a grey level, so that path
+  resizes in float32 and hands over float32 (still on the 0-255 scale).
 Images that are not RGB become RGB where each reference converts them (PreprocessSpec.to_rgb):
 HF first, compositing any transparency on white; open_clip last, after PIL has resized the image
 in its own mode (a palette image with nearest-neighbour, as PIL does for mode P).
@@ -40,17 +43,22 @@ class PreprocessSpec:
     # first: to RGB before resizing, alpha composited on white (HF's convert_to_rgb);
     # last: PIL resizes the image in its own mode, then convert("RGB") (open_clip's order).
     to_rgb: str = "first"
+    resize_dtype: str = "uint8"  # float32: resize unrounded (the reference rescales first)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def spec_from_hf_processor(proc_cfg: dict, backend: str = "torch") -> PreprocessSpec:
-    """The preprocessing a HF (Bit/DINOv2) image processor config describes.
+def spec_from_hf_processor(proc_cfg: dict, backend: str = "torch",
+                           rescale_first: bool = False) -> PreprocessSpec:
+    """The preprocessing a HF (Bit/DINOv2, DINOv3) image processor config describes.
 
     backend: "torch" for transformers' default (torchvision) processors, "pil" for the PIL ones.
+    rescale_first: the processor turns the image into floats before resizing (DINOv3).
     """
     size = proc_cfg.get("size", {"shortest_edge": 256})
+    if "shortest_edge" not in size and not proc_cfg.get("do_center_crop"):
+        return _squash_spec(proc_cfg, size, backend, rescale_first)
     crop = proc_cfg.get("crop_size", {"height": 224, "width": 224})
     return PreprocessSpec(
         resize=int(size.get("shortest_edge", size.get("height", 256))),
@@ -61,6 +69,21 @@ def spec_from_hf_processor(proc_cfg: dict, backend: str = "torch") -> Preprocess
         backend=backend,
         crop_rounding="floor",
     )
+
+
+def _squash_spec(proc_cfg: dict, size: dict, backend: str, rescale_first: bool
+                 ) -> PreprocessSpec:
+    """A processor that resizes straight to height x width, ignoring the aspect ratio."""
+    side = int(size.get("height", 0))
+    if not side or side != int(size.get("width", 0)):
+        raise ValueError(f"image processor size {size} is not a square height x width")
+    return PreprocessSpec(
+        resize=side, crop=side, resize_mode="squash",
+        interpolation=_HF_RESAMPLE.get(int(proc_cfg.get("resample", 2)), "bilinear"),
+        mean=tuple(proc_cfg.get("image_mean", (0.485, 0.456, 0.406))),
+        std=tuple(proc_cfg.get("image_std", (0.229, 0.224, 0.225))),
+        backend=backend, crop_rounding="floor",
+        resize_dtype="float32" if rescale_first and backend == "torch" else "uint8")
 
 
 def spec_from_open_clip(model) -> PreprocessSpec:
@@ -79,7 +102,8 @@ def spec_from_open_clip(model) -> PreprocessSpec:
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """(crop, crop, 3) uint8 from a decoded image, as the spec's reference processor cuts it."""
+    """(crop, crop, 3) uint8 (float32 if spec.resize_dtype says so, 0-255) from a decoded
+    image, as the spec's reference processor cuts it."""
     if spec.to_rgb == "first" or spec.backend != "pil":
         img = rgb_on_white(img)
     w, h = img.size
@@ -123,7 +147,10 @@ def _crop_offset(excess: int, spec: PreprocessSpec) -> int:
 
 
 def _resize(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
-    """(h, w, 3) uint8 of img resized to size = (w, h), then made RGB if it is not yet."""
+    """(h, w, 3) uint8 (or float32, see resize_dtype) of img resized to size = (w, h), then
+    made RGB if it is not yet."""
+    if spec.resize_dtype == "float32":
+        return _resize_float(img, size, spec)
     if spec.backend == "pil":
         out = img if size == img.size else img.resize(size, _RESAMPLE[spec.interpolation])
         return np.asarray(out if out.mode == "RGB" else out.convert("RGB"), dtype=np.uint8)
@@ -147,6 +174,18 @@ def rgb_on_white(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _resize_float(img: Image.Image, size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """(h, w, 3) float32 on the 0-255 scale, resized by torchvision in float, unrounded."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    chw = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)
+    if size != img.size:
+        chw = resize(chw, [size[1], size[0]], interpolation=InterpolationMode(spec.interpolation),
+                     antialias=True)
+    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
 
 
 class NotAnImage(UnidentifiedImageError):
@@ -173,7 +212,8 @@ def decode(image_bytes: bytes) -> Image.Image:
 
 def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32,
               out: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float, contiguous, on batch_u8's device.
+    """(B, H, W, 3) uint8 (or float on the 0-255 scale) -> (B, 3, H, W) normalised float,
+    contiguous, on batch_u8's device.
 
     out: an optional (B, 3, H, W) buffer to fill, so a CPU caller need not fault in fresh
     pages for every batch.

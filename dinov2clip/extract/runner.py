@@ -30,7 +30,7 @@ from dinov2clip.extract.gpu_decode import (
     resolve_decode,
 )
 from dinov2clip.extract.identity import provenance, runtime
-from dinov2clip.extract.mapper import Mapper, describe, load_clip, load_dino
+from dinov2clip.extract.mapper import OPEN_CLIP_SCHEMAS, Mapper, describe, load_clip, load_dino
 from dinov2clip.extract.writer import ShardWriter, concat
 from dinov2clip.io_utils import shard_order
 
@@ -73,10 +73,13 @@ def list_shards(src: Source, pattern: str) -> list[Path]:
 
 
 def embeddings_tag(cfg: Config) -> str:
-    """embeddings/<dataset>/<tag>: explicit, or derived from the two model names."""
+    """embeddings/<dataset>/<tag>: explicit, or derived from the two model names, so several
+    backbone-teacher pairs live side by side over one download."""
     e = cfg.extract
     if e.tag:
         return e.tag
+    if e.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
+        return f"{Path(e.dino_model).name}__{Path(e.clip_model.partition(':')[2]).name}"
     pre = Path(e.clip_pretrained).stem if e.clip_pretrained else "random"
     return f"{Path(e.dino_model).name}__{Path(e.clip_model).stem}-{pre}"
 

@@ -27,8 +27,10 @@ from dinov2clip.store.readers import (
     on_cpu,
     pool,
     pooled_dim,
+    recorded_patch_tokens,
 )
 
 __all__ = ["ARRAYS", "MANIFEST", "META_SCHEMA", "PLAN", "POOLINGS", "DoneMarkers", "EmbeddingSet",
            "EvalEmbeddings", "EvalPairs", "Placer", "Split", "changes", "is_val_key",
-           "load_eval_embeddings", "load_eval_pairs", "load_split", "on_cpu", "pool", "pooled_dim"]
+           "load_eval_embeddings", "load_eval_pairs", "load_split", "on_cpu", "pool", "pooled_dim",
+           "recorded_patch_tokens"]

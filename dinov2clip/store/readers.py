@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.store.layout import ARRAYS, EmbeddingSet
+from dinov2clip.io_utils import read_json
+from dinov2clip.store.layout import ARRAYS, MANIFEST, EmbeddingSet
 
 POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
 
@@ -53,11 +54,21 @@ def pool(cls: torch.Tensor, patch_mean: torch.Tensor, pooling: str,
     if pooling == "patch_mean":
         return patch_mean
     if pooling == "token_mean":  # the seed's mean over all 1 + P tokens of last_hidden_state
+        if num_patch_tokens < 1:  # 0 would silently give the CLS token
+            raise ConfigError("token_mean pooling needs the backbone's patch-token count "
+                              "(train.num_patch_tokens, or the embeddings' manifest)")
         return (cls.float() + num_patch_tokens * patch_mean.float()).div(
             num_patch_tokens + 1).to(cls.dtype)
     if pooling == "concat":  # cls ‖ patch_mean, as DINOv2's linear heads and dino.txt use
         return torch.cat([cls, patch_mean], dim=-1)
     raise ConfigError(f"train.pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
+
+
+def recorded_patch_tokens(emb_dir: Path) -> int:
+    """The backbone's patch tokens per image as extract recorded them in the manifest (256 for
+    DINOv2 at 224 px, 196 for DINOv3), or 0 for embeddings extracted before it was recorded."""
+    path = Path(emb_dir) / MANIFEST
+    return int(read_json(path).get("dino_patch_tokens") or 0) if path.is_file() else 0
 
 
 def pooled_dim(d_dino: int, pooling: str) -> int:

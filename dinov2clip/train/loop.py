@@ -9,6 +9,7 @@ train_state.pt, the commit point for --resume.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,7 +24,14 @@ from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict, wr
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract import embeddings_tag
 from dinov2clip.io_utils import remove_dead_temps
-from dinov2clip.store import POOLINGS, EmbeddingSet, load_eval_pairs, load_split, pooled_dim
+from dinov2clip.store import (
+    POOLINGS,
+    EmbeddingSet,
+    load_eval_pairs,
+    load_split,
+    pooled_dim,
+    recorded_patch_tokens,
+)
 from dinov2clip.train import validate as V
 from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
@@ -46,6 +54,8 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
     _check_dims(cfg, emb_dir)
+    cfg = with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
+    t = cfg.train
     evalset = _load_evalset(cfg, tag)
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
@@ -153,6 +163,24 @@ def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run_dir: 
             f"the loss became nan or inf in epoch {epoch + 1} (by step {step + 1}); stopped "
             f"without saving this epoch. Last good weights: {where} in {run_dir}; try a lower "
             "train.lr or train.grad_clip")
+
+
+def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
+    """cfg with train.num_patch_tokens taken from the embeddings' manifest, where extract
+    recorded how many patch tokens the backbone gave (256 for DINOv2 at 224, 196 for DINOv3).
+    token_mean pooling weighs the patch mean by it; a set value must agree with the manifest."""
+    t = cfg.train
+    path = emb_dir / "manifest.json"
+    recorded = recorded_patch_tokens(emb_dir)
+    if recorded and t.num_patch_tokens and t.num_patch_tokens != recorded:
+        raise ConfigError(f"train.num_patch_tokens = {t.num_patch_tokens} but the backbone gave "
+                          f"{recorded} patch tokens per image ({path}); remove the key")
+    n = int(recorded or t.num_patch_tokens)
+    if not n and t.pooling == "token_mean":
+        raise ConfigError(f"{path} does not record the backbone's patch-token count (extracted "
+                          "by an older version): set train.num_patch_tokens (256 for DINOv2 at "
+                          "224 px) or re-run extract")
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, num_patch_tokens=n))
 
 
 def _check_dims(cfg: Config, emb_dir: Path) -> None:

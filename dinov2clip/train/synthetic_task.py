@@ -56,6 +56,7 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
     writer = ShardWriter(Path(out_dir), models_hash="synthetic-task")
     n, k = emb.dino_cls.shape[0], captions_per_image
     description = {"models": "synthetic alignment task",
+                   "dino_patch_tokens": 256,  # token_mean weighs as for DINOv2 at 224
                    "dims": {"dino": emb.dino_cls.shape[1], "clip": emb.clip_image.shape[1]}}
     starts = range(0, n, shard_size)
     writer.start({f"{i:05d}": "synthetic" for i in range(len(starts))}, description)
