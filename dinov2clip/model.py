@@ -102,6 +102,28 @@ class DinoV2Clip:
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 
     @torch.inference_mode()
+    def encode_image_and_dino(self, images: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """((n, dim) projected, (n, in_dim) pooled DINOv2) float32 on CPU, both L2-normalised.
+
+        One DINOv2 pass gives both: the projected vector for text search, and DINOv2's own
+        pooled vector, the better judge of which images look alike (the index keeps both).
+        """
+        if self.dino is None:
+            raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
+        projected, raw = [], []
+        for x in self._batches(images, self.dino_spec):
+            feats = self._dino_features(x)
+            projected.append(self._project(feats))
+            raw.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not projected:
+            return torch.zeros(0, self.dim), torch.zeros(0, self.dino_dim)
+        return torch.cat(projected), torch.cat(raw)
+
+    @property
+    def dino_dim(self) -> int:
+        return int(self.projector.cfg.in_dim)
+
+    @torch.inference_mode()
     def encode_clip_image(self, images: ImageInput) -> torch.Tensor:
         """(n, dim) CLIP's own L2-normalised image embeddings; same input rules, CLIP's crop."""
         if self.clip.visual is None:
