@@ -253,6 +253,27 @@ def search(
                                   run_dir=run_dir, device=device, nprobe=nprobe))
 
 
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Option("--index", help="A directory `pipeline index` "
+                                                           "wrote.")],
+    run_dir: Annotated[str | None, typer.Option(
+        "--run", help="Run (directory or hf-hub:ORG/NAME) whose towers encode queries. "
+                      "Default: the index's run.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most text queries encoded in one batch.")
+                         ] = 32,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import serve as serve_index
+
+    _guarded(lambda: serve_index(index_dir=index_dir, run=run_dir, host=host, port=port,
+                                 device=device, max_batch=max_batch))
+
+
 def main() -> None:
     app()
 
