@@ -49,12 +49,16 @@ class DinoV2Clip:
                         clip_image: bool = False, batch_size: int = 64) -> DinoV2Clip:
         """Load the run's DINOv2 backbone, projector and CLIP text tower.
 
+        run_dir: a training run directory, or "hf-hub:ORG/NAME" for one `pipeline push` shared.
+
         dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32, or the torch dtype);
         CPU always runs fp32.
         image_tower=False skips DINOv2 (text-only use, e.g. search); clip_image=True keeps
         CLIP's own image tower (for comparing with CLIP, as zero-shot does), else it is dropped.
         """
-        run_dir = Path(run_dir)
+        from dinov2clip.hub import resolve_run
+
+        run_dir = resolve_run(run_dir)  # "hf-hub:ORG/NAME" downloads a pushed projector
         cfg = read_run_config(run_dir)
         try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
             dev = device if isinstance(device, torch.device) else resolve_device(device)

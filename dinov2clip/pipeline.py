@@ -274,6 +274,22 @@ def serve(
                                  device=device, max_batch=max_batch))
 
 
+@app.command()
+def push(
+    run_dir: RunOpt,
+    repo: Annotated[str, typer.Option(help="Hub model repo to create or update: ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+) -> None:
+    """Share a run's projector on the Hugging Face hub, with its config and a model card.
+
+    Load it back anywhere with DinoV2Clip.from_pretrained("hf-hub:ORG/NAME"), or pass
+    --run hf-hub:ORG/NAME to index and serve.
+    """
+    from dinov2clip.hub import push as push_run
+
+    _guarded(lambda: typer.echo(push_run(run_dir=run_dir, repo=repo, private=private)))
+
+
 def main() -> None:
     app()
 

@@ -54,9 +54,15 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
                 device: str = "auto", dtype: str = "bf16", batch_size: int = 64,
                 num_workers: int = 2, force: bool = False) -> dict:
+    from dinov2clip.hub import is_hub_run, resolve_run
     from dinov2clip.model import DinoV2Clip
 
-    run_dir, images = Path(run_dir), Path(images)
+    run_label = str(run_dir)  # what index.json names: a hub run stays "hf-hub:ORG/NAME"
+    if out_dir is None and is_hub_run(run_label):
+        raise ConfigError("--out is needed with a hub run (its files live in the hub cache)")
+    run_dir, images = resolve_run(run_dir), Path(images)
+    if not is_hub_run(run_label):
+        run_label = str(run_dir.resolve())
     faiss_index.choose_kind(kind, 0, exact_max)  # a bad kind fails before any work
     rank, world = rank_and_world()
     if force and world > 1:  # one rank deleting what another already wrote would lose chunks
@@ -85,7 +91,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
         log.info("rank %d done; rank 0 builds the index once every chunk is embedded", rank)
         return {"rank": rank, "n_embedded": n_new, "out_dir": str(out_dir)}
     wait_for_chunks(store, chunks)
-    return _assemble(store, chunks, out_dir, run_dir, images, kind, exact_max, previous)
+    return _assemble(store, chunks, out_dir, run_label, images, kind, exact_max, previous)
 
 
 def _previous_summary(out_dir: Path, models_hash: str) -> dict:
@@ -228,7 +234,7 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk]) -> tuple[pa.Table, dict[s
     return pa.concat_tables(tables), keep
 
 
-def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_dir: Path,
+def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
               images: Path, kind: str, exact_max: int, previous: dict) -> dict:
     records = [read_json(store.marker(c.name)) for c in chunks]
     skipped: Counter = Counter()
@@ -254,7 +260,7 @@ def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_dir: Pa
         info = info or {**built, "dim": dim}
         atomic_write(out_dir / filename, lambda tmp, index=index: _write_index(index, tmp))
     atomic_write(out_dir / "meta.parquet", lambda tmp: pq.write_table(meta, tmp))
-    summary = {"run_dir": str(run_dir.resolve()), "source": str(images.resolve()),
+    summary = {"run_dir": run_label, "source": str(images.resolve()),
                "n_images": n, **info, "exact_max": exact_max, "n_chunks": len(chunks),
                "chunks": names, "n_removed": removed, "skipped": dict(sorted(skipped.items())),
                "skipped_files": dict(sorted(skipped_files.items())),
