@@ -94,8 +94,7 @@ def model_card(run_dir: Path, repo: str, cfg: dict) -> str:
         *front, "---", "",
         f"# {repo.split('/')[1]}", "",
         "A projector from frozen DINOv2 image embeddings into CLIP's image-text space, trained "
-        "with [dinov2-clip](https://github.com/) on cached embeddings: query DINOv2 with CLIP "
-        "text.", "",
+        "with dinov2-clip on cached embeddings: query DINOv2 with CLIP text.", "",
         "| | |", "|---|---|",
         f"| backbone | `{ex['dino_model']}` |",
         f"| teacher | open_clip `{ex['clip_model']}`, pretrained `{ex['clip_pretrained']}` |",
