@@ -55,12 +55,16 @@ class DinoV2Clip:
                         clip_image: bool = False, batch_size: int = 64) -> DinoV2Clip:
         """Load the run's DINOv2 backbone, projector and CLIP text tower.
 
+        run_dir: a training run directory, or "hf-hub:ORG/NAME" for one `pipeline push` shared.
+
         dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32, or the torch dtype);
         CPU always runs fp32.
         image_tower=False skips DINOv2 (text-only use, e.g. search); clip_image=True keeps
         CLIP's own image tower (for comparing with CLIP, as zero-shot does), else it is dropped.
         """
-        run_dir = Path(run_dir)
+        from dinov2clip.hub import resolve_run
+
+        run_dir = resolve_run(run_dir)  # "hf-hub:ORG/NAME" downloads a pushed projector
         cfg = read_run_config(run_dir)
         try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
             dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -108,6 +112,28 @@ class DinoV2Clip:
         outs = [self._project(self._dino_features(x))
                 for x in self._batches(images, self.dino_spec)]
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
+
+    @torch.inference_mode()
+    def encode_image_and_dino(self, images: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """((n, dim) projected, (n, in_dim) pooled DINOv2) float32 on CPU, both L2-normalised.
+
+        One DINOv2 pass gives both: the projected vector for text search, and DINOv2's own
+        pooled vector, the better judge of which images look alike (the index keeps both).
+        """
+        if self.dino is None:
+            raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
+        projected, raw = [], []
+        for x in self._batches(images, self.dino_spec):
+            feats = self._dino_features(x)
+            projected.append(self._project(feats))
+            raw.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not projected:
+            return torch.zeros(0, self.dim), torch.zeros(0, self.dino_dim)
+        return torch.cat(projected), torch.cat(raw)
+
+    @property
+    def dino_dim(self) -> int:
+        return int(self.projector.cfg.in_dim)
 
     @torch.inference_mode()
     def encode_clip_image(self, images: ImageInput) -> torch.Tensor:

@@ -307,6 +307,43 @@ def compare(
     _guarded(lambda: typer.echo(compare_runs([str(r) for r in runs or []], runs_glob, out)))
 
 
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Option("--index", help="A directory `pipeline index` "
+                                                           "wrote.")],
+    run_dir: Annotated[str | None, typer.Option(
+        "--run", help="Run (directory or hf-hub:ORG/NAME) whose towers encode queries. "
+                      "Default: the index's run.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most text queries encoded in one batch.")
+                         ] = 32,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import serve as serve_index
+
+    _guarded(lambda: serve_index(index_dir=index_dir, run=run_dir, host=host, port=port,
+                                 device=device, max_batch=max_batch))
+
+
+@app.command()
+def push(
+    run_dir: RunOpt,
+    repo: Annotated[str, typer.Option(help="Hub model repo to create or update: ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+) -> None:
+    """Share a run's projector on the Hugging Face hub, with its config and a model card.
+
+    Load it back anywhere with DinoV2Clip.from_pretrained("hf-hub:ORG/NAME"), or pass
+    --run hf-hub:ORG/NAME to index and serve.
+    """
+    from dinov2clip.hub import push as push_run
+
+    _guarded(lambda: typer.echo(push_run(run_dir=run_dir, repo=repo, private=private)))
+
+
 def main() -> None:
     app()
 

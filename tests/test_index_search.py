@@ -94,15 +94,6 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     assert (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns == kept
     assert (out / "chunks" / "done" / "00002.json").exists()
     assert not list(out.rglob("*.tmp"))  # what the killed run left is gone
-    # The collection changing under a half-built index is refused, not mixed in.
-    (out / "chunks" / "done" / "00002.json").unlink()
-    write_shape_classes(collection / "zzz", classes=("x",), per_class=1)
-    try:
-        with pytest.raises(ConfigError, match="collection changed"):
-            build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
-                        chunk_size=3, options=CPU)
-    finally:
-        shutil.rmtree(collection / "zzz")
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")
     with pytest.raises(ConfigError, match="not an index directory"):
@@ -235,3 +226,63 @@ def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
     bad_kind = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"), "--images",
                                    str(tmp_path / "broken"), "--kind", "lsh"])
     assert bad_kind.exit_code == 2 and "unknown index kind 'lsh'" in bad_kind.output
+
+
+def _centroids(index_file) -> np.ndarray:
+    import faiss
+
+    ivf = faiss.read_index(str(index_file))
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path):
+    import shutil
+
+    import faiss
+
+    _, art = demo_run
+    root = tmp_path / "photos"
+    shutil.copytree(collection, root)
+    out = tmp_path / "grown"
+    kwargs = dict(run_dir=art / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
+                  kind="ivf", device="cpu", num_workers=0)
+    first = build_index(**kwargs)
+    assert first["n_images"] == 9 and first["chunks"] == ["00000", "00001", "00002"]
+    assert first["skipped_files"] == {"square/bad.png": "corrupt_image"}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()}
+    centroids = _centroids(out / "index.faiss")
+
+    write_shape_classes(root / "new", classes=("x",), per_class=2, seed=5)
+    (root / "circle" / "1.png").unlink()
+    grown = build_index(**kwargs)
+    assert grown["n_images"] == 9 + 2 - 1 and grown["n_removed"] == 1
+    assert grown["chunks"] == ["00000", "00001", "00002", "00003"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()
+            if p.name != "00003.npy"} == stamps  # the old chunks were not embedded again
+    assert json.loads((out / "chunks" / "done" / "00003.json").read_text())["keys"] == [
+        "new/x/0.png", "new/x/1.png"]
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    assert "circle/1.png" not in meta["key"] and "new/x/1.png" in meta["key"]
+    for name in ("index.faiss", "dino.faiss"):
+        assert faiss.read_index(str(out / name)).ntotal == 10
+    hits = search(index_dir=out, query="a red circle", k=10, device="cpu")
+    assert len(hits) == 10 and all(h["key"] != "circle/1.png" for h in hits)
+    assert grown["trained_n"] == 9  # IVF centroids kept: 10 images have not outgrown them
+    np.testing.assert_array_equal(_centroids(out / "index.faiss"), centroids)
+
+    write_shape_classes(root / "more", classes=("y",), per_class=9, seed=6)
+    retrained = build_index(**kwargs)  # 19 > 2 x 9: trained again
+    assert retrained["n_images"] == 19 and retrained["trained_n"] == 19
+    assert not np.array_equal(_centroids(out / "index.faiss"), centroids)
+
+
+def test_dino_index_holds_the_pooled_dino_features(flat_index, demo_model):
+    import faiss
+
+    out, _ = flat_index
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    dino = faiss.read_index(str(out / "dino.faiss"))
+    stored = dino.reconstruct_n(0, dino.ntotal)
+    _, api = demo_model.encode_image_and_dino(meta["path"])
+    assert stored.shape == (9, demo_model.dino_dim) == api.shape
+    assert float((torch.from_numpy(stored) * api).sum(1).min()) > 0.999

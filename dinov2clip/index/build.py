@@ -2,11 +2,19 @@
 
 Layout of an index directory:
     chunks/emb/<chunk>.npy      float16 (n, 512) L2-normalised projected DINOv2 embeddings
+    chunks/dino/<chunk>.npy     float16 (n, D) L2-normalised pooled DINOv2 features, the same
+                                rows: image-to-image similarity is judged in DINOv2's own space
     chunks/meta/<chunk>.parquet one row per embedded image: key, path, url, caption, kind
-    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints
-    index.faiss                 all chunks in order; FAISS id i = row i of meta.parquet
+    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys
+    index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
+    dino.faiss                  the same rows' DINOv2 features, the same ids
     meta.parquet                key, path, url, caption, kind, chunk
-    index.json                  written last: run, models, kind, counts, skipped by reason
+    index.json                  written last: run, models, kind, counts, chunks, skipped files
+                                by name and reason
+
+Re-running on a grown folder embeds only the new files (see sources.plan_chunks); files gone
+from the folder drop out of the assembled index. An IVF index keeps its trained centroids until
+the collection outgrows them (RETRAIN_GROWTH); HNSW appends while nothing was removed.
 
 Under torchrun or srun, rank r embeds chunks[r::world_size] (each rank on its own GPU, no
 process group) and rank 0 builds the index once every chunk carries its done-marker.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -31,17 +40,19 @@ from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_con
 from dinov2clip.device import rank_and_world
 from dinov2clip.index import faiss_index
 from dinov2clip.index.images import ImageCrops, collate_crops
-from dinov2clip.index.sources import Chunk, chunk_items, plan_chunks
+from dinov2clip.index.sources import Chunk, ChunkItems, chunk_items, plan_chunks
 from dinov2clip.io_utils import (
     atomic_save_npy,
     atomic_write,
     atomic_write_json,
+    read_json,
     remove_dead_temps,
     remove_temps,
 )
 from dinov2clip.store import DoneMarkers
 
 log = logging.getLogger(__name__)
+RETRAIN_GROWTH = 2  # an IVF index is trained again once the collection doubles since training
 
 META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
                          ("caption", pa.string()), ("kind", pa.string())])
@@ -50,21 +61,29 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
 def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
                 options: UseOptions = UseOptions(), force: bool = False) -> dict:
+    from dinov2clip.hub import is_hub_run, resolve_run
     from dinov2clip.model import DinoV2Clip
 
-    run_dir, images = Path(run_dir), Path(images)
+    run_label = str(run_dir)  # what index.json names: a hub run stays "hf-hub:ORG/NAME"
+    if out_dir is None and is_hub_run(run_label):
+        raise ConfigError("--out is needed with a hub run (its files live in the hub cache)")
+    run_dir, images = resolve_run(run_dir), Path(images)
+    if not is_hub_run(run_label):
+        run_label = str(run_dir.resolve())
     faiss_index.choose_kind(kind, 0, exact_max)  # a bad kind fails before any work
     rank, world = rank_and_world()
     if force and world > 1:  # one rank deleting what another already wrote would lose chunks
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
-    chunks = plan_chunks(images, chunk_size)
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
     if force and out_dir.exists():
         _remove_old_index(out_dir)
-    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args())
+    read_run_config(run_dir)  # a missing run is one clear error, before any work
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
     remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
+    previous = _previous_summary(out_dir, store.models_hash)
+    chunks = plan_chunks(images, chunk_size, store.indexed_keys(previous.get("chunks", [])))
+    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args())
     mine = chunks[rank::world]
     todo = [c for c in mine if not store.is_done(c)]
     for chunk in todo:
@@ -81,7 +100,19 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
         log.info("rank %d done; rank 0 builds the index once every chunk is embedded", rank)
         return {"rank": rank, "n_embedded": n_new, "out_dir": str(out_dir)}
     wait_for_chunks(store, chunks)
-    return _assemble(store, chunks, out_dir, run_dir, images, kind, exact_max, model.dim)
+    return _assemble(store, chunks, out_dir, run_label, images, kind, exact_max, previous)
+
+
+def _previous_summary(out_dir: Path, models_hash: str) -> dict:
+    """The last finished index's index.json, if it was built by this run ({} if none)."""
+    path = out_dir / "index.json"
+    if not path.is_file():
+        return {}
+    summary = read_json(path)
+    if summary.get("models_hash") != models_hash:
+        raise ConfigError(f"{out_dir} was built with another run or projector; use --force to "
+                          "rebuild it or --out for a new index")
+    return summary
 
 
 def wait_for_chunks(store: ChunkStore, chunks: list[Chunk], poll_s: float = 2.0,
@@ -115,6 +146,7 @@ class ChunkStore:
         self.markers = DoneMarkers(root / "done")
 
     def is_done(self, chunk: Chunk) -> bool:
+        """Embedded, by this run, from these files; a stale chunk is embedded again."""
         record = self.markers.read(chunk.name)
         if record is None:
             return False
@@ -122,30 +154,43 @@ class ChunkStore:
             raise ConfigError(f"{self.root.parent} was built with another run or projector; "
                               "use --force to rebuild it or --out for a new index")
         if record.get("fingerprint") != chunk.fingerprint():
-            raise ConfigError(f"{self.root.parent}: the collection changed since chunk "
-                              f"{chunk.name} was indexed; use --force to rebuild")
-        return True
+            log.warning("chunk %s: its files changed since it was embedded; embedding it again",
+                        chunk.name)
+            return False
+        return (self.root / "dino" / f"{chunk.name}.npy").is_file()  # older indexes lack it
 
     def remove_temps(self, chunk: Chunk) -> None:
         """Temp files a killed run left while writing this chunk (this rank owns it)."""
-        for folder, name in (("emb", f"{chunk.name}.npy"), ("meta", f"{chunk.name}.parquet"),
-                             ("done", f"{chunk.name}.json")):
+        for folder, name in (("emb", f"{chunk.name}.npy"), ("dino", f"{chunk.name}.npy"),
+                             ("meta", f"{chunk.name}.parquet"), ("done", f"{chunk.name}.json")):
             remove_temps(self.root / folder, name)
 
-    def write(self, chunk: Chunk, emb: np.ndarray, rows: list[dict], skipped: Counter) -> None:
+    def indexed_keys(self, names: list[str]) -> dict[str, list[str]]:
+        """{chunk: its files' keys} for the folder chunks of a finished index."""
+        records = [self.markers.read(name) for name in names]
+        return {r["chunk"]: r["keys"] for r in records if r and "keys" in r}
+
+    def write(self, chunk: Chunk, emb: np.ndarray, dino: np.ndarray, rows: list[dict],
+              items: ChunkItems) -> None:
         atomic_save_npy(self.root / "emb" / f"{chunk.name}.npy", emb)
+        atomic_save_npy(self.root / "dino" / f"{chunk.name}.npy", dino)
         table = pa.Table.from_pylist(rows, schema=META_SCHEMA)
         atomic_write(self.root / "meta" / f"{chunk.name}.parquet",
                      lambda tmp: pq.write_table(table, tmp))
-        self.markers.write(chunk.name, {  # last: the chunk now exists
-            "chunk": chunk.name, "n_images": len(rows), "skipped": dict(sorted(skipped.items())),
-            "fingerprint": chunk.fingerprint(), "models_hash": self.models_hash})
+        record = {"chunk": chunk.name, "n_images": len(rows),
+                  "skipped": dict(sorted(items.skipped.items())),
+                  "skipped_files": dict(sorted(items.skipped_names.items())),
+                  "fingerprint": chunk.fingerprint(), "models_hash": self.models_hash}
+        if chunk.shard is None:  # a folder chunk's file list, for growing the index later
+            record["keys"] = [r["key"] for r in items.rows]
+        self.markers.write(chunk.name, record)  # last: the chunk now exists
 
-    def embeddings(self, names: list[str]):
-        """A callable yielding each chunk's (n, dim) float32 embeddings, in order."""
+    def embeddings(self, names: list[str], keep: dict[str, np.ndarray], array: str = "emb"):
+        """A callable yielding each chunk's kept (n, dim) float32 rows, in order."""
         def chunks():
             for name in names:
-                yield np.load(self.root / "emb" / f"{name}.npy").astype(np.float32)
+                x = np.load(self.root / array / f"{name}.npy")
+                yield x[keep[name]].astype(np.float32)
         return chunks
 
 
@@ -167,50 +212,99 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: Us
     loader = DataLoader(ImageCrops(items.images, [model.dino_spec]),
                         batch_size=options.batch_size, num_workers=options.num_workers,
                         collate_fn=collate_crops)
-    skipped, parts, rows = Counter(items.skipped), [], []
+    projected, raw, rows = [], [], []
     bar = tqdm(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
     for batch in loader:
         for i, reason in batch.failures:
-            skipped[reason] += 1
+            items.skipped[reason] += 1
+            items.skipped_names[items.rows[i]["key"]] = reason
             log.debug("skipped %s: %s", items.rows[i]["key"], reason)
         if batch.indices:
-            parts.append(model.encode_image(batch.crops[0]).numpy().astype(np.float16))
+            emb, dino = model.encode_image_and_dino(batch.crops[0])
+            projected.append(emb.numpy().astype(np.float16))
+            raw.append(dino.numpy().astype(np.float16))
             rows += [items.rows[i] for i in batch.indices]
         bar.update(len(batch.indices) + len(batch.failures))
     bar.close()
-    emb = np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float16)
-    store.write(chunk, emb, rows, skipped)
+    emb = np.concatenate(projected) if projected else np.zeros((0, model.dim), np.float16)
+    dino = np.concatenate(raw) if raw else np.zeros((0, model.dino_dim), np.float16)
+    store.write(chunk, emb, dino, rows, items)
     return len(rows)
 
 
-def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_dir: Path,
-              images: Path, kind: str, exact_max: int, dim: int) -> dict:
+def _live_rows(store: ChunkStore, chunks: list[Chunk]) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Every chunk's rows whose image is still there (a removed file drops out), and per chunk
+    the boolean mask of rows kept."""
+    tables, keep = [], {}
+    for c in chunks:
+        t = pq.read_table(store.root / "meta" / f"{c.name}.parquet")
+        rows = t.to_pydict()
+        keep[c.name] = np.array([kind != "file" or os.path.exists(path)
+                                 for kind, path in zip(rows["kind"], rows["path"], strict=True)],
+                                dtype=bool)
+        t = t.filter(pa.array(keep[c.name], pa.bool_()))
+        tables.append(t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string())))
+    return pa.concat_tables(tables), keep
+
+
+def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
+              images: Path, kind: str, exact_max: int, previous: dict) -> dict:
     records = [store.markers.read(c.name) for c in chunks]
-    n = sum(r["n_images"] for r in records)
     skipped: Counter = Counter()
+    skipped_files: dict[str, str] = {}
     for r in records:
         skipped.update(r["skipped"])
+        skipped_files.update(r.get("skipped_files", {}))
+    meta, keep = _live_rows(store, chunks)
+    n, names = meta.num_rows, [c.name for c in chunks]
     if n == 0:
         raise ConfigError(f"{images}: no readable images (skipped: {dict(skipped)})")
-    names = [c.name for c in chunks]
+    removed = sum(r["n_images"] for r in records) - n
     chosen = faiss_index.choose_kind(kind, n, exact_max)
-    log.info("building a %s index over %d embeddings", chosen, n)
-    index, info = faiss_index.build(chosen, dim, n, store.embeddings(names))
-    import faiss
-
-    atomic_write(out_dir / "index.faiss", lambda tmp: faiss.write_index(index, tmp))
-    tables = []
-    for name in names:
-        t = pq.read_table(store.root / "meta" / f"{name}.parquet")
-        tables.append(t.append_column("chunk", pa.array([name] * t.num_rows, pa.string())))
-    meta = pa.concat_tables(tables)
+    log.info("building a %s index over %d embeddings (%d removed files left out)", chosen, n,
+             removed)
+    appended = names[:len(previous.get("chunks", []))] == previous.get("chunks") and not removed
+    info = {}
+    for array, filename in (("emb", "index.faiss"), ("dino", "dino.faiss")):
+        dim = np.load(store.root / array / f"{names[0]}.npy", mmap_mode="r").shape[1]
+        old = _reusable(out_dir / filename, previous, chosen, n, appended)
+        index, built = faiss_index.build(chosen, dim, n, store.embeddings(names, keep, array),
+                                         reuse=old, reused_info=previous)
+        info = info or {**built, "dim": dim}
+        atomic_write(out_dir / filename, lambda tmp, index=index: _write_index(index, tmp))
     atomic_write(out_dir / "meta.parquet", lambda tmp: pq.write_table(meta, tmp))
-    summary = {"run_dir": str(run_dir.resolve()), "source": str(images.resolve()),
-               "n_images": n, "dim": dim, **info, "exact_max": exact_max,
-               "n_chunks": len(chunks), "skipped": dict(sorted(skipped.items())),
+    summary = {"run_dir": run_label, "source": str(images.resolve()),
+               "n_images": n, **info, "exact_max": exact_max, "n_chunks": len(chunks),
+               "chunks": names, "n_removed": removed, "skipped": dict(sorted(skipped.items())),
+               "skipped_files": dict(sorted(skipped_files.items())),
                "models_hash": store.models_hash}
     atomic_write_json(out_dir / "index.json", summary)  # last: the index is complete
     if skipped:
-        log.warning("skipped %d images: %s", sum(skipped.values()), dict(skipped))
+        log.warning("skipped %d images: %s (by name in index.json)", sum(skipped.values()),
+                    dict(skipped))
     log.info("index of %d images (%s) in %s", n, info["kind"], out_dir)
     return {**summary, "out_dir": str(out_dir)}
+
+
+def _reusable(path: Path, previous: dict, kind: str, n: int, appended: bool):
+    """The last index, when its training still fits: IVF until the collection outgrows its
+    centroids, HNSW while rows were only appended. None: build afresh."""
+    if not previous or previous.get("kind") != kind or not path.is_file():
+        return None
+    if kind == "ivf" and n <= RETRAIN_GROWTH * previous.get("trained_n", 0):
+        return _read_index(path)
+    if kind == "hnsw" and appended:
+        return _read_index(path)
+    return None
+
+
+def _read_index(path: Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def _write_index(index, path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))

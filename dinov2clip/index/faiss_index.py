@@ -37,13 +37,18 @@ def default_nprobe(nlist: int) -> int:
 
 
 def build(kind: str, dim: int, n: int, chunks: Callable[[], Iterator[np.ndarray]],
-          seed: int = 0) -> tuple[object, dict]:
+          seed: int = 0, reuse=None, reused_info: dict | None = None) -> tuple[object, dict]:
     """An index holding every row of chunks() in order, and what search needs to know about it.
 
     chunks: called once per pass; yields (rows, dim) float32 L2-normalised arrays.
+    reuse: an earlier index of this kind whose training still fits (see index.build): an IVF
+    one keeps its centroids and is refilled; an HNSW one holds a prefix of the rows and gets the
+    rest appended.
     """
     import faiss
 
+    if reuse is not None and reuse.d == dim:
+        return _refill(reuse, kind, n, chunks, reused_info or {})
     info: dict = {"kind": kind}
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
@@ -57,11 +62,33 @@ def build(kind: str, dim: int, n: int, chunks: Callable[[], Iterator[np.ndarray]
                                    faiss.METRIC_INNER_PRODUCT)
         index.train(_training_sample(chunks, n, nlist * _TRAIN_POINTS_PER_LIST, seed))
         index.nprobe = default_nprobe(nlist)
-        info.update(nlist=nlist, nprobe=index.nprobe)
+        info.update(nlist=nlist, nprobe=index.nprobe, trained_n=n)
     else:
         raise ConfigError(f"unknown index kind {kind!r}")
     for x in chunks():
         index.add(np.ascontiguousarray(x, dtype=np.float32))
+    if index.ntotal != n:
+        raise RuntimeError(f"index holds {index.ntotal} vectors, expected {n}")
+    return index, info
+
+
+def _refill(index, kind: str, n: int, chunks, reused_info: dict) -> tuple[object, dict]:
+    if kind == "ivf":
+        index.reset()  # drops the vectors, keeps the trained centroids
+        skip = 0
+        info = {"kind": kind, "nlist": index.nlist, "nprobe": index.nprobe,
+                "trained_n": reused_info["trained_n"]}
+    elif kind == "hnsw":
+        skip = index.ntotal  # rows already in the graph; HNSW cannot remove any
+        info = {"kind": kind, "hnsw_m": HNSW_M, "ef_search": HNSW_EF_SEARCH}
+    else:
+        raise ConfigError(f"a {kind} index is never reused")
+    start = 0
+    for x in chunks():
+        new = x[max(0, skip - start):]
+        if len(new):
+            index.add(np.ascontiguousarray(new, dtype=np.float32))
+        start += len(x)
     if index.ntotal != n:
         raise RuntimeError(f"index holds {index.ntotal} vectors, expected {n}")
     return index, info

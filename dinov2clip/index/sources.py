@@ -2,8 +2,11 @@
 
 The work is split into chunks, each embedded and stored on its own with a done-marker, so an
 interrupted build resumes at the first unfinished chunk. A chunk's fingerprint (its file list,
-or its shard's size and mtime) is kept in the marker: a collection that changed under a
-half-built index is an error, not a silent mix.
+or its shard's size and mtime) is kept in the marker: a chunk whose files changed is embedded
+again, never mixed.
+
+Indexes grow: the folder chunks of the last finished index keep their file lists, and files
+added since then go into new chunks after them, so re-indexing embeds only the new files.
 """
 
 from __future__ import annotations
@@ -42,10 +45,18 @@ class ChunkItems:
     images: list[Path | bytes] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # key, path, url, caption, kind
     skipped: Counter = field(default_factory=Counter)
+    skipped_names: dict[str, str] = field(default_factory=dict)  # file or sample key -> reason
 
 
-def plan_chunks(images: Path, chunk_size: int) -> list[Chunk]:
-    """Chunks over a folder of images (recursive) or a folder of *.tar shards (or one tar)."""
+def plan_chunks(images: Path, chunk_size: int,
+                indexed: dict[str, list[str]] | None = None) -> list[Chunk]:
+    """Chunks over a folder of images (recursive) or a folder of *.tar shards (or one tar).
+
+    indexed: {chunk name: its files' keys} of the last finished folder index. Those chunks keep
+    their files (a removed file drops out when the index is assembled); files not in any of
+    them go into new chunks numbered after the last. Every rank reads the same finished index,
+    so every rank plans the same chunks.
+    """
     images = Path(images)
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
@@ -59,8 +70,20 @@ def plan_chunks(images: Path, chunk_size: int) -> list[Chunk]:
     files = list_images(images)
     if not files:
         raise ConfigError(f"{images}: no images ({' '.join(IMAGE_SUFFIXES)}) and no *.tar shards")
-    return [Chunk(name=f"{i // chunk_size:05d}", files=tuple(files[i:i + chunk_size]))
-            for i in range(0, len(files), chunk_size)]
+    indexed = indexed or {}
+    chunks = [Chunk(name=name, files=tuple(images / k for k in keys))
+              for name, keys in sorted(indexed.items())]
+    known = {k for keys in indexed.values() for k in keys}
+    new = [p for p in files if file_key(p, images) not in known]
+    first = max((int(name) for name in indexed), default=-1) + 1
+    return chunks + [Chunk(name=f"{first + i // chunk_size:05d}",
+                           files=tuple(new[i:i + chunk_size]))
+                     for i in range(0, len(new), chunk_size)]
+
+
+def file_key(path: Path, root: Path) -> str:
+    """A folder image's key: its path under the folder (or its name when root is one file)."""
+    return str(path.relative_to(root)) if root.is_dir() else path.name
 
 
 def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
@@ -69,7 +92,7 @@ def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
     items = ChunkItems()
     for p in chunk.files:
         items.images.append(p)
-        items.rows.append({"key": str(p.relative_to(root)) if root.is_dir() else p.name,
+        items.rows.append({"key": file_key(p, root),
                            "path": str(p.resolve()), "url": "", "caption": sidecar_caption(p),
                            "kind": "file"})
     return items
@@ -79,10 +102,12 @@ def _read_tar(path: Path) -> ChunkItems:
     """A webdataset tar's images, with its .txt caption and .json url where present."""
     groups, skipped = read_groups(path)
     out = ChunkItems(skipped=skipped)
+    out.skipped_names.update({f"{path.name}:{reason}": reason for reason in skipped})
     for key, parts in groups:
         image = image_bytes(parts)
         if image is None:
             out.skipped["no_image"] += 1
+            out.skipped_names[key] = "no_image"
             continue
         out.images.append(image)
         out.rows.append({"key": key, "path": str(path.resolve()), "url": sample_url(parts),

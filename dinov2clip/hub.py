@@ -1,0 +1,130 @@
+"""Projectors on the Hugging Face hub: `pipeline push`, and runs named "hf-hub:ORG/NAME".
+
+A pushed repo holds what DinoV2Clip.from_pretrained reads from a run directory (projector.json,
+model.safetensors, the resolved config.json), the eval results, and a model card naming the
+backbone, teacher, data and recipe. The backbone and teacher themselves are not copied: the
+config names them, and they load from wherever they came from (the hub, open_clip).
+
+HF_ENDPOINT is read at call time, so a mirror (or the tests' fake hub) set after import is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dinov2clip.config import Config, ConfigError, read_run_config
+from dinov2clip.io_utils import read_json
+
+log = logging.getLogger(__name__)
+HUB_PREFIX = "hf-hub:"
+WEIGHTS = ("projector.json", "model.safetensors", "config.json")
+PULLED = [*WEIGHTS, "README.md", "eval/*"]
+
+
+def is_hub_run(run: str | Path) -> bool:
+    return str(run).startswith(HUB_PREFIX)
+
+
+def resolve_run(run: str | Path) -> Path:
+    """A run directory: the path itself, or the local snapshot of "hf-hub:ORG/NAME[@REV]"."""
+    if not is_hub_run(run):
+        return Path(run)
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = str(run)[len(HUB_PREFIX):].partition("@")
+    try:
+        path = snapshot_download(repo_id=repo, revision=revision or None, allow_patterns=PULLED,
+                                 endpoint=_endpoint())
+    except _hub_errors() as err:
+        raise ConfigError(f"cannot fetch {repo} from the Hugging Face hub ({_reason(err)})"
+                          ) from None
+    return Path(path)
+
+
+def push(*, run_dir: Path, repo: str, private: bool = False) -> str:
+    """Upload a run's projector, config, eval results and model card to repo; the commit URL."""
+    from huggingface_hub import HfApi
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    for name in WEIGHTS:
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir}: {name} missing; train the run before pushing it")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"--repo must be ORG/NAME, got {repo!r}")
+    with tempfile.TemporaryDirectory(prefix="dinov2clip-push-") as tmp:
+        stage = Path(tmp)
+        for name in WEIGHTS:
+            shutil.copyfile(run_dir / name, stage / name)
+        (stage / "eval").mkdir()
+        for name in ("results.json", "report.md"):
+            if (run_dir / "eval" / name).is_file():
+                shutil.copyfile(run_dir / "eval" / name, stage / "eval" / name)
+        (stage / "README.md").write_text(model_card(run_dir, repo, cfg))
+        api = HfApi(endpoint=_endpoint())
+        try:
+            api.create_repo(repo, private=private, exist_ok=True)
+            commit = api.upload_folder(folder_path=stage, repo_id=repo,
+                                       commit_message=f"dinov2-clip projector: run {run_dir.name}")
+        except _hub_errors() as err:
+            raise ConfigError(f"cannot push to {repo} on the Hugging Face hub ({_reason(err)})"
+                              ) from None
+    log.info("pushed %s to %s (load it with DinoV2Clip.from_pretrained(%r))", run_dir, repo,
+             HUB_PREFIX + repo)
+    return str(commit.commit_url)
+
+
+def model_card(run_dir: Path, repo: str, cfg: Config) -> str:
+    """README.md: what the projector maps from and to, what it was trained on and how, and how
+    well it does (the run's eval report, when it was evaluated)."""
+    ex, tr = cfg.extract, cfg.train
+    proj = read_json(run_dir / "projector.json")
+    report = run_dir / "eval" / "report.md"
+    evaluation = report.read_text() if report.is_file() else "Not evaluated yet.\n"
+    base = ex.dino_model if not Path(ex.dino_model).exists() else None
+    front = ["---", "library_name: dinov2-clip", "tags: [dinov2, clip, image-text-retrieval]"]
+    front += [f"base_model: {base}"] if base else []
+    recipe = ", ".join(f"{k} = {getattr(tr, k)}"
+                       for k in ("pooling", "loss", "epochs", "batch_size", "lr"))
+    return "\n".join([
+        *front, "---", "",
+        f"# {repo.split('/')[1]}", "",
+        "A projector from frozen DINOv2 image embeddings into CLIP's image-text space, trained "
+        "with dinov2-clip on cached embeddings: query DINOv2 with CLIP text.", "",
+        "| | |", "|---|---|",
+        f"| backbone | `{ex.dino_model}` |",
+        f"| teacher | open_clip `{ex.clip_model}`, pretrained `{ex.clip_pretrained}` |",
+        f"| data | `{tr.dataset}` (extracted: {', '.join(ex.datasets)}) |",
+        f"| recipe | {recipe} |",
+        f"| projector | {proj.get('kind', '')} {proj.get('in_dim')} -> {proj.get('out_dim')}, "
+        f"width {proj.get('width', '')}, depth {proj.get('depth', '')} |", "",
+        "## Use", "",
+        "```python",
+        "from dinov2clip import DinoV2Clip",
+        f'model = DinoV2Clip.from_pretrained("{HUB_PREFIX}{repo}")',
+        'model.similarity(["photo.jpg"], ["a dog", "a cat"])',
+        "```", "",
+        "or serve a photo collection: `pipeline index --run "
+        f"{HUB_PREFIX}{repo} --images photos/ --out index/photos`, then "
+        "`pipeline serve --index index/photos`.", "",
+        "## Evaluation", "", evaluation])
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    try:  # the hub client's HTTP library raises its own connection errors
+        from httpx2 import TransportError
+    except ImportError:  # pragma: no cover - another huggingface_hub major version
+        from httpx import TransportError
+    return (OSError, TransportError)  # the hub's own errors (not found, HTTP) are OSErrors
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

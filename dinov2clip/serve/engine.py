@@ -1,0 +1,226 @@
+"""What the server answers from: one index, its DINOv2 twin, its metadata and the run's model.
+
+Everything is loaded once. Text queries from many clients are batched: one thread runs the text
+tower and the FAISS search for every query that arrived while the previous batch ran, so 32
+clients cost about one forward pass of 32 texts, not 32 passes queued behind a lock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import mimetypes
+import queue
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dinov2clip.config import ConfigError
+from dinov2clip.index import faiss_index
+from dinov2clip.index.search import load_index
+from dinov2clip.index.sources import read_tar_member
+
+log = logging.getLogger(__name__)
+
+
+class UnknownImage(LookupError):
+    """An id the index does not hold, or whose image is no longer on disk."""
+
+
+class BadImage(ValueError):
+    """Uploaded bytes that do not decode as an image."""
+
+
+class Batcher:
+    """Runs fn over lists of items in one worker thread; items submitted meanwhile queue up and
+    go together in the next call (at most max_batch). fn returns one result per item."""
+
+    def __init__(self, fn: Callable[[list], list], max_batch: int = 32):
+        self.fn, self.max_batch = fn, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="text-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, item) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((item, future))
+        return future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while (first := self.queue.get()) is not None:
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            try:
+                results = self.fn([item for item, _ in batch])
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the error
+                for _, future in batch:
+                    future.set_exception(err)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+
+
+class SearchEngine:
+    def __init__(self, index_dir: Path, run: str | Path | None = None, device: str = "auto",
+                 max_batch: int = 32):
+        from dinov2clip.model import DinoV2Clip
+
+        self.index_dir = Path(index_dir)
+        self.index, self.summary, meta = load_index(self.index_dir)
+        self.meta = meta.to_pydict()  # column -> list; row i is FAISS id i
+        self.dino_index = load_dino_index(self.index_dir, self.summary)
+        self.run = str(run or self.summary["run_dir"])
+        self.model = DinoV2Clip.from_pretrained(self.run, device=device,
+                                                image_tower=self.dino_index is not None)
+        if self.model.dim != self.index.d:
+            raise ConfigError(f"the index holds {self.index.d}-d embeddings but the run's text "
+                              f"tower gives {self.model.dim}-d")
+        if self.dino_index is not None and self.model.dino_dim != self.dino_index.d:
+            raise ConfigError(f"dino.faiss holds {self.dino_index.d}-d features but the run's "
+                              f"DINOv2 gives {self.model.dino_dim}-d")
+        self.text_batcher = Batcher(self._search_texts, max_batch)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def info(self) -> dict:
+        return {"run": self.run, "index": str(self.index_dir.resolve()), "n_images": self.size,
+                "kind": self.summary.get("kind"), "dim": self.index.d,
+                "source": self.summary.get("source"), "similar": self.dino_index is not None}
+
+    def close(self) -> None:
+        self.text_batcher.close()
+
+    # --- queries --------------------------------------------------------------------------
+
+    def search_text(self, query: str, k: int) -> concurrent.futures.Future:
+        """A future of (scores, ids) for one query; batched with whatever else is waiting."""
+        return self.text_batcher.submit((query, k))
+
+    def _search_texts(self, requests: list[tuple[str, int]]) -> list[tuple]:
+        q = self.model.encode_text([text for text, _ in requests]).numpy()  # (b, dim)
+        k_max = min(max(k for _, k in requests), self.size)
+        scores, ids = self.index.search(q, k_max)
+        return [(scores[i, :k], ids[i, :k]) for i, (_, k) in enumerate(requests)]
+
+    def similar(self, image_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images most like an indexed one by DINOv2 features, the image itself left out."""
+        self.check_id(image_id)
+        x = self.dino_index.reconstruct(image_id)[None, :]
+        scores, ids = self.dino_index.search(x, min(k + 1, self.size))
+        keep = ids[0] != image_id
+        return scores[0][keep][:k], ids[0][keep][:k]
+
+    def search_image(self, data: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images most like an uploaded one, by DINOv2 features."""
+        from dinov2clip.extract.preprocess import decode, resize_and_crop
+
+        try:
+            img = decode(data)
+        except Exception as err:  # noqa: BLE001 - whatever the decoder says, the upload is bad
+            raise BadImage(f"not an image the server can read ({type(err).__name__})") from None
+        crop = torch.from_numpy(resize_and_crop(img, self.model.dino_spec)[None])
+        _, raw = self.model.encode_image_and_dino(crop)
+        return self.dino_index.search(raw.numpy(), min(k, self.size))
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[dict]:
+        out = []
+        for rank, (score, i) in enumerate(zip(scores, ids, strict=True), start=1):
+            if i < 0:  # IVF with few probed lists can return fewer than k
+                continue
+            out.append({"rank": rank, "score": round(float(score), 6), "id": int(i),
+                        **self.describe(int(i))})
+        return out
+
+    def describe(self, i: int) -> dict:
+        row = {"key": self.meta["key"][i], "caption": self.meta["caption"][i] or None,
+               "image": f"/api/image/{i}"}
+        if self.meta["url"][i]:
+            row["url"] = self.meta["url"][i]
+        else:
+            row["path"] = self.meta["path"][i]
+        return row
+
+    def check_id(self, image_id: int) -> None:
+        if not 0 <= image_id < self.size:
+            raise UnknownImage(f"unknown image id {image_id} (the index holds ids 0 to "
+                               f"{self.size - 1})")
+
+    # --- image bytes ----------------------------------------------------------------------
+
+    def original(self, image_id: int) -> tuple[bytes, str]:
+        """(bytes, content type) of an indexed image, from its file or its shard."""
+        self.check_id(image_id)
+        kind, path, key = (self.meta[c][image_id] for c in ("kind", "path", "key"))
+        data = None
+        if kind == "file":
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                data = None
+        elif kind == "tar":
+            data = read_tar_member(Path(path), key)
+        if not data:
+            raise UnknownImage(f"image {image_id} ({key}) is no longer readable at {path}")
+        return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
+
+    @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
+    def thumbnail(self, image_id: int, size: int) -> bytes:
+        from PIL import Image
+
+        from dinov2clip.extract.preprocess import decode
+
+        data, _ = self.original(image_id)
+        try:
+            img = decode(data)
+        except Exception as err:  # noqa: BLE001 - an indexed file changed into garbage
+            raise UnknownImage(f"image {image_id} no longer decodes") from err
+        img.thumbnail((size, size), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+
+def load_dino_index(index_dir: Path, summary: dict):
+    """dino.faiss, ready to search and to reconstruct rows by id; None for an older index."""
+    import faiss
+
+    path = Path(index_dir) / "dino.faiss"
+    if not path.is_file():
+        log.warning("%s has no dino.faiss (built before DINOv2 vectors were kept): similar-image "
+                    "search is off until it is rebuilt with `pipeline index --force`", index_dir)
+        return None
+    t0 = time.perf_counter()
+    index = faiss.read_index(str(path))
+    faiss_index.configure_search(index, summary)
+    if summary.get("kind") == "ivf":
+        faiss.extract_index_ivf(index).make_direct_map()  # reconstruct(id) needs it
+    log.info("loaded dino.faiss (%d vectors) in %.1fs", index.ntotal, time.perf_counter() - t0)
+    return index
+
+
+def _sniff_type(data: bytes) -> str:
+    for magic, kind in ((b"\xff\xd8", "image/jpeg"), (b"\x89PNG", "image/png"),
+                        (b"RIFF", "image/webp")):
+        if data.startswith(magic):
+            return kind
+    return "application/octet-stream"

@@ -1,0 +1,153 @@
+"""`pipeline push` and "hf-hub:ORG/NAME" runs, against a fake hub on 127.0.0.1."""
+
+import base64
+import hashlib
+import json
+import re
+import urllib.parse
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dinov2clip.pipeline import app
+from tests.test_data_evalsets import COMMIT, FakeHub
+
+
+class FakeModelHub(FakeHub):
+    """The eval-set fake hub, plus model repos and the routes push uses: create a repo, check
+    the card's YAML, preupload (every file goes as a regular blob), commit (ndjson, base64)."""
+
+    def __init__(self):
+        super().__init__({})
+        hub = self
+        self.server.RequestHandlerClass.do_POST = lambda h: hub.post(h)
+
+    def respond(self, h, body: bool) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
+        self.requests.append((h.command, path))
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo = self.repos.get((api or resolve)[1]) if (api or resolve) else None
+        if repo is None or (resolve and resolve[3] not in repo):
+            return self.send(h, 404, b'{"error": "Repository not found"}',
+                             {"X-Error-Code": "RepoNotFound"}, body)
+        if resolve:
+            blob = repo[resolve[3]]
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(blob).hexdigest()}"'}
+            return self.send(h, 200, blob, headers, body)
+        if api[2] == "revision":
+            info = {"id": api[1], "sha": COMMIT, "siblings": [{"rfilename": p} for p in repo]}
+        else:
+            info = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                    for p, b in repo.items()]
+        self.send(h, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
+
+    def post(self, h) -> None:
+        path = urllib.parse.urlsplit(h.path).path
+        self.requests.append(("POST", path))
+        data = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        ok = {"Content-Type": "application/json"}
+        if path == "/api/repos/create":
+            req = json.loads(data)
+            repo = f"{req['organization']}/{req['name']}"
+            self.repos.setdefault(repo, {})
+            return self.send(h, 200, json.dumps({"url": f"{self.url}/{repo}"}).encode(), ok, True)
+        if path == "/api/validate-yaml":  # the client checks a README's metadata first
+            self.validated = json.loads(data)["content"]
+            return self.send(h, 200, b'{"errors": [], "warnings": []}', ok, True)
+        pre = re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path)
+        if pre:
+            files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                     for f in json.loads(data)["files"]]
+            return self.send(h, 200, json.dumps({"files": files}).encode(), ok, True)
+        commit = re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path)
+        if commit and commit[1] in self.repos:
+            for line in data.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    value = item["value"]
+                    self.repos[commit[1]][value["path"]] = base64.b64decode(value["content"])
+            reply = {"commitUrl": f"{self.url}/{commit[1]}/commit/{COMMIT}", "commitOid": COMMIT}
+            return self.send(h, 200, json.dumps(reply).encode(), ok, True)
+        self.send(h, 404, b'{"error": "not found"}', {}, True)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    fake = FakeModelHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield fake
+    fake.close()
+
+
+def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_model, hub, tmp_path):
+    from dinov2clip import DinoV2Clip
+    from tests.conftest import write_shape_classes
+
+    _, art = demo_run
+    run = art / "runs" / "demo"
+    result = CliRunner().invoke(app, ["push", "--run", str(run), "--repo", "me/shapes-proj"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"me/shapes-proj/commit/{COMMIT}")
+    pushed = hub.repos["me/shapes-proj"]
+    assert sorted(pushed) == ["README.md", "config.json", "eval/report.md", "eval/results.json",
+                              "model.safetensors", "projector.json"]
+    assert pushed["model.safetensors"] == (run / "model.safetensors").read_bytes()
+    card = pushed["README.md"].decode()
+    assert hub.validated == card and card.startswith("---\nlibrary_name: dinov2-clip\n")
+    for text in ("| backbone |", "tiny-dinov2", "| teacher | open_clip", "| data | `shapes`",
+                 "| recipe | pooling = token_mean", 'from_pretrained("hf-hub:me/shapes-proj")',
+                 "## Evaluation", (run / "eval" / "report.md").read_text().splitlines()[0]):
+        assert text in card
+
+    pulled = DinoV2Clip.from_pretrained("hf-hub:me/shapes-proj", device="cpu", clip_image=True)
+    images = sorted(write_shape_classes(tmp_path / "imgs", per_class=2).rglob("*.png"))
+    torch.testing.assert_close(pulled.encode_image(images), demo_model.encode_image(images))
+    texts = ["a red circle", "a square"]
+    torch.testing.assert_close(pulled.encode_text(texts), demo_model.encode_text(texts))
+    assert ("GET", f"/me/shapes-proj/resolve/{COMMIT}/model.safetensors") in hub.requests
+
+
+def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
+    from dinov2clip.hub import push
+    from dinov2clip.index import build_index
+    from dinov2clip.serve import SearchEngine
+    from tests.conftest import write_shape_classes
+
+    _, art = demo_run
+    push(run_dir=art / "runs" / "demo", repo="me/p")
+    root = write_shape_classes(tmp_path / "imgs", per_class=2)
+    summary = build_index(run_dir="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
+                          device="cpu", num_workers=0)
+    assert summary["run_dir"] == "hf-hub:me/p" and summary["n_images"] == 6
+    engine = SearchEngine(tmp_path / "idx", device="cpu")
+    try:
+        assert engine.info()["run"] == "hf-hub:me/p"
+        scores, ids = engine.search_text("a circle", 3).result(timeout=60)
+        assert len(ids) == 3 and np.all(np.diff(scores) <= 0)
+    finally:
+        engine.close()
+
+
+def test_hub_errors_are_one_line(demo_run, hub, tmp_path):
+    from dinov2clip import DinoV2Clip
+    from dinov2clip.config import ConfigError
+
+    _, art = demo_run
+    with pytest.raises(ConfigError, match=r"cannot fetch me/absent from the Hugging Face hub"):
+        DinoV2Clip.from_pretrained("hf-hub:me/absent", device="cpu")
+    runner = CliRunner()
+    bad_repo = runner.invoke(app, ["push", "--run", str(art / "runs" / "demo"), "--repo", "x"])
+    assert bad_repo.exit_code == 2 and "error: --repo must be ORG/NAME, got 'x'" in bad_repo.output
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text(
+        (art / "runs" / "demo" / "config.json").read_text())
+    half = runner.invoke(app, ["push", "--run", str(tmp_path / "half"), "--repo", "me/h"])
+    assert half.exit_code == 2 and "projector.json missing" in half.output
+    no_out = runner.invoke(app, ["index", "--run", "hf-hub:me/h", "--images", str(tmp_path)])
+    assert no_out.exit_code == 2 and "--out is needed with a hub run" in no_out.output

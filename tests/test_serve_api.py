@@ -1,0 +1,171 @@
+"""The search server's JSON API, in process over HTTP: rankings against brute force, 4xx errors."""
+
+import io
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from dinov2clip.index import build_index
+from dinov2clip.serve import SearchEngine, create_app
+from dinov2clip.serve.engine import Batcher
+from tests.conftest import write_shape_classes
+
+
+@pytest.fixture(scope="module")
+def served(demo_run, tmp_path_factory):
+    """(client, engine, index dir): 12 shape images indexed, served with a 40 kB upload cap."""
+    _, art = demo_run
+    root = write_shape_classes(tmp_path_factory.mktemp("serve") / "photos", per_class=4)
+    (root / "circle" / "0.txt").write_text("a red circle")
+    out = root.parent / "index"
+    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out, device="cpu",
+                num_workers=0)
+    engine = SearchEngine(out, device="cpu")
+    with TestClient(create_app(engine, max_k=50, max_upload=40_000),
+                    raise_server_exceptions=False) as client:
+        yield client, engine, out
+
+
+def test_health_and_info_name_the_run_and_index(served, demo_run):
+    client, _, out = served
+    assert client.get("/healthz").json() == {"status": "ok", "n_images": 12}
+    info = client.get("/api/info").json()
+    assert info["run"].endswith("runs/demo") and info["index"] == str(out.resolve())
+    assert info["n_images"] == 12 and info["similar"] is True and info["max_k"] == 50
+
+
+def test_text_search_ranks_by_projected_cosine(served, demo_model):
+    client, _, out = served
+    body = client.get("/api/search", params={"q": "a red circle", "k": 5}).json()
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    brute = (demo_model.encode_image(meta["path"]) @ demo_model.encode_text("a red circle").T)[:, 0]
+    order = brute.argsort(descending=True)[:5].tolist()
+    assert [r["id"] for r in body["results"]] == order
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r["score"] for r in body["results"]], brute[order], atol=1e-3)
+    first = body["results"][0]
+    assert first["path"] == meta["path"][first["id"]] and first["image"] == f"/api/image/{order[0]}"
+    assert body["took_ms"] > 0
+    captioned = client.get("/api/search", params={"q": "anything", "k": 12}).json()["results"]
+    assert {r["key"]: r["caption"] for r in captioned}["circle/0.png"] == "a red circle"
+
+
+def test_similar_ranks_by_dino_features_and_leaves_the_image_out(served, demo_model):
+    client, _, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    projected, dino = demo_model.encode_image_and_dino(meta["path"])
+    body = client.get("/api/similar", params={"id": 3, "k": 4}).json()
+    sims = dino @ dino[3]
+    sims[3] = -2  # the query image itself is not a result
+    order = sims.argsort(descending=True)[:4].tolist()
+    assert [r["id"] for r in body["results"]] == order
+    np.testing.assert_allclose([r["score"] for r in body["results"]], sims[order], atol=2e-3)
+    assert body["query_image"]["key"] == meta["key"][3]
+    # DINOv2's space is not the projected one: the two orders differ on this collection.
+    by_projection = (projected @ projected[3]).argsort(descending=True)[1:5].tolist()
+    assert by_projection != order
+
+
+def test_search_by_uploaded_image_finds_that_image(served):
+    client, _, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    data = open(meta["path"][7], "rb").read()
+    multipart = client.post("/api/search_image?k=3", files={"image": ("x.png", data)}).json()
+    raw = client.post("/api/search_image?k=3", content=data,
+                      headers={"content-type": "image/png"}).json()
+    assert multipart["results"][0]["id"] == raw["results"][0]["id"] == 7
+    assert multipart["results"][0]["score"] > 0.999
+
+
+def test_images_and_thumbnails(served):
+    client, _, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    thumb = client.get("/api/image/2", params={"size": 40})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 40
+    original = client.get("/api/image/2?size=0")
+    assert original.content == open(meta["path"][2], "rb").read()
+    assert original.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("method, url, kwargs, status, message", [
+    ("get", "/api/search?q=%20%20", {}, 400, "empty query"),
+    ("get", "/api/search", {}, 400, "empty query"),
+    ("get", "/api/search?q=dog&k=0", {}, 400, "k must be between 1 and 50, got 0"),
+    ("get", "/api/search?q=dog&k=51", {}, 400, "k must be between 1 and 50, got 51"),
+    ("get", "/api/search?q=dog&k=ten", {}, 400, "k must be an integer, got 'ten'"),
+    ("get", "/api/similar?id=12", {}, 404, "unknown image id 12 (the index holds ids 0 to 11)"),
+    ("get", "/api/similar?id=-1", {}, 400, "id must be between 0"),
+    ("get", "/api/similar", {}, 400, "missing parameter 'id'"),
+    ("get", "/api/image/99", {}, 404, "unknown image id 99"),
+    ("get", "/api/image/x", {}, 404, "image ids are integers"),
+    ("get", "/api/image/1?size=5000", {}, 400, "size must be between 0 and 1024"),
+    ("post", "/api/search_image", {"content": b"not an image at all"}, 400,
+     "not an image the server can read"),
+    ("post", "/api/search_image", {"content": b""}, 400, "empty upload"),
+    ("post", "/api/search_image", {"files": {"other": ("a.png", b"x")}}, 400,
+     "no file in the form field 'image'"),
+    ("post", "/api/search_image", {"content": b"\xff" * 50_000}, 413, "upload too large"),
+    ("get", "/api/search_image", {}, 405, "Method Not Allowed"),
+    ("get", "/nowhere", {}, 404, "Not Found"),
+])
+def test_bad_input_is_a_4xx_with_a_json_error(served, method, url, kwargs, status, message):
+    client, _, _ = served
+    r = getattr(client, method)(url, **kwargs)
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    assert message in r.json()["error"] and "Traceback" not in r.text
+
+
+def test_concurrent_text_queries_are_batched_and_answered_alike(served):
+    _, engine, _ = served
+    queries = [f"photo number {i}" for i in range(24)]
+    alone = [engine.search_text(q, 5).result() for q in queries]
+    calls = []
+    inner = engine.text_batcher.fn
+    engine.text_batcher.fn = lambda reqs: (calls.append(len(reqs)), time.sleep(0.05),
+                                           inner(reqs))[2]
+    try:
+        results = [None] * len(queries)
+
+        def ask(i):
+            results[i] = engine.search_text(queries[i], 5).result()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.text_batcher.fn = inner
+    assert sum(calls) == 24 and len(calls) < 24 and max(calls) > 1
+    for (s1, i1), (s2, i2) in zip(alone, results, strict=True):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+def test_a_failing_batch_fails_each_of_its_requests():
+    def boom(items):
+        raise RuntimeError("tower on fire")
+
+    batcher = Batcher(boom)
+    futures = [batcher.submit(i) for i in range(3)]
+    for f in futures:
+        with pytest.raises(RuntimeError, match="tower on fire"):
+            f.result(timeout=5)
+    batcher.close()
+    assert not batcher.thread.is_alive()
+
+
+def test_cli_serve_bad_index_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from dinov2clip.pipeline import app
+
+    result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path)])
+    assert result.exit_code == 2 and "error: no finished index" in result.output

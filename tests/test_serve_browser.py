@@ -1,0 +1,120 @@
+"""The search page in a real browser: Debian's headless Chromium driven by Playwright.
+
+A server on a free loopback port; type a query, see the tiles, click one for similar images,
+pick a file to search by image, and screenshot the page (SERVE_SCREENSHOT=path keeps a copy).
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from dinov2clip.index import build_index
+from dinov2clip.serve import SearchEngine, create_app
+from tests.conftest import write_shape_classes
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; .ci/run installs it (apt-get install chromium)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """uvicorn in a thread on a socket already bound to a free 127.0.0.1 port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def site(demo_run, tmp_path_factory):
+    _, art = demo_run
+    root = write_shape_classes(tmp_path_factory.mktemp("web") / "photos", per_class=6,
+                               classes=("circle", "square", "triangle", "star"), size=128)
+    out = root.parent / "index"
+    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out, device="cpu",
+                num_workers=0)
+    with running_server(create_app(SearchEngine(out, device="cpu"))) as url:
+        yield url, root
+
+
+@pytest.fixture(scope="module")
+def page(site):
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: apt-get install chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1200, "height": 800})
+        tab.goto(site[0])
+        yield tab
+        browser.close()
+
+
+def loaded_tiles(page) -> int:
+    return page.evaluate("""() => [...document.querySelectorAll('figure.tile img')]
+                              .filter(i => i.complete && i.naturalWidth > 0).length""")
+
+
+def test_type_a_query_click_a_tile_search_by_file_and_screenshot(site, page, tmp_path):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#serving")).to_contain_text("24 images (flat)")
+    expect(page.locator("#serving")).to_contain_text("runs/demo")
+    page.fill("#k", "8")
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    expect(page.locator("figure.tile")).to_have_count(8)
+    expect(page.locator("#status")).to_contain_text('8 results for "a red circle"')
+    page.wait_for_function("() => [...document.querySelectorAll('figure.tile img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    assert loaded_tiles(page) == 8
+    first = page.locator("figure.tile").first
+    assert first.locator(".score").inner_text().startswith("#1 ")
+
+    clicked = int(page.locator("figure.tile").nth(2).get_attribute("data-id"))
+    page.locator("figure.tile img").nth(2).click()
+    expect(page.locator("#status")).to_contain_text(f"results for image {clicked}")
+    expect(page.locator("#query-image")).to_be_visible()
+    expect(page.locator("figure.tile")).to_have_count(8)
+    ids = [int(x) for x in page.locator("figure.tile").evaluate_all(
+        "tiles => tiles.map(t => t.dataset.id)")]
+    assert clicked not in ids  # "more like this" leaves the image itself out
+    page.wait_for_function("() => [...document.querySelectorAll('figure.tile img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    shot = tmp_path / "serve.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
+    if os.environ.get("SERVE_SCREENSHOT"):
+        shutil.copy(shot, os.environ["SERVE_SCREENSHOT"])
+
+    _, root = site
+    page.set_input_files("#file", str(root / "star" / "3.png"))
+    expect(page.locator("#status")).to_contain_text("results for 3.png")
+    top = page.locator("figure.tile").first
+    assert top.locator("a").inner_text() == "star/3.png"  # the picked image is its own best match
+
+
+def test_errors_show_on_the_page(page):
+    from playwright.sync_api import expect
+
+    page.fill("#k", "8")
+    page.fill("#query", "   ")
+    page.press("#query", "Enter")
+    expect(page.locator("#status.error")).to_contain_text("empty query")
