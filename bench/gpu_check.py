@@ -236,8 +236,7 @@ def check_agreement(tmp: Path, models: dict, device: torch.device, size: dict,
         with torch.inference_mode():
             projected = proj(x)
         recalls[name] = SetEval(torch.from_numpy(emb.clip_text), torch.from_numpy(emb.clip_image),
-                                torch.arange(len(samples)), [1, 5, 10], "exact",
-                                use_gpu=False).rows(projected)
+                                torch.arange(len(samples)), [1, 5, 10], device).rows(projected)
     out["recalls"] = {k: {row: recalls[k][row] for row in ("clip", "projected")}
                       for k in recalls}
     out["max_recall_difference_points"] = max(
@@ -248,8 +247,7 @@ def check_agreement(tmp: Path, models: dict, device: torch.device, size: dict,
 
 def check_train(device: torch.device, size: dict, out: dict) -> None:
     """The trainer's step (loop.py) over its own Feed of an 8M-row split held on the device."""
-    from dinov2clip.train.data import Split
-
+    from dinov2clip.store import Split
     from dinov2clip.train.feed import Feed
     from dinov2clip.train.losses import WeightedLoss
     from dinov2clip.train.projector import Projector, count_parameters
@@ -313,16 +311,16 @@ def check_eval(device: torch.device, size: dict, out: dict) -> None:
     """The three sets at real size (smoke: a tenth), ranked as `pipeline eval` ranks them here."""
     from eval_speed import synthetic_set
 
-    from dinov2clip.evaluate.compute import SetEval, resolve_engine
+    from dinov2clip.evaluate.compute import SetEval
 
-    use_gpu = device.type == "cuda"
-    engine = resolve_engine("auto", use_gpu)
-    out["engine"] = engine
+    out["device"] = str(device)
     for seed, (name, (ni, nc)) in enumerate(EVAL_SETS.items()):
         ni, nc = ni // size["eval_scale"], nc // size["eval_scale"]
         text, clip, projected, c2i = synthetic_set(ni, nc, seed)
         t = time.perf_counter()
-        rows = SetEval(text, clip, c2i, [1, 5, 10], engine, use_gpu=use_gpu).rows(projected)
+        rows = SetEval(text, clip, c2i, [1, 5, 10], device).rows(projected)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         out[name] = {"images": ni, "captions": nc, "seconds": round(time.perf_counter() - t, 3),
                      "clip_t2i_R@1": rows["clip"]["t2i_R@1"]}
     out["total_seconds"] = round(sum(v["seconds"] for k, v in out.items()
@@ -330,14 +328,25 @@ def check_eval(device: torch.device, size: dict, out: dict) -> None:
 
 
 def check_faiss(device: torch.device, out: dict) -> None:
+    """An exact inner-product search on the GPU when this faiss build can run there (PyPI's
+    faiss-gpu-cu12 has no sm_90 kernels), else on the CPU, as `pipeline search` would."""
     import faiss
-    from dinov2clip.evaluate.retrieval import faiss_topk, gpu_faiss_usable
 
     out["faiss_version"] = getattr(faiss, "__version__", "?")
-    out["gpu_faiss_usable"] = bool(device.type == "cuda" and gpu_faiss_usable())
-    keys = F.normalize(torch.randn(20000, 512), dim=-1)
+    keys = F.normalize(torch.randn(20000, 512), dim=-1).numpy()
+    index = faiss.IndexFlatIP(keys.shape[1])
+    index.add(keys)
+    out["gpu_faiss_usable"] = False
+    if device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+        try:
+            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
+            gpu.search(keys[:10], 1)  # a missing kernel fails here, not at the copy
+            index, out["gpu_faiss_usable"] = gpu, True
+        except Exception as err:  # noqa: BLE001 - any failure means: fall back to the CPU
+            out["gpu_faiss_error"] = str(err).splitlines()[0][:300]
     t = time.perf_counter()
-    _, ids = faiss_topk(keys[:1000], keys, 10, use_gpu=out["gpu_faiss_usable"])
+    _, ids = index.search(keys[:1000], 10)
+    ids = torch.from_numpy(ids)
     out["search_1000x20000_s"] = round(time.perf_counter() - t, 3)
     out["ran_on"] = "gpu" if out["gpu_faiss_usable"] else "cpu (fallback)"
     out["self_is_top1"] = bool((ids[:, 0] == torch.arange(1000)).all())

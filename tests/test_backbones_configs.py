@@ -43,9 +43,9 @@ def test_token_mean_weighs_by_the_manifests_patch_count(tmp_path):
     import json
 
     import torch
-    from dinov2clip.train.data import pool
 
     from dinov2clip.config import ConfigError
+    from dinov2clip.store import pool
     from dinov2clip.train.loop import with_patch_tokens
 
     cfg = load_config(REPO / "configs" / "dinov3-clip.toml")

@@ -114,6 +114,7 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
 
 
 def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
+    from dinov2clip.config import UseOptions
     from dinov2clip.hub import push
     from dinov2clip.index import build_index
     from dinov2clip.serve import SearchEngine
@@ -123,7 +124,7 @@ def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     push(run_dir=art / "runs" / "demo", repo="me/p")
     root = write_shape_classes(tmp_path / "imgs", per_class=2)
     summary = build_index(run_dir="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
-                          device="cpu", num_workers=0)
+                          options=UseOptions(device="cpu", num_workers=0))
     assert summary["run_dir"] == "hf-hub:me/p" and summary["n_images"] == 6
     engine = SearchEngine(tmp_path / "idx", device="cpu")
     try:

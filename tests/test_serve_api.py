@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from dinov2clip.config import UseOptions
 from dinov2clip.index import build_index
 from dinov2clip.serve import SearchEngine, create_app
 from dinov2clip.serve.engine import Batcher
@@ -23,8 +24,8 @@ def served(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("serve") / "photos", per_class=4)
     (root / "circle" / "0.txt").write_text("a red circle")
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out, device="cpu",
-                num_workers=0)
+    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
     engine = SearchEngine(out, device="cpu")
     with TestClient(create_app(engine, max_k=50, max_upload=40_000),
                     raise_server_exceptions=False) as client:

@@ -63,14 +63,14 @@ def read_run(run_dir: Path) -> RunResults:
     except (ValueError, KeyError):
         raise ConfigError(f"{path}: not an eval results file") from None
     cfg = read_run_config(run_dir)
-    ex, tr = cfg["extract"], cfg["train"]
-    pre = ex.get("clip_pretrained") or ""
-    teacher = _short(ex["clip_model"]) + (f" / {_short(pre)}" if pre else "")
-    loss = " + ".join(k if w == 1 else f"{w:g}*{k}" for k, w in tr["loss"].items())
+    ex, tr = cfg.extract, cfg.train
+    pre = ex.clip_pretrained
+    teacher = _short(ex.clip_model) + (f" / {_short(pre)}" if pre else "")
+    loss = " + ".join(k if w == 1 else f"{w:g}*{k}" for k, w in tr.loss.items())
     best = results.get("run_info", {}).get("best_epoch")
-    return RunResults(name=run_dir.name, backbone=_short(ex["dino_model"]), teacher=teacher,
-                      pooling=tr["pooling"], loss=loss,
-                      epochs=f"{best if best is not None else '?'}/{tr['epochs']}",
+    return RunResults(name=run_dir.name, backbone=_short(ex.dino_model), teacher=teacher,
+                      pooling=tr.pooling, loss=loss,
+                      epochs=f"{best if best is not None else '?'}/{tr.epochs}",
                       results=results)
 
 
