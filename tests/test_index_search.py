@@ -17,7 +17,7 @@ from dinov2clip.data.synthetic import jpeg_bytes
 from dinov2clip.index import build_index, faiss_index, search
 from dinov2clip.io_utils import HOST
 from dinov2clip.pipeline import app
-from tests.conftest import write_shape_classes
+from tests.helpers import write_shape_classes
 
 CPU = UseOptions(device="cpu", num_workers=0)
 CPU3 = UseOptions(device="cpu", batch_size=3, num_workers=0)
