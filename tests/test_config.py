@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from dinov2clip.config import ConfigError, config_hash, load_config
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, demo_config, run_cli
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -162,11 +162,8 @@ def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
     from typer.testing import CliRunner
 
     from dinov2clip.pipeline import app
-    from tests.conftest import tiny_config_text
-
     art = tmp_path / "artifacts"
-    config = tmp_path / "demo.toml"
-    config.write_text(tiny_config_text(art))
+    config = demo_config(tmp_path / "demo.toml", art)
     for override, message in (("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss"),
                               ('eval.sets=["shapes-tset"]', "unknown eval set 'shapes-tset'"),
                               ("train.epochs=0", "'train.epochs' must be at least 1")):

@@ -20,7 +20,7 @@ from dinov2clip.config import ConfigError, DataConfig
 from dinov2clip.data.download import download_pairs, format_summary
 from dinov2clip.data.synthetic import draw, jpeg_bytes, random_scene
 from dinov2clip.data.urllists import prepare_url_list
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture

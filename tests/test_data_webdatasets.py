@@ -12,7 +12,7 @@ import webdataset as wds
 from dinov2clip import data, extract
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import draw, random_scene
-from tests.conftest import tiny_config_text
+from tests.helpers import demo_config
 
 
 def own_webdataset(directory, shards=2, per_shard=5):
@@ -30,24 +30,17 @@ def own_webdataset(directory, shards=2, per_shard=5):
     return captions
 
 
-def config(tmp_path, webdatasets: str, extra_data: str = "", tiny_models: bool = False):
-    path = tmp_path / "c.toml"
-    text = tiny_config_text(tmp_path / "artifacts")
-    assert "tiny_models = true" in text
-    text = text.replace("tiny_models = true", f"tiny_models = {str(tiny_models).lower()}")
-    text = text.replace('dataset = "shapes"\n',
-                        f'dataset = "shapes"\nwebdatasets = {{ {webdatasets} }}\n{extra_data}', 1)
-    text = text.replace("num_train = 384", "num_train = 0").replace("num_eval = 60",
-                                                                     "num_eval = 0")
-    text = text.replace('datasets = ["shards/shapes", "evalsets/shapes-test"]',
-                        'datasets = ["shards/mine"]')
-    path.write_text(text)
-    return load_config(path)
+def config(tmp_path, webdatasets: dict, settings: dict | None = None, tiny_models: bool = False):
+    """The tiny demo over the webdatasets {name: folder} only, extracted as shards/mine."""
+    return load_config(demo_config(tmp_path / "c.toml", tmp_path / "artifacts", {
+        "data.synthetic.tiny_models": tiny_models, "data.webdatasets": webdatasets,
+        "data.synthetic.num_train": 0, "data.synthetic.num_eval": 0,
+        "extract.datasets": ["shards/mine"], **(settings or {})}))
 
 
 def test_own_webdataset_is_linked_and_extracted(tmp_path, caplog):
     captions = own_webdataset(tmp_path / "elsewhere" / "wds")
-    cfg = config(tmp_path, f'mine = "{tmp_path / "elsewhere" / "wds"}"', tiny_models=True)
+    cfg = config(tmp_path, {"mine": str(tmp_path / "elsewhere" / "wds")}, tiny_models=True)
     with caplog.at_level(logging.INFO, logger="dinov2clip"):
         data.run(cfg)
     link = cfg.root / "shards" / "mine"
@@ -65,9 +58,9 @@ def test_own_webdataset_is_linked_and_extracted(tmp_path, caplog):
 def test_what_is_not_an_image_caption_webdataset_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"data.webdatasets.mine: no .tar shards directly in "):
-        data.run(config(tmp_path, f'mine = "{tmp_path / "empty"}"'))
+        data.run(config(tmp_path, {"mine": str(tmp_path / "empty")}))
     with pytest.raises(ConfigError, match=r"data.webdatasets.mine: .*/absent is not a directory"):
-        data.run(config(tmp_path, f'mine = "{tmp_path / "absent"}"'))
+        data.run(config(tmp_path, {"mine": str(tmp_path / "absent")}))
 
     (tmp_path / "jsononly").mkdir()
     with tarfile.open(tmp_path / "jsononly" / "0.tar", "w") as tar:
@@ -76,23 +69,23 @@ def test_what_is_not_an_image_caption_webdataset_is_refused(tmp_path):
             tar.add(tmp_path / name, arcname=name)
     with pytest.raises(ConfigError, match=r"need an image \(jpg/jpeg/png/webp/gif/bmp\) and a "
                                           r".txt caption; found extensions: jpg, json"):
-        data.run(config(tmp_path, f'mine = "{tmp_path / "jsononly"}"'))
+        data.run(config(tmp_path, {"mine": str(tmp_path / "jsononly")}))
 
 
 def test_a_name_already_in_use_is_refused(tmp_path, caplog):
     own_webdataset(tmp_path / "a")
     own_webdataset(tmp_path / "b")
     with caplog.at_level(logging.INFO, logger="dinov2clip"):
-        data.run(config(tmp_path, f'mine = "{tmp_path / "a"}"'))
-        data.run(config(tmp_path, f'mine = "{tmp_path / "a"}"'))  # a re-run keeps the link
+        data.run(config(tmp_path, {"mine": str(tmp_path / "a")}))
+        data.run(config(tmp_path, {"mine": str(tmp_path / "a")}))  # a re-run keeps the link
     assert "webdataset mine: already linked shards/mine" in caplog.text
     with pytest.raises(ConfigError, match=r"shards/mine already links to .*/a; remove that link "
                                           r"to point it at .*/b"):
-        data.run(config(tmp_path, f'mine = "{tmp_path / "b"}"'))
+        data.run(config(tmp_path, {"mine": str(tmp_path / "b")}))
     with pytest.raises(ConfigError, match=r"data.webdatasets.shapes: shards/shapes is also "
                                           r"written by the download or synthetic set"):
-        data.run(config(tmp_path, f'shapes = "{tmp_path / "b"}"',
-                        'url_list = "somewhere.tsv"\n'))
+        data.run(config(tmp_path, {"shapes": str(tmp_path / "b")},
+                        {"data.url_list": "somewhere.tsv"}))
 
 
 def test_members_named_dot_slash_or_in_dotted_folders_are_accepted(tmp_path):

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from dinov2clip import device
 from dinov2clip.config import ConfigError
 from dinov2clip.pipeline import app
-from tests.extract_utils import extract_config
-from tests.train_helpers import make_embeddings, write_config
+from tests.helpers import extract_config, make_embeddings, train_config
 
 OLD_DRIVER = ("CUDA initialization: The NVIDIA driver on your system is too old (found version "
               "11040). Please update your GPU driver by downloading and installing a new version")
@@ -59,7 +58,7 @@ def test_cuda_without_cuda_is_a_config_error(no_gpu):
 def test_extract_and_train_refuse_cuda_in_one_line(tmp_path, no_gpu):
     art = tmp_path / "artifacts"
     make_embeddings(art, n=100, shard_size=100)
-    train = CliRunner().invoke(app, ["train", "-c", str(write_config(art)), "--set",
+    train = CliRunner().invoke(app, ["train", "-c", str(train_config(art)), "--set",
                                      'train.device="cuda"'])
     assert train.exit_code == 2 and len(train.stderr.strip().splitlines()) == 1, train.output
     assert train.stderr.startswith("error: train.device = 'cuda' asked for, but CUDA is not "

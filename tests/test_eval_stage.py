@@ -19,6 +19,7 @@ from dinov2clip.pipeline import app
 from dinov2clip.retrieval import recall_at_k
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from dinov2clip.train.projector import Projector
+from tests.helpers import write_config
 
 SET = "shapes-test"
 
@@ -71,9 +72,7 @@ def scratch(demo_run, tmp_path):
     shutil.copytree(art / "runs" / "demo", root / "runs" / "demo",
                     ignore=shutil.ignore_patterns("eval"))
     shutil.copytree(art / "embeddings" / SET, root / "embeddings" / SET)
-    cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(Path(config).read_text().replace(f'"{art}"', f'"{root}"'))
-    return cfg_path, root
+    return write_config(tmp_path / "c.toml", {"artifacts": str(root)}, base=config), root
 
 
 def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> None:

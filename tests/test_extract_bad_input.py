@@ -12,7 +12,7 @@ from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import draw, jpeg_bytes, random_scene
 from dinov2clip.extract import run
 from dinov2clip.pipeline import app
-from tests.extract_utils import extract_config
+from tests.helpers import extract_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dinov2clip.config import load_config
 from dinov2clip.extract import run
-from tests.extract_utils import extract_config
+from tests.helpers import extract_config
 from tests.test_extract_bad_input import good_jpeg, sample, write_tar
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

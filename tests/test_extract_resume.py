@@ -4,12 +4,9 @@ Every run here uses one torch thread (OMP_NUM_THREADS=1 in subprocesses, as torc
 runs in different processes can be compared byte for byte.
 """
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +15,9 @@ import pytest
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import write_train_shards
 from dinov2clip.extract import run
-from tests.conftest import REPO
-from tests.extract_utils import extract_config, tree_bytes
+from tests.helpers import REPO, TIMEOUT, extract_config, one_process_env, run_killed, tree_bytes
 
 N_SHARDS = 8
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -38,8 +33,7 @@ def out_dir(config: Path) -> Path:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**env, **ONE_THREAD},
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=one_process_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -74,17 +68,9 @@ def test_reference_run_is_complete(toy):
 def test_sigkill_then_rerun_gives_identical_files(toy):
     config = new_root(toy.base, "killed", toy.shards, toy.models)
     done = out_dir(config) / "done"
-    proc = start_cli("-m", "dinov2clip.pipeline", "extract", "-c", str(config))
-    deadline = time.time() + 600  # a hang guard only: on a loaded box imports alone take 2 min
-    while proc.poll() is None and time.time() < deadline:
-        if done.is_dir() and len(list(done.glob("*.json"))) >= 2:
-            proc.send_signal(signal.SIGKILL)  # kill -9: no handler, no cleanup
-            break
-        time.sleep(0.005)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
-    n_done = len(list(done.glob("*.json")))
-    assert 2 <= n_done < N_SHARDS, "the kill must land mid-run"
+    # kill -9 right after the second shard's done-marker lands
+    run_killed("dinov2clip.store:DoneMarkers.write", 2, "extract", "-c", str(config))
+    assert len(list(done.glob("*.json"))) == 2 < N_SHARDS, "the kill must land mid-run"
     assert not (out_dir(config) / "manifest.json").exists()
     run(load_config(config))  # the re-run skips finished shards and redoes the rest
     assert tree_bytes(out_dir(config)) == toy.expected
@@ -134,7 +120,7 @@ def test_slurm_ranks_split_shards_and_union_equals_one_process(toy, monkeypatch)
 
 
 def test_torchrun_two_ranks_union_equals_one_process(toy):
-    out, _ = toy.torchrun.communicate(timeout=300)
+    out, _ = toy.torchrun.communicate(timeout=TIMEOUT)
     assert toy.torchrun.returncode == 0, out
     assert "rank 1/2" in out and "rank 0/2" in out
     assert out.count("waiting for decoded batches") == 2  # each rank logs its phase times

@@ -14,11 +14,9 @@ from typer.testing import CliRunner
 from dinov2clip import io_utils
 from dinov2clip.config import load_config
 from dinov2clip.pipeline import app
-from tests.extract_utils import extract_config
-from tests.train_helpers import make_embeddings, one_thread, write_config
+from tests.helpers import extract_config
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-single_thread = pytest.fixture(scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NO_SPACE = "No space left on device"
 
 
@@ -50,20 +48,13 @@ def debris(root: Path) -> list[str]:
     return sorted(p.name for p in root.rglob("*.tmp"))
 
 
-@pytest.fixture
-def setup(tmp_path):
-    art = tmp_path / "artifacts"
-    make_embeddings(art, n=300, shard_size=100)
-    return art, str(write_config(art))
-
-
 @pytest.mark.parametrize(("module", "name"), [("dinov2clip.train.state", "train_state.pt"),
                                               ("dinov2clip.train.projector", "epoch_001"),
                                               ("dinov2clip.train.plots", "loss.png")])
-def test_train_on_a_full_disk(setup, monkeypatch, module, name):
+def test_train_on_a_full_disk(train_setup, monkeypatch, module, name):
     import importlib
 
-    art, config = setup
+    art, config = train_setup
     fill_disk(monkeypatch, importlib.import_module(module), name)
     result, errors = pipeline("train", "-c", config)
     assert result.exit_code == 1 and len(errors) == 1, result.output
@@ -74,8 +65,8 @@ def test_train_on_a_full_disk(setup, monkeypatch, module, name):
     assert not list(run_dir.rglob(f"{name}*"))  # nothing under the final name
 
 
-def test_permission_denied_names_the_path(setup, monkeypatch):
-    art, config = setup
+def test_permission_denied_names_the_path(train_setup, monkeypatch):
+    art, config = train_setup
 
     def read_only(path, write):  # a directory this user may not write: open() refuses
         raise PermissionError(13, "Permission denied", str(Path(path).parent / ".tmp"))
@@ -112,10 +103,10 @@ def test_extract_on_a_full_disk(tmp_path, tiny_models, monkeypatch):
     assert (out / "done" / "00000.json").exists()  # the shard before the fault is kept
 
 
-def test_ctrl_c_in_train_says_resume_and_a_finished_run_says_so(setup, monkeypatch, caplog):
+def test_ctrl_c_in_train_says_resume_and_a_finished_run_says_so(train_setup, monkeypatch, caplog):
     from dinov2clip.train import loop
 
-    art, config = setup
+    art, config = train_setup
 
     def interrupt(run_dir):
         raise KeyboardInterrupt

@@ -79,6 +79,11 @@ def hub(tmp_path, monkeypatch):
     fake = FakeModelHub()
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # huggingface_hub read HF_HOME when it was imported: point its cache here as well, so no
+    # snapshot of an earlier session (same fake commit, other paths) is ever found.
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     yield fake

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dinov2clip.data.synthetic import draw, jpeg_bytes, random_scene
-from tests.conftest import run_cli, tiny_config_text
+from tests.helpers import TIMEOUT, demo_config, run_cli
 
 
 def free_port() -> int:
@@ -38,11 +38,13 @@ def image_server(tmp_path):
                                "127.0.0.1", "--directory", str(www)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + TIMEOUT  # a loaded machine is slow to start Python
+    while True:
         try:
             urllib.request.urlopen(f"{url}/img0.jpg", timeout=1)
             break
         except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "no image server"
             time.sleep(0.1)
     yield url, captions
     server.terminate()
@@ -57,16 +59,11 @@ def test_img2dataset_shards_feed_extract(tmp_path, image_server):
     rows.append(f"{url}/missing.jpg\ta picture that is not there")  # a 404 to count
     tsv.write_text("url\tcaption\n" + "\n".join(rows) + "\n")
     artifacts = tmp_path / "artifacts"
-    config = tmp_path / "c.toml"
-    text = tiny_config_text(artifacts)
-    text = text.replace('dataset = "shapes"\n', f'dataset = "web"\nurl_list = "{tsv}"\n'
-                        'processes_count = 1\nthread_count = 4\nnumber_sample_per_shard = 8\n'
-                        'image_size = 256\n', 1)
-    text = text.replace("num_train = 384", "num_train = 0").replace("num_eval = 60",
-                                                                     "num_eval = 0")
-    text = text.replace('datasets = ["shards/shapes", "evalsets/shapes-test"]',
-                        'datasets = ["shards/web"]')
-    config.write_text(text)
+    config = demo_config(tmp_path / "c.toml", artifacts, {
+        "data.dataset": "web", "data.url_list": str(tsv), "data.processes_count": 1,
+        "data.thread_count": 4, "data.number_sample_per_shard": 8, "data.image_size": 256,
+        "data.synthetic.num_train": 0, "data.synthetic.num_eval": 0,
+        "extract.datasets": ["shards/web"]})
     proc = run_cli("data", "--config", str(config))
     assert "12/13 downloaded" in proc.stderr  # the one-line summary of _stats.json
     shards = sorted((artifacts / "shards" / "web").glob("*.tar"))

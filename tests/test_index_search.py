@@ -17,7 +17,7 @@ from dinov2clip.data.synthetic import jpeg_bytes
 from dinov2clip.index import build_index, faiss_index, search
 from dinov2clip.io_utils import HOST
 from dinov2clip.pipeline import app
-from tests.conftest import write_shape_classes
+from tests.helpers import write_shape_classes
 
 CPU = UseOptions(device="cpu", num_workers=0)
 CPU3 = UseOptions(device="cpu", batch_size=3, num_workers=0)
@@ -125,10 +125,12 @@ def test_ranks_split_the_chunks_and_rank_0_builds_the_same_index(demo_run, colle
                 == (src / "chunks" / "emb" / f"{chunk}.npy").read_bytes())
 
 
-def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_index, tmp_path):
+def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_index, tmp_path,
+                                                 monkeypatch):
     import shutil
-    import threading
+    from types import SimpleNamespace
 
+    from dinov2clip.index import build
     from dinov2clip.index.build import ChunkStore, models_hash, wait_for_chunks
     from dinov2clip.index.sources import plan_chunks
 
@@ -139,13 +141,18 @@ def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_inde
     marker = out / "chunks" / "done" / "00001.json"
     kept = marker.read_bytes()
     marker.unlink()  # as if another rank were still embedding chunk 1
-    late = threading.Timer(0.3, marker.write_bytes, args=(kept,))
-    late.start()
+    polls = []
+
+    def sleep(seconds):  # the other rank finishes during rank 0's third wait, however slow
+        polls.append(seconds)
+        assert len(polls) <= 3, "still waiting after the marker landed"
+        if len(polls) == 3:
+            marker.write_bytes(kept)
+
+    monkeypatch.setattr(build, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     store = ChunkStore(out / "chunks", models_hash(art / "runs" / "demo"))
-    started = time.monotonic()
     wait_for_chunks(store, plan_chunks(collection, 4), poll_s=0.02)
-    assert marker.exists() and time.monotonic() - started >= 0.25
-    late.join()
+    assert polls == [0.02] * 3 and marker.exists()
 
 
 def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):

@@ -1,8 +1,6 @@
 """Atomic writes: files follow the umask, and only a temp's writer removes it while it lives."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,7 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     temp_is_orphan,
 )
+from tests.helpers import dead_pid, live_process
 
 
 @pytest.fixture
@@ -38,15 +37,8 @@ def test_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
         assert (npy.stat().st_mode & 0o777) == expected
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_only_temps_of_dead_writers_or_this_process_are_removed(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    with live_process() as live:
         names = {
             "live": f".manifest.json.{HOST}.{live.pid}.0123abcd.tmp",  # another rank, writing
             "other_host": f".manifest.json.elsewhere-7.{dead_pid()}.0123abcd.tmp",
@@ -62,8 +54,5 @@ def test_only_temps_of_dead_writers_or_this_process_are_removed(tmp_path):
         assert not temp_is_orphan(names["live"]) and temp_is_orphan(names["dead"])
         remove_dead_temps(tmp_path, "plan.json")  # by name: other files' temps are not looked at
         assert {p.name for p in tmp_path.iterdir()} == left
-    finally:
-        live.kill()
-        live.wait()
     remove_dead_temps(tmp_path)  # its writer has gone now
     assert {p.name for p in tmp_path.iterdir()} == {names["other_host"]}

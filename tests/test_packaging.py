@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 
-from tests.conftest import REPO
+from tests.helpers import REPO, TIMEOUT
 
 try:
     import tomllib
@@ -84,7 +84,7 @@ def test_test_fast_leaves_out_exactly_the_img2dataset_and_kill_tests():
     files = ["tests/test_data_download.py", "tests/test_img2dataset.py",
              "tests/test_extract_resume.py", "tests/test_train_resume.py"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow",
-                           *files], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           *files], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     slow = {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert slow == {

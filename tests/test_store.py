@@ -16,45 +16,24 @@ from dinov2clip.data.tiny_models import build_tiny_dinov2
 from dinov2clip.extract import identity, run, runner
 from dinov2clip.io_utils import HOST
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
-from tests.conftest import REPO, run_cli
-from tests.extract_utils import extract_config
+from tests.helpers import (
+    REPO,
+    TIMEOUT,
+    extract_config,
+    live_process,
+    make_embeddings,
+    run_cli,
+    run_killed,
+    write_config,
+)
 
 N_SHARDS = 3
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TRAIN = """
-[train]
-dataset = "toy"
-run = "r"
-epochs = 1
-batch_size = 4
-val_fraction = 0.3
-device = "cpu"
-[train.projector]
-in_dim = 48
-out_dim = 32
-width = 16
-depth = 1
-head_width = 16
-"""
-
-# Runs `pipeline extract` and ends the process (os._exit: no cleanup, as a kill) right after the
-# done-marker of its EXIT_AFTER-th shard is renamed in: a kill between two shards, every time.
-KILLED_EXTRACT = """
-import os, sys
-from dinov2clip.store import DoneMarkers
-write, written = DoneMarkers.write, []
-def write_then_die(self, name, record):
-    write(self, name, record)
-    written.append(name)
-    if len(written) == int(os.environ["EXIT_AFTER"]):
-        os._exit(9)
-DoneMarkers.write = write_then_die
-from dinov2clip.pipeline import main
-sys.argv = ["pipeline", "extract", "-c", sys.argv[1]]
-main()
-"""
-
+TRAIN = {"train.dataset": "toy", "train.run": "r", "train.epochs": 1, "train.batch_size": 4,
+         "train.val_fraction": 0.3, "train.device": "cpu", "train.projector.in_dim": 48,
+         "train.projector.out_dim": 32, "train.projector.width": 16, "train.projector.depth": 1,
+         "train.projector.head_width": 16}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
@@ -71,8 +50,7 @@ def private_hash_cache(tmp_path, monkeypatch):
 def new_config(root: Path, shards: Path, models: dict) -> Path:
     shutil.copytree(shards, root / "art" / "shards" / "toy")
     config = extract_config(root / "c.toml", root / "art", models, ["shards/toy"])
-    config.write_text(config.read_text() + TRAIN)
-    return config
+    return write_config(config, TRAIN, base=config)
 
 
 def emb_dir(config: Path) -> Path:
@@ -82,10 +60,8 @@ def emb_dir(config: Path) -> Path:
 def test_extract_killed_between_shards_is_refused_by_train_and_eval(tmp_path, shards,
                                                                       tiny_models):
     config = new_config(tmp_path, shards, tiny_models)
-    env = {**os.environ, "EXIT_AFTER": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_EXTRACT, str(config)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 9, proc.stderr
+    # kill -9 right after the first shard's done-marker lands: between two shards, every time
+    run_killed("dinov2clip.store:DoneMarkers.write", 1, "extract", "-c", str(config))
     out = emb_dir(config)
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(plan["shards"]) == [f"{i:05d}" for i in range(N_SHARDS)]
@@ -105,8 +81,6 @@ def test_extract_killed_between_shards_is_refused_by_train_and_eval(tmp_path, sh
 
 
 def test_a_shard_cut_before_its_meta_or_a_set_without_a_plan_is_refused(tmp_path):
-    from tests.train_helpers import make_embeddings
-
     out = make_embeddings(tmp_path / "art", n=60, shard_size=20)
     assert EmbeddingSet(out).complete_shards() == ["00000", "00001", "00002"]
     (out / "meta" / "00001.parquet").unlink()  # killed after its arrays were renamed in
@@ -152,9 +126,7 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     """A copy of the finished dir, its config pointing at the copy."""
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
-    config = copy / "c.toml"
-    config.write_text(config.read_text().replace(str(finished), str(copy)))
-    return config
+    return write_config(copy / "c.toml", {"artifacts": str(copy / "art")}, base=copy / "c.toml")
 
 
 def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monkeypatch):
@@ -170,16 +142,12 @@ def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monk
 def test_a_live_ranks_manifest_temp_survives_another_ranks_start(finished, tmp_path):
     config = copy_of(finished, tmp_path)
     out = emb_dir(config)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    with live_process() as live:
         temp = out / f".manifest.json.{HOST}.{live.pid}.0123abcd.tmp"
         temp.write_text("{")
         (out / "done" / "00002.json").unlink()  # this rank has work; the other is writing
         run(load_config(config))
         assert temp.exists() and (out / "done" / "00002.json").exists()
-    finally:
-        live.kill()
-        live.wait()
 
 
 def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
@@ -208,6 +176,6 @@ def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, t
             "    print(dino_weights(model, 'org/tiny-dinov2', rev))\n")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str({"commit": commit})] * 2

@@ -6,10 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dinov2clip.pipeline import app
-from tests.train_helpers import make_embeddings, one_thread, write_config
+from tests.helpers import train_config
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-single_thread = pytest.fixture(scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pipeline(*args):
@@ -18,21 +17,14 @@ def pipeline(*args):
     return result.exit_code, errors
 
 
-@pytest.fixture
-def setup(tmp_path):
-    art = tmp_path / "artifacts"
-    make_embeddings(art, n=300, shard_size=100)
-    return art, str(write_config(art))
-
-
 def test_missing_embeddings(tmp_path):
-    code, errors = pipeline("train", "-c", str(write_config(tmp_path / "artifacts")))
+    code, errors = pipeline("train", "-c", str(train_config(tmp_path / "artifacts")))
     assert code == 2 and len(errors) == 1
     assert "embeddings directory not found" in errors[0]
 
 
-def test_incomplete_embeddings_lists_the_shards_without_a_done_marker(setup):
-    art, config = setup
+def test_incomplete_embeddings_lists_the_shards_without_a_done_marker(train_setup):
+    art, config = train_setup
     for shard in ("00000", "00002"):
         (art / "embeddings" / "syn" / "t" / "done" / f"{shard}.json").unlink()
     code, errors = pipeline("train", "-c", config)
@@ -40,15 +32,15 @@ def test_incomplete_embeddings_lists_the_shards_without_a_done_marker(setup):
     assert "2 of 3 shards missing (00000, 00002); re-run extract" in errors[0]
 
 
-def test_dims_that_do_not_match_the_config(setup):
-    _, config = setup
+def test_dims_that_do_not_match_the_config(train_setup):
+    _, config = train_setup
     code, errors = pipeline("train", "-c", config, "--set", 'train.pooling="concat"')
     assert code == 2 and len(errors) == 1
     assert "dims 16->8 do not match" in errors[0] and "32-d inputs" in errors[0]
 
 
-def test_existing_run_needs_resume_or_force_and_bad_options_fail_early(setup):
-    art, config = setup
+def test_existing_run_needs_resume_or_force_and_bad_options_fail_early(train_setup):
+    art, config = train_setup
     (art / "runs" / "r").mkdir(parents=True)
     (art / "runs" / "r" / "config.json").write_text("{}")
     code, errors = pipeline("train", "-c", config)
@@ -64,8 +56,8 @@ def test_existing_run_needs_resume_or_force_and_bad_options_fail_early(setup):
     assert code == 2 and "no trained run" in errors[0]
 
 
-def test_train_force_then_average_through_the_cli(setup):
-    art, config = setup
+def test_train_force_then_average_through_the_cli(train_setup):
+    art, config = train_setup
     shutil.rmtree(art / "runs", ignore_errors=True)
     code, errors = pipeline("train", "-c", config, "--set", "train.epochs=2")
     assert (code, errors) == (0, [])

@@ -8,7 +8,7 @@ import torch
 from dinov2clip.config import ConfigError
 from dinov2clip.store import is_val_key, load_eval_pairs, load_split, pool
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
-from tests.train_helpers import D_CLIP, D_DINO, make_embeddings
+from tests.helpers import D_CLIP, D_DINO, make_embeddings
 
 
 def test_pooling_matches_a_mean_over_all_257_tokens():

@@ -11,10 +11,9 @@ from dinov2clip.config import ConfigError
 from dinov2clip.train import average
 from dinov2clip.train.loop import train
 from dinov2clip.train.projector import Projector
-from tests.train_helpers import load, make_embeddings, one_thread
+from tests.helpers import load, make_embeddings
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-single_thread = pytest.fixture(scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,15 @@
 """A real SIGKILL mid-run, then --resume: the final weights are bitwise those of a whole run."""
 
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from dinov2clip.io_utils import HOST
 from dinov2clip.train.loop import train
-from tests.conftest import REPO
-from tests.train_helpers import load, make_embeddings, one_thread, write_config
+from tests.helpers import dead_pid, live_process, load, make_embeddings, run_killed, train_config
 
-pytestmark = pytest.mark.slow  # kills a training run
-single_thread = pytest.fixture(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EPOCHS = 6
 
 
@@ -28,34 +20,39 @@ def epoch_records(run_dir):
             for r in map(json.loads, lines) if r["kind"] == "epoch"]
 
 
-def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, single_thread):
-    art = tmp_path / "artifacts"
-    make_embeddings(art, n=400)
-    config = write_config(art)
-    killed = art / "runs" / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dinov2clip.pipeline", "train", "-c",
-                             str(config), "--set", "train.run=killed", "--set",
-                             f"train.epochs={EPOCHS}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        state = killed / "train_state.pt"
-        first = _wait_for(lambda: state.exists() and state.stat().st_mtime_ns, proc)
-        second = _wait_for(lambda: (state.stat().st_mtime_ns != first
-                                    and state.stat().st_mtime_ns), proc)
-        # Anywhere in the next epoch, or its writes: at most one epoch's measured length, so a
-        # fast machine cannot run out of epochs before the kill.
-        time.sleep(random.uniform(0.0, (second - first) / 1e9))
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    done = torch.load(killed / "train_state.pt", weights_only=False)["epoch"]
-    assert 1 <= done < EPOCHS
+# Where in an epoch the kill lands, and the last epoch whose train_state.pt it leaves.
+KILL_POINTS = {
+    "between epochs, after epoch 2 committed": ("dinov2clip.train.loop:save_state", 2, 2),
+    "in epoch 3, stepped and validated, nothing written": (
+        "dinov2clip.train.validate:validate_split", 3, 2),
+    "in epoch 3's writes, its checkpoint in, its state not": (
+        "dinov2clip.train.loop:save_weights", 3, 2),
+}
 
-    train(load(art, "train.run=killed", f"train.epochs={EPOCHS}"), resume=True)
-    whole = train(load(art, "train.run=whole", f"train.epochs={EPOCHS}"))
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    art = tmp_path_factory.mktemp("resume") / "artifacts"
+    make_embeddings(art, n=400)
+    return art
+
+
+@pytest.fixture(scope="module")
+def whole(art, one_torch_thread):
+    return train(load(art, "train.run=whole", f"train.epochs={EPOCHS}"))
+
+
+@pytest.mark.slow  # kills a training run three times
+@pytest.mark.parametrize("target, calls, done", KILL_POINTS.values(), ids=KILL_POINTS.keys())
+def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(art, whole, target, calls,
+                                                                       done):
+    run = f"killed-{target.rpartition(':')[2]}"
+    killed = art / "runs" / run
+    run_killed(target, calls, "train", "-c", str(train_config(art)), "--set", f"train.run={run}",
+               "--set", f"train.epochs={EPOCHS}")
+    assert torch.load(killed / "train_state.pt", weights_only=False)["epoch"] == done
+
+    train(load(art, f"train.run={run}", f"train.epochs={EPOCHS}"), resume=True)
 
     for name in ["model.safetensors"] + [f"checkpoints/epoch_{e:03d}.safetensors"
                                          for e in range(1, EPOCHS + 1)]:
@@ -63,32 +60,17 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, 
     assert epoch_records(killed) == epoch_records(whole)  # no duplicated or lost epochs
 
 
-def _wait_for(condition, proc, timeout: float = 240):
-    """condition()'s first truthy value, polling while the training process runs."""
-    deadline = time.time() + timeout
-    while not (value := condition()):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no epoch finished in time"
-        time.sleep(0.01)
-    return value
-
-
-def test_resume_removes_temps_a_killed_run_left(tmp_path, single_thread):
+def test_resume_removes_temps_a_killed_run_left(tmp_path):
     art = tmp_path / "artifacts"
     make_embeddings(art, n=200)
     run_dir = train(load(art, "train.epochs=1"))
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead = [run_dir / "checkpoints" / f".epoch_002.safetensors.{HOST}.{gone.pid}.0badcafe.tmp",
-                run_dir / f".model.safetensors.{HOST}.{gone.pid}.0badcafe.tmp",
+    gone = dead_pid()
+    with live_process() as live:
+        dead = [run_dir / "checkpoints" / f".epoch_002.safetensors.{HOST}.{gone}.0badcafe.tmp",
+                run_dir / f".model.safetensors.{HOST}.{gone}.0badcafe.tmp",
                 run_dir / ".train_state.pt.k2j_x9aq.tmp"]  # an older version's name
         busy = run_dir / f".metrics.jsonl.{HOST}.{live.pid}.0badcafe.tmp"  # not ours to touch
         for path in [*dead, busy]:
             path.write_bytes(b"half")
         train(load(art, "train.epochs=1"), resume=True)
         assert busy.exists() and not any(p.exists() for p in dead)
-    finally:
-        live.kill()
-        live.wait()

@@ -17,7 +17,7 @@ from dinov2clip.evaluate.zeroshot import (
     trivial_note,
 )
 from dinov2clip.pipeline import app
-from tests.conftest import write_shape_classes
+from tests.helpers import write_shape_classes
 
 
 def test_template_sets():
