@@ -97,6 +97,9 @@ def test_whole_jpeg_check_and_decode_modes():
     lanczos = replace(specs[0], interpolation="lanczos")
     with pytest.raises(ConfigError, match="lanczos"):
         resolve_decode("gpu", CPU, [lanczos])
+    float_resize = replace(specs[0], resize_dtype="float32")  # DINOv3's processor
+    with pytest.raises(ConfigError, match="resizes in float"):
+        resolve_decode("gpu", CPU, [float_resize])
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +172,8 @@ def test_bad_samples_are_skipped_and_counted_alike(both_paths):
 
 
 def test_fallbacks_are_counted(tiny_models, tmp_path):
-    from dinov2clip.extract.dataset import ShardBatches, ShardJob
-    from dinov2clip.extract.gpu_decode import DeviceDecoder, ReadJpegBytes, collate_bytes
+    from dinov2clip.extract.dataset import ShardBatches, ShardJob, collate
+    from dinov2clip.extract.gpu_decode import DeviceDecoder, ReadJpegBytes
     from dinov2clip.extract.mapper import load_clip, load_dino
 
     _, dino_spec = load_dino(tiny_models["dino"], CPU)
@@ -181,7 +184,7 @@ def test_fallbacks_are_counted(tiny_models, tmp_path):
                                      ("d", photo(256, 256, 3), "w")])
     samples = ReadJpegBytes(dino_spec, clip_spec, tokenizer)
     decoder = DeviceDecoder(dino_spec, clip_spec, CPU)
-    batches = [decoder(collate_bytes([samples[it] for it in items]))
+    batches = [decoder(collate([samples[it] for it in items]))
                for items in ShardBatches([ShardJob(tmp_path / "0.tar", False)], 8)]
     assert decoder.decoded == Counter({"device": 2, "not_a_whole_jpeg": 1})
     assert [r["key"] for r in batches[0].rows] == ["a", "b", "d"]

@@ -122,6 +122,9 @@ class Batch:
 
 
 def collate(items: list[dict]) -> Batch:
+    """One Batch, rows in the samples' order. Rows decoded by the workers carry crops
+    (batch.dino_u8 / clip_u8, for the positions batch.cpu_rows); with extract.decode=gpu, JPEG
+    rows carry their bytes instead (batch.jpegs), for gpu_decode to decode on the device."""
     ok = [it for it in items if "row" in it]
     batch = Batch(job=items[0]["job"], failures=Counter(it["failure"] for it in items
                                                         if "failure" in it))
@@ -129,8 +132,12 @@ def collate(items: list[dict]) -> Batch:
     if ends:
         batch.end = ends[0]
     if ok:
-        batch.dino_u8 = torch.from_numpy(np.stack([it["dino"] for it in ok]))
-        batch.clip_u8 = torch.from_numpy(np.stack([it["clip"] for it in ok]))
-        batch.tokens = torch.cat([it["tokens"] for it in ok])
         batch.rows = [it["row"] for it in ok]
+        batch.tokens = torch.cat([it["tokens"] for it in ok])
+        batch.jpegs = [(i, it["jpeg"]) for i, it in enumerate(ok) if "jpeg" in it]
+        batch.cpu_rows = [i for i, it in enumerate(ok) if "jpeg" not in it]
+        batch.fallbacks = Counter(it["fallback"] for it in ok if "fallback" in it)
+        if batch.cpu_rows:
+            batch.dino_u8 = torch.from_numpy(np.stack([ok[i]["dino"] for i in batch.cpu_rows]))
+            batch.clip_u8 = torch.from_numpy(np.stack([ok[i]["clip"] for i in batch.cpu_rows]))
     return batch

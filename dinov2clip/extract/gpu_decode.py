@@ -57,6 +57,8 @@ def resolve_decode(mode: str, device: torch.device, specs: list[PreprocessSpec])
         return False
     unsupported = [s.interpolation for s in specs if s.interpolation not in DEVICE_INTERPOLATIONS]
     problem = f"cannot resize with {unsupported[0]} on the device" if unsupported else None
+    if problem is None and any(s.resize_dtype != "uint8" for s in specs):
+        problem = "the backbone's processor resizes in float (DINOv3), the device path in uint8"
     if problem is None:
         problem = _probe(device)
     if problem is None:
@@ -96,27 +98,6 @@ class ReadJpegBytes(DecodeSamples):
             return out
         return {"job": job, "jpeg": torch.frombuffer(bytearray(s.image), dtype=torch.uint8),
                 "tokens": self.tokenizer(s.captions), "row": self.row(s)}
-
-
-def collate_bytes(items: list[dict]) -> Batch:
-    """A Batch whose JPEG rows carry bytes (batch.jpegs) and whose other rows carry crops
-    (batch.dino_u8 / clip_u8 for the rows batch.cpu_rows), all in the samples' order."""
-    ok = [it for it in items if "row" in it]
-    batch = Batch(job=items[0]["job"], failures=Counter(it["failure"] for it in items
-                                                        if "failure" in it))
-    ends = [it["end"] for it in items if "end" in it]
-    if ends:
-        batch.end = ends[0]
-    if ok:
-        batch.rows = [it["row"] for it in ok]
-        batch.tokens = torch.cat([it["tokens"] for it in ok])
-        batch.jpegs = [(i, it["jpeg"]) for i, it in enumerate(ok) if "jpeg" in it]
-        batch.cpu_rows = [i for i, it in enumerate(ok) if "jpeg" not in it]
-        batch.fallbacks = Counter(it["fallback"] for it in ok if "fallback" in it)
-        if batch.cpu_rows:
-            batch.dino_u8 = torch.stack([torch.from_numpy(ok[i]["dino"]) for i in batch.cpu_rows])
-            batch.clip_u8 = torch.stack([torch.from_numpy(ok[i]["clip"]) for i in batch.cpu_rows])
-    return batch
 
 
 def crop_on_device(images: list[torch.Tensor], spec: PreprocessSpec) -> torch.Tensor:
@@ -169,7 +150,7 @@ def _resize(x: torch.Tensor, h: int, w: int, spec: PreprocessSpec) -> torch.Tens
 
 
 class DeviceDecoder:
-    """Turns a collate_bytes Batch into a Batch of crops on the device; counts where each image
+    """Turns a collated Batch into a Batch of crops on the device; counts where each image
     was decoded: "device", or the fallback's reason."""
 
     def __init__(self, dino_spec: PreprocessSpec, clip_spec: PreprocessSpec,

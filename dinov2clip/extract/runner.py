@@ -25,7 +25,6 @@ from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, co
 from dinov2clip.extract.gpu_decode import (
     DeviceDecoder,
     ReadJpegBytes,
-    collate_bytes,
     decoded_ahead,
     resolve_decode,
 )
@@ -189,7 +188,7 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,
     loader = DataLoader(
         samples(mapper.dino_spec, mapper.clip_spec, tokenizer),
         batch_sampler=ShardBatches([job for job, _ in jobs], e.batch_size),
-        num_workers=e.num_workers, collate_fn=collate_bytes if on_device else collate,
+        num_workers=e.num_workers, collate_fn=collate,
         pin_memory=mapper.device.type == "cuda",
         # Two batches per worker keep the device fed (a worker needs num_workers times longer
         # for a batch than the models) while bounding the decoded crops held in shared memory.
