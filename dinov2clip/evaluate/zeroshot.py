@@ -53,13 +53,11 @@ def load_folder_dataset(root: Path, classnames_file: Path | None = None,
     for label, folder in enumerate(folders):
         found = list_images(root / folder)
         if not found:
-            raise ConfigError(f"{root / folder}: class folder has no images (.jpg .jpeg .png "
-                              ".webp); add some or remove the folder")
+            raise ConfigError(f"{root / folder}: class folder has no images "
+                              f"({' '.join(IMAGE_SUFFIXES)}); add some or remove the folder")
         found = found[:max_per_class] if max_per_class > 0 else found
         files += found
         labels += [label] * len(found)
-    if not files:
-        raise ConfigError(f"{root}: no images ({' '.join(IMAGE_SUFFIXES)}) in any class folder")
     return FolderDataset(names, folders, files, labels)
 
 
