@@ -252,7 +252,7 @@ def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path
     shutil.copytree(collection, root)
     out = tmp_path / "grown"
     kwargs = dict(run_dir=art / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
-                  kind="ivf", device="cpu", num_workers=0)
+                  kind="ivf", options=CPU)
     first = build_index(**kwargs)
     assert first["n_images"] == 9 and first["chunks"] == ["00000", "00001", "00002"]
     assert first["skipped_files"] == {"square/bad.png": "corrupt_image"}
@@ -272,7 +272,7 @@ def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path
     assert "circle/1.png" not in meta["key"] and "new/x/1.png" in meta["key"]
     for name in ("index.faiss", "dino.faiss"):
         assert faiss.read_index(str(out / name)).ntotal == 10
-    hits = search(index_dir=out, query="a red circle", k=10, device="cpu")
+    hits = search(index_dir=out, query="a red circle", k=10, options=CPU)
     assert len(hits) == 10 and all(h["key"] != "circle/1.png" for h in hits)
     assert grown["trained_n"] == 9  # IVF centroids kept: 10 images have not outgrown them
     np.testing.assert_array_equal(_centroids(out / "index.faiss"), centroids)
