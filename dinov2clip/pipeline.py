@@ -302,7 +302,7 @@ def compare(
         help="Where compare.md and compare.png go. Default: the runs' common parent.")] = None,
 ) -> None:
     """Runs side by side: R@1/5/10 and % of each run's own teacher, per set and direction."""
-    from dinov2clip.evaluate.compare import compare as compare_runs
+    from dinov2clip.compare import compare as compare_runs
 
     _guarded(lambda: typer.echo(compare_runs([str(r) for r in runs or []], runs_glob, out)))
 
