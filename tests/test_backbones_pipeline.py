@@ -15,6 +15,7 @@ import torch
 
 from tests.conftest import run_cli, tiny_config_text
 
+pytestmark = pytest.mark.slow  # the whole pipeline twice through the CLI
 TAG = "tiny-dinov3__tiny-siglip"  # derived: both models named, no explicit extract.tag
 
 

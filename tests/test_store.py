@@ -57,6 +57,7 @@ def emb_dir(config: Path) -> Path:
     return config.parent / "art" / "embeddings" / "toy" / "t"
 
 
+@pytest.mark.slow  # kills an extract
 def test_extract_killed_between_shards_is_refused_by_train_and_eval(tmp_path, shards,
                                                                       tiny_models):
     config = new_config(tmp_path, shards, tiny_models)
