@@ -100,7 +100,7 @@ def test_recall_axis_fits_the_data_and_bars_carry_their_values():
     ax = recall_figure(results).axes[0]
     low, high = ax.get_ylim()
     assert low == 0 and 50 < high <= 60
-    assert {"31", "40", "50"} <= {t.get_text() for t in ax.texts}  # each bar's value
+    assert {"31.0", "40.0", "50.0"} <= {t.get_text() for t in ax.texts}  # each bar's value
 
 
 def test_epochs_chart_shows_clip_at_100_and_says_which_colour_is_which_direction():

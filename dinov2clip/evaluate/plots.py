@@ -45,7 +45,7 @@ def recall_figure(results: dict):
         for j, row in enumerate(ROWS):
             vals = [_or_zero(results["sets"][name][row][k]) for k in keys]
             bars = ax.bar(x + (j - (len(ROWS) - 1) / 2) * width, vals, width=width, label=row)
-            ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
             top = max(top, *vals)
         ax.set_xticks(x, keys, rotation=30)
         # Room above the tallest bar for its label; never past 100 % by much.
