@@ -33,7 +33,12 @@ def eval_set_files(tmp_path, name, n_images, seed):
 
 
 class FakeHub:
-    """The hub routes snapshot_download uses: repo info, tree listing, HEAD and GET of files."""
+    """The hub routes snapshot_download uses: repo info, tree listing, HEAD and GET of files.
+    The routes are a dataset repo's; a subclass names another kind's in API, RESOLVE, MISSING."""
+
+    API = r"/api/datasets/([^/]+/[^/]+)/(revision|tree)/([^/]+)"
+    RESOLVE = r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)"
+    MISSING: tuple[bytes, dict] = (b'{"error": "not found"}', {})  # body, headers of a 404
 
     def __init__(self, repos: dict[str, dict[str, bytes]]):
         self.repos, self.requests = repos, []
@@ -56,11 +61,10 @@ class FakeHub:
     def respond(self, h, body: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
         self.requests.append((h.command, path))
-        api = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(revision|tree)/([^/]+)", path)
-        resolve = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        api, resolve = re.fullmatch(self.API, path), re.fullmatch(self.RESOLVE, path)
         repo = self.repos.get((api or resolve)[1]) if (api or resolve) else None
         if repo is None or (resolve and resolve[3] not in repo):
-            return self.send(h, 404, b'{"error": "not found"}', {}, body)
+            return self.send(h, 404, *self.MISSING, body)
         if resolve:
             blob = repo[resolve[3]]
             headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(blob).hexdigest()}"'}

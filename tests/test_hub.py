@@ -1,7 +1,6 @@
 """`pipeline push` and "hf-hub:ORG/NAME" runs, against a fake hub on 127.0.0.1."""
 
 import base64
-import hashlib
 import json
 import re
 import urllib.parse
@@ -19,30 +18,14 @@ class FakeModelHub(FakeHub):
     """The eval-set fake hub, plus model repos and the routes push uses: create a repo, check
     the card's YAML, preupload (every file goes as a regular blob), commit (ndjson, base64)."""
 
+    API = r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?"
+    RESOLVE = r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)"
+    MISSING = (b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+
     def __init__(self):
         super().__init__({})
         hub = self
         self.server.RequestHandlerClass.do_POST = lambda h: hub.post(h)
-
-    def respond(self, h, body: bool) -> None:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
-        self.requests.append((h.command, path))
-        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
-        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-        repo = self.repos.get((api or resolve)[1]) if (api or resolve) else None
-        if repo is None or (resolve and resolve[3] not in repo):
-            return self.send(h, 404, b'{"error": "Repository not found"}',
-                             {"X-Error-Code": "RepoNotFound"}, body)
-        if resolve:
-            blob = repo[resolve[3]]
-            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(blob).hexdigest()}"'}
-            return self.send(h, 200, blob, headers, body)
-        if api[2] == "revision":
-            info = {"id": api[1], "sha": COMMIT, "siblings": [{"rfilename": p} for p in repo]}
-        else:
-            info = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                    for p, b in repo.items()]
-        self.send(h, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
 
     def post(self, h) -> None:
         path = urllib.parse.urlsplit(h.path).path
