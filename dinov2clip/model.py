@@ -26,7 +26,6 @@ from dinov2clip.extract.mapper import (
     cls_and_patch_mean,
     load_clip,
     load_dino,
-    patch_token_count,
     register_count,
 )
 from dinov2clip.extract.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
@@ -90,8 +89,7 @@ class DinoV2Clip:
                                   f"features but the projector expects {projector.cfg.in_dim}")
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                    dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
-                   num_patch_tokens=tr.num_patch_tokens or (
-                       patch_token_count(dino, dino_spec.crop) if dino else 0), device=dev,
+                   num_patch_tokens=tr.num_patch_tokens, device=dev,
                    dtype=amp, batch_size=batch_size)
 
     @property

@@ -15,7 +15,7 @@ from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
-from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool, recorded_patch_tokens
+from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
 from dinov2clip.train.projector import Projector
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,6 @@ class EvalInputs:
             raise ConfigError(f"eval.ks must be positive integers, got {e.ks}")
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
-        # Runs record the count they trained with; else the eval set's manifest has it.
-        self.num_patch_tokens = self.train_cfg.num_patch_tokens or next(
-            (n for d in self.set_dirs.values() if (n := recorded_patch_tokens(d))), 0)
         self.device = resolve_device(e.device, "eval.device")  # where the projector runs and ranks
 
     def projector(self, filename: str = "model.safetensors") -> Projector:
@@ -68,7 +65,7 @@ class EvalInputs:
 
     def pooled(self, emb: EvalEmbeddings) -> torch.Tensor:
         return pool(emb.dino_cls, emb.dino_mean, self.train_cfg.pooling,
-                    self.num_patch_tokens)
+                    self.train_cfg.num_patch_tokens)  # the count the run trained with
 
 
 def evaluate_run(cfg: Config) -> dict:
