@@ -25,6 +25,7 @@ from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.extract import embeddings_tag
 from dinov2clip.io_utils import remove_dead_temps
 from dinov2clip.store import (
+    MANIFEST,
     POOLINGS,
     EmbeddingSet,
     load_eval_pairs,
@@ -170,7 +171,7 @@ def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
     recorded how many patch tokens the backbone gave (256 for DINOv2 at 224, 196 for DINOv3).
     token_mean pooling weighs the patch mean by it; a set value must agree with the manifest."""
     t = cfg.train
-    path = emb_dir / "manifest.json"
+    path = emb_dir / MANIFEST
     recorded = recorded_patch_tokens(emb_dir)
     if recorded and t.num_patch_tokens and t.num_patch_tokens != recorded:
         raise ConfigError(f"train.num_patch_tokens = {t.num_patch_tokens} but the backbone gave "
