@@ -3,12 +3,13 @@
 Synthetic embeddings shaped like the extract cache (float16, L2-normalised, D=512): MSCOCO 5k
 images / 25k captions, Flickr30k 1k / 5k, Flickr8k 1k / 5k. For each set it runs exactly what
 `pipeline eval` runs after loading: R@1/5/10 both ways for CLIP, projected and ensemble, and % of
-CLIP, through dinov2clip.retrieval. Reports the median of several runs; the budget is 4 s on
-2 CPU cores and 0.5 s on a GPU.
+CLIP (dinov2clip.evaluate.compute.SetEval). Reports the median of several runs, each in a fresh
+process (as `pipeline eval` is) after one warm-up; the budget is 4 s on 2 CPU cores and 0.5 s on
+a GPU.
 
---against REF also times the eval engine of git commit REF (e.g. main), checked out into a
-temporary directory and run as its own bench/eval_speed.py in a subprocess, alternating with this
-one's runs so both see the same machine load; it also checks both give the same numbers.
+--against REF also times the SetEval of git commit REF (e.g. main), checked out into a temporary
+directory, on the very same embeddings, alternating with this checkout's runs so both see the
+same machine load; it also checks that both give the same numbers, every row of every set.
 
     .venv/bin/python bench/eval_speed.py [--runs 5] [--threads 2] [--device cpu]
                                          [--against main] [--machine TEXT]
@@ -31,9 +32,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from dinov2clip.evaluate.compute import SetEval  # noqa: E402
-
 SETS = {"mscoco": (5000, 25000), "flickr30k": (1000, 5000), "flickr8k": (1000, 5000)}
 DIM = 512
 
@@ -50,29 +48,34 @@ def synthetic_set(n_images: int, n_captions: int, seed: int):
     return text.half(), clip.half(), projected, c2i
 
 
-def eval_once(data: dict, device: str) -> tuple[float, float, dict]:
-    """(wall seconds, process CPU seconds, results) of one full eval of every set."""
+def time_engine(root: str, data_file: str, device: str, threads: int) -> dict:
+    """One warm-up and one timed eval of every set with root's SetEval (this process's own)."""
+    sys.path.insert(0, root)
+    from dinov2clip.evaluate.compute import SetEval
+
+    torch.set_num_threads(threads)
+    data = torch.load(data_file)
+
+    def once() -> dict:
+        return {name: SetEval(text, clip, c2i, [1, 5, 10], device).rows(projected)
+                for name, (text, clip, projected, c2i) in data.items()}
+
+    once()  # warm-up: BLAS and thread start-up, first-touch allocations
     start, cpu = time.perf_counter(), time.process_time()
-    out = {name: SetEval(text, clip, c2i, [1, 5, 10], device).rows(projected)
-           for name, (text, clip, projected, c2i) in data.items()}
+    results = once()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start, time.process_time() - cpu, out
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+            "results": results}
 
 
-def old_engine(ref: str, tmp: Path):
-    """A function that runs REF's own bench once (warm-up + 1 run) and returns its record."""
-    subprocess.run(f"git -C {ROOT} archive {ref} dinov2clip bench | tar -x -C {tmp}",
-                   shell=True, check=True)
-
-    def run_once(threads: int) -> dict:
-        out = tmp / "out.json"
-        subprocess.run([sys.executable, "bench/eval_speed.py", "--runs", "1", "--threads",
-                        str(threads), "--out", str(out)], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())
-
-    return run_once
+def run_engine(root: Path, data_file: Path, args) -> dict:
+    """time_engine in a fresh interpreter, as `pipeline eval` runs in one."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--time-engine", str(root), "--data", str(data_file),
+         "--device", args.device, "--threads", str(args.threads)],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def main() -> None:
@@ -84,33 +87,35 @@ def main() -> None:
     ap.add_argument("--machine", default="", help="how to name this machine in the results")
     ap.add_argument("--note", default="", help="conditions of the run, kept in the results")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
+    ap.add_argument("--time-engine", help=argparse.SUPPRESS)  # internal: one timed child run
+    ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.time_engine:
+        print(json.dumps(time_engine(args.time_engine, args.data, args.device, args.threads)))
+        return
     load_before = os.getloadavg()
-    data = {name: synthetic_set(ni, nc, seed) for seed, (name, (ni, nc)) in
-            enumerate(SETS.items())}
-    eval_once(data, args.device)  # warm-up: first-touch allocations, BLAS start-up
-    times, cpu_times, old_records = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        old = old_engine(args.against, Path(tmp)) if args.against else None
+        data_file, old_root = Path(tmp) / "sets.pt", Path(tmp) / "against"
+        torch.save({name: synthetic_set(ni, nc, seed) for seed, (name, (ni, nc)) in
+                    enumerate(SETS.items())}, data_file)
+        if args.against:
+            old_root.mkdir()
+            subprocess.run(f"git -C {ROOT} archive {args.against} dinov2clip | tar -x -C "
+                           f"{old_root}", shell=True, check=True)
+        new, old = [], []
         for _ in range(args.runs):
-            seconds, cpu, results = eval_once(data, args.device)
-            times.append(seconds)
-            cpu_times.append(cpu)
-            if old:
-                old_records.append(old(args.threads))
+            new.append(run_engine(ROOT, data_file, args))
+            if args.against:
+                old.append(run_engine(old_root, data_file, args))
     record = {
         "bench": "eval_speed",
         "what": "R@1/5/10 both ways for CLIP, projected, ensemble on 3 sets, from embeddings",
         "sizes": {name: {"images": ni, "captions": nc, "dim": DIM} for name, (ni, nc) in
                   SETS.items()},
-        "engine": "dinov2clip.retrieval.recall_at_k (one float32 product per embedding)",
+        "engine": "dinov2clip.evaluate.compute.SetEval: two float32 products per set (CLIP and "
+                  "projected), the ensemble's scores by linearity",
         "device": args.device,
-        "median_s": round(statistics.median(times), 3),
-        "runs_s": [round(t, 3) for t in times],
-        # CPU seconds used by this process: on a busy machine wall time also counts waiting for
-        # a core; cpu / threads is roughly the wall time the same work takes on idle cores.
-        "median_cpu_s": round(statistics.median(cpu_times), 3),
+        **_summary(new),
         "budget_s": 4.0 if args.device == "cpu" else 0.5,
         "threads": args.threads,
         "machine": args.machine or _machine(args.threads),
@@ -118,23 +123,29 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
         "note": args.note,
-        "sanity_mscoco_clip": results["mscoco"]["clip"],
+        "sanity_mscoco": new[-1]["results"]["mscoco"],
     }
-    if old_records:
-        old_times = [r["median_s"] for r in old_records]
+    if old:
         record["against"] = {
-            "ref": args.against, "engine": f"{old_records[0]['engine']}, "
-                                            f"{old_records[0].get('screen')} screen",
-            "median_s": round(statistics.median(old_times), 3),
-            "runs_s": old_times,
-            "median_cpu_s": round(statistics.median(r["median_cpu_s"] for r in old_records), 3),
-            "new_over_old": round(statistics.median(times) / statistics.median(old_times), 2),
-            "same_mscoco_clip_numbers": all(r["sanity_mscoco_clip"] == record[
-                "sanity_mscoco_clip"] for r in old_records),
+            "ref": args.against, **_summary(old),
+            "new_over_old": round(statistics.median(r["seconds"] for r in new)
+                                  / statistics.median(r["seconds"] for r in old), 2),
+            "same_numbers": all(r["results"] == new[0]["results"] for r in new + old),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in record.items() if k != "sizes"}, indent=2))
+    print(json.dumps({k: v for k, v in record.items() if k not in ("sizes", "sanity_mscoco")},
+                     indent=2))
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {
+        "median_s": round(statistics.median(r["seconds"] for r in runs), 3),
+        "runs_s": [round(r["seconds"], 3) for r in runs],
+        # CPU seconds used by the process: on a busy machine wall time also counts waiting for
+        # a core; cpu / threads is roughly the wall time the same work takes on idle cores.
+        "median_cpu_s": round(statistics.median(r["cpu_seconds"] for r in runs), 3),
+    }
 
 
 def _machine(threads: int) -> str:

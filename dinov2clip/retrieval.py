@@ -10,20 +10,62 @@ zero-shot all rank here; tests/test_metrics_oracle.py checks it against a naive 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 NEVER = torch.iinfo(torch.long).max  # the rank of an image that has no caption
-CHUNK = 2048  # text rows per product and count: 40 MB of scores at 5k images
+CHUNK = 2048  # text rows per count: 40 MB of scores at 5k images
 
 
 def recall_at_k(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
                 ks, device: torch.device | str = "cpu", chunk: int = CHUNK) -> dict[str, float]:
     """{'t2i_R@k': .., 'i2t_R@k': ..} in percent (exact count / n) for every k in ks."""
+    return recall_of(score_matrix(text, image, device), caption_to_image, ks, chunk)
+
+
+def retrieval_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
+                    device: torch.device | str = "cpu", chunk: int = CHUNK,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t2i (n_captions,), i2t (n_images,)) ranks of text against image, 0 = first."""
+    return ranks_of(score_matrix(text, image, device), caption_to_image, chunk)
+
+
+@torch.no_grad()
+def score_matrix(text: torch.Tensor, image: torch.Tensor,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_captions, n_images) cosines, float32 on device: 500 MB at COCO's 25k x 5k.
+
+    text (n_captions, D) and image (n_images, D) in any float dtype: re-normalised here in
+    float32, as fp16 storage leaves norms off by ~1e-3, enough to reorder near ties. One product
+    at full float32, kept whole so that both directions rank from the very same scores.
+    """
+    text, image = unit_float32(text, device), unit_float32(image, device)
+    if not (all_finite(text) and all_finite(image)):
+        raise FloatingPointError("embeddings contain NaN or inf: refusing to rank them")
+    with _full_float32():
+        return text @ image.T
+
+
+def unit_float32(x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """x on device, float32, each row scaled to norm 1: what every score is made of."""
+    return F.normalize(x.to(device, torch.float32), dim=-1)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or inf in x, from one float64 sum: a NaN or inf entry makes it non-finite, finite
+    entries cannot (float64 does not overflow on float32 values), and no mask is allocated."""
+    return bool(torch.isfinite(x.sum(dtype=torch.float64)))
+
+
+def recall_of(scores: torch.Tensor, caption_to_image: torch.Tensor, ks,
+              chunk: int = CHUNK) -> dict[str, float]:
+    """R@k both ways in percent (exact count / n) from scores (n_captions, n_images)."""
     out = {}
-    for direction, ranks in zip(("t2i", "i2t"), retrieval_ranks(
-            text, image, caption_to_image, device, chunk), strict=True):
+    for direction, ranks in zip(("t2i", "i2t"), ranks_of(scores, caption_to_image, chunk),
+                                strict=True):
         for k in ks:
             out[f"{direction}_R@{k}"] = 100.0 * int((ranks < k).sum()) / len(ranks) if len(
                 ranks) else float("nan")
@@ -31,38 +73,32 @@ def recall_at_k(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
 
 
 @torch.no_grad()
-def retrieval_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
-                    device: torch.device | str = "cpu", chunk: int = CHUNK,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t2i (n_captions,), i2t (n_images,)) ranks, 0 = first, on the CPU.
-
-    text (n_captions, D) and image (n_images, D) in any float dtype: re-normalised here in
-    float32, as fp16 storage leaves norms off by ~1e-3, enough to reorder near ties.
-    t2i: the rank of each caption's image. i2t: the rank of each image's best caption (highest
-    score, then lowest index), which is the best rank any of its captions has.
-    The score matrix is built in row chunks on `device` and kept whole (n_captions x n_images
-    float32: 500 MB at COCO's 25k x 5k), so both directions come from one product.
-    """
-    text, image = (F.normalize(x.to(device, torch.float32), dim=-1) for x in (text, image))
-    if not (torch.isfinite(text).all() and torch.isfinite(image).all()):
-        raise FloatingPointError("embeddings contain NaN or inf: refusing to rank them")
+def ranks_of(scores: torch.Tensor, caption_to_image: torch.Tensor, chunk: int = CHUNK,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t2i (n_captions,), i2t (n_images,)) ranks, 0 = first, on the CPU, from scores
+    (n_captions, n_images). t2i: the rank of each caption's image. i2t: the rank of each image's
+    best caption (highest score, then lowest index), which is the best rank any of its captions
+    has. Counted in row chunks of `chunk` captions, on the scores' device."""
+    device = scores.device
     c2i = caption_to_image.to(device, torch.long)
-    n_cap, n_img = text.shape[0], image.shape[0]
+    n_cap, n_img = scores.shape
     if n_cap == 0 or n_img == 0:
         return torch.full((n_cap,), NEVER), torch.full((n_img,), NEVER)
-    scores = torch.empty(n_cap, n_img, device=device)  # (n_captions, n_images)
-    rows = [(s, min(s + chunk, n_cap)) for s in range(0, n_cap, chunk)]
-    row_counts = []  # t2i: each chunk counted right after its product
-    with _full_float32():
-        for a, b in rows:
-            block = torch.mm(text[a:b], image.T, out=scores[a:b])
-            row_counts.append(_count_ahead(block, block.gather(1, c2i[a:b, None]), dim=1))
     own = scores[torch.arange(n_cap, device=device), c2i]  # (n_captions,)
     best = torch.full((n_img,), -torch.inf, device=device).scatter_reduce(0, c2i, own, "amax")
     is_best = own == best[c2i]
     first = torch.full((n_img,), n_cap, device=device).scatter_reduce(
         0, c2i[is_best], torch.arange(n_cap, device=device)[is_best], "amin")
-    col_counts = [_count_ahead(scores[a:b], best, dim=0) for a, b in rows]
+
+    def count(rows: tuple[int, int]):  # both directions' counts over one chunk of captions
+        block = scores[rows[0]:rows[1]]
+        return (_count_ahead(block, own[rows[0]:rows[1], None], dim=1),
+                _count_ahead(block, best, dim=0))
+
+    # Chunks are counted on all of torch's threads: numpy's comparisons use one core each.
+    with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+        row_counts, col_counts = zip(*pool.map(count, [
+            (s, min(s + chunk, n_cap)) for s in range(0, n_cap, chunk)]), strict=True)
     t2i = _settle_ties(*(torch.cat(c) for c in zip(*row_counts, strict=True)),
                        lambda r: rank_of_targets(scores[r], c2i[r]), device)
     i2t = _settle_ties(*(sum(c) for c in zip(*col_counts, strict=True)),

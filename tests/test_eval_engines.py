@@ -69,5 +69,8 @@ def test_non_finite_and_misshapen_embeddings_are_errors(random_set):
     bad[3, 0] = float("nan")
     with pytest.raises(ConfigError, match="NaN or inf"):
         SetEval(text, clip, c2i, KS).rows(bad)
+    bad[3, 0] = float("-inf")
+    with pytest.raises(ConfigError, match="projected embeddings contain NaN or inf"):
+        SetEval(text, clip, c2i, KS).rows(bad)
     with pytest.raises(ConfigError, match="projected embeddings are"):
         SetEval(text, clip, c2i, KS).rows(projected[:-1])
