@@ -75,8 +75,17 @@ def case(request):
     return text, image, c2i, oracle(text, image, c2i.tolist(), KS)
 
 
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}threads")
+def torch_threads(request):
+    """Chunks are counted on torch's thread count: one thread, and two counting at once."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 100000])
-def test_ranks_match_oracle_at_every_chunk_size(case, chunk):
+def test_ranks_match_oracle_at_every_chunk_size(case, chunk, torch_threads):
     text, image, c2i, want = case
     assert recall_at_k(text, image, c2i, KS, chunk=chunk) == want
     # Exact ranks, not just recalls: every chunk size gives the very same ones.
