@@ -1,5 +1,6 @@
 """What the tests share: the CLI in a subprocess, configs written through the config module,
-small synthetic embeddings and datasets, one torch thread, and a run killed at a chosen point."""
+small synthetic embeddings and datasets, one torch thread, a run killed at a chosen point, and
+the hub library pointed at a test's cache and fake hub."""
 
 from __future__ import annotations
 
@@ -108,6 +109,28 @@ def run_killed(target: str, calls: int, *args: str) -> subprocess.CompletedProce
                           timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, f"not killed ({proc.returncode}):\n{proc.stderr}"
     return proc
+
+
+# --- The Hugging Face hub, in this process --------------------------------------------------------
+
+
+def hub_here(monkeypatch, cache: Path, url: str | None = None) -> None:
+    """huggingface_hub (and transformers through it), in this process, reads and fills CACHE and
+    asks URL, a fake hub on 127.0.0.1, without a token; with no URL it is offline. It read
+    HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_HOME when imported, so setting the variables
+    is not enough: its constants are set too."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", url is None)
+    monkeypatch.setattr(hub, "HF_TOKEN_PATH", str(cache / "no-token"))
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    if url:
+        monkeypatch.setenv("HF_ENDPOINT", url)  # dinov2clip passes it on itself
+        monkeypatch.setattr(hub, "ENDPOINT", url)
+        monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            url + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 # --- Configs ------------------------------------------------------------------------------------
