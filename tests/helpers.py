@@ -41,6 +41,25 @@ def run_cli(*args: str, cwd: Path = REPO, check: bool = True,
     return proc
 
 
+def start_cli(log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real entry point started in a subprocess, as run_cli runs it, without waiting; its
+    stdout and stderr go to LOG, interleaved as a terminal shows them. finish_cli waits."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dinov2clip.pipeline", *args], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+
+def finish_cli(proc: subprocess.Popen, log: Path) -> str:
+    """The log of a start_cli process, once it has ended; fails if the command failed."""
+    proc.wait(timeout=TIMEOUT)
+    text = log.read_text()
+    if proc.returncode != 0:
+        raise AssertionError(f"pipeline {' '.join(proc.args[3:])} failed ({proc.returncode}):\n"
+                             f"{text}")
+    return text
+
+
 def one_thread():
     """One intra-op thread: tiny CPU ops on a shared 2-core machine run 10x faster, and match
     subprocesses run with ONE_THREAD. conftest makes it the `one_torch_thread` fixture."""
