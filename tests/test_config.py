@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError, config_hash, load_config
 from dinov2clip.pipeline import app
-from tests.helpers import REPO, TIMEOUT, demo_config, run_cli
+from tests.helpers import REPO, TIMEOUT, demo_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -86,14 +86,16 @@ def test_config_hash_changes_with_values(tmp_path):
 def test_installed_command_reports_config_errors_in_one_line(tmp_path):
     # The one test of the console script uv installed, in its own process, as a user types it;
     # the other CLI tests run the same typer app in this process (CliRunner).
-    pipeline = Path(sys.executable).with_name("pipeline")
-    proc = subprocess.run([str(pipeline), "train", "--config", str(write(tmp_path, "[train]\n"
-                          "epochz = 3\n"))], capture_output=True, text=True, timeout=TIMEOUT)
+    def pipeline(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).with_name("pipeline")), *args],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    proc = pipeline("train", "--config", str(write(tmp_path, "[train]\nepochz = 3\n")))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key 'train.epochz'" in lines[0]
     assert "Traceback" not in proc.stderr
-    proc = run_cli("extract", "--config", str(tmp_path / "missing.toml"), check=False)
+    proc = pipeline("extract", "--config", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2 and "config file not found" in proc.stderr
 
 
