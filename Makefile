@@ -23,7 +23,7 @@ demo: setup ## Run the whole pipeline offline on tiny random models and syntheti
 test: setup lint ## Lint, then run the whole test suite (what CI runs)
 	$(UV) run --frozen pytest -q
 
-test-fast: setup lint ## Lint, then the tests without the img2dataset and kill tests
+test-fast: setup lint ## Lint, then all but the slow tests (img2dataset, torchrun, kills): ~1 min
 	$(UV) run --frozen pytest -q -m "not slow"
 
 lint: setup ## ruff check, and uv.lock in step with pyproject.toml

@@ -8,25 +8,54 @@ import pytest
 
 # Imported from here by tests written before tests/helpers.py; new tests import tests.helpers.
 from tests.helpers import (  # noqa: F401
+    ONE_THREAD,
     REPO,
     demo_config,
+    finish_cli,
     one_thread,
     run_cli,
+    start_cli,
     tiny_config_text,
     write_shape_classes,
 )
 
-one_torch_thread = pytest.fixture(scope="module")(one_thread)
+# Every test runs torch on one thread: tiny CPU ops on a shared 2-core machine run several times
+# faster so, and match the subprocesses run with ONE_THREAD. (Modules still name it, from when
+# it was theirs alone.)
+one_torch_thread = pytest.fixture(scope="session", autouse=True)(one_thread)
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(config path, artifacts dir) after one `pipeline run --stage all` on the tiny config."""
+def pytest_collection_modifyitems(items):
+    """The modules with a test that needs the demo run go last, each in its order: the run,
+    started before the first test (demo_started), overlaps all the others."""
+    late = {item.path for item in items if "demo_run" in item.fixturenames}
+    items.sort(key=lambda item: item.path in late)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_started(request, tmp_path_factory):
+    """(config, artifacts, process, log): `pipeline run --stage all` on the tiny config, started
+    in a subprocess before the first test when a selected test needs it; else None. Its ~20 s,
+    half of them a fresh process importing torch, go on beside the tests that do not need it."""
+    if not any("demo_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     root = tmp_path_factory.mktemp("demo")
     artifacts = root / "artifacts"
     config = demo_config(root / "demo.toml", artifacts)
-    proc = run_cli("run", "--stage", "all", "--config", str(config))
-    (root / "demo.log").write_text(proc.stdout + proc.stderr)  # what a user sees
+    log = root / "demo.log"  # what a user sees
+    proc = start_cli(log, "run", "--stage", "all", "--config", str(config), env=ONE_THREAD)
+    yield config, artifacts, proc, log
+    if proc.poll() is None:  # the session ended before a test waited for it
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_started) -> tuple[Path, Path]:
+    """(config path, artifacts dir) after one `pipeline run --stage all` on the tiny config."""
+    config, artifacts, proc, log = demo_started
+    finish_cli(proc, log)
     return config, artifacts
 
 

@@ -1,5 +1,6 @@
 """What the tests share: the CLI in a subprocess, configs written through the config module,
-small synthetic embeddings and datasets, one torch thread, and a run killed at a chosen point."""
+small synthetic embeddings and datasets, one torch thread, a run killed at a chosen point, and
+the hub library pointed at a test's cache and fake hub."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def run_cli(*args: str, cwd: Path = REPO, check: bool = True,
         raise AssertionError(f"pipeline {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start_cli(log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real entry point started in a subprocess, as run_cli runs it, without waiting; its
+    stdout and stderr go to LOG, interleaved as a terminal shows them. finish_cli waits."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dinov2clip.pipeline", *args], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+
+def finish_cli(proc: subprocess.Popen, log: Path) -> str:
+    """The log of a start_cli process, once it has ended; fails if the command failed."""
+    proc.wait(timeout=TIMEOUT)
+    text = log.read_text()
+    if proc.returncode != 0:
+        raise AssertionError(f"pipeline {' '.join(proc.args[3:])} failed ({proc.returncode}):\n"
+                             f"{text}")
+    return text
 
 
 def one_thread():
@@ -108,6 +128,28 @@ def run_killed(target: str, calls: int, *args: str) -> subprocess.CompletedProce
                           timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, f"not killed ({proc.returncode}):\n{proc.stderr}"
     return proc
+
+
+# --- The Hugging Face hub, in this process --------------------------------------------------------
+
+
+def hub_here(monkeypatch, cache: Path, url: str | None = None) -> None:
+    """huggingface_hub (and transformers through it), in this process, reads and fills CACHE and
+    asks URL, a fake hub on 127.0.0.1, without a token; with no URL it is offline. It read
+    HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_HOME when imported, so setting the variables
+    is not enough: its constants are set too."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", url is None)
+    monkeypatch.setattr(hub, "HF_TOKEN_PATH", str(cache / "no-token"))
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    if url:
+        monkeypatch.setenv("HF_ENDPOINT", url)  # dinov2clip passes it on itself
+        monkeypatch.setattr(hub, "ENDPOINT", url)
+        monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            url + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 # --- Configs ------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError
 from dinov2clip.extract.mapper import Mapper, load_clip, load_dino
 from dinov2clip.extract.preprocess import normalise, resize_and_crop
-from tests.conftest import run_cli
+from dinov2clip.pipeline import app
+from tests.helpers import hub_here
 from tests.test_extract_preprocess import SIZES, photo
 
 CPU = torch.device("cpu")
@@ -85,6 +87,9 @@ class GatedHub:
     """127.0.0.1 answering every request as the hub does for a gated repo without access."""
 
     def __init__(self):
+        self.asked = []  # the paths requested
+        asked = self.asked
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 self.refuse()
@@ -93,6 +98,7 @@ class GatedHub:
                 self.refuse()
 
             def refuse(self):
+                asked.append(self.path)
                 body = b'{"error": "Access to model is restricted."}'
                 self.send_response(403)
                 self.send_header("X-Error-Code", "GatedRepo")
@@ -114,7 +120,7 @@ class GatedHub:
         self.server.server_close()
 
 
-def test_gated_weights_say_what_to_do(tmp_path, tiny_models):
+def test_gated_weights_say_what_to_do(tmp_path, tiny_models, monkeypatch):
     (tmp_path / "shards" / "s").mkdir(parents=True)
     (tmp_path / "shards" / "s" / "0.tar").write_bytes(b"")
     config = tmp_path / "c.toml"
@@ -124,13 +130,13 @@ def test_gated_weights_say_what_to_do(tmp_path, tiny_models):
                       f'clip_pretrained = "{tiny_models["clip_pretrained"]}"\ndevice = "cpu"\n')
     hub = GatedHub()
     try:
-        proc = run_cli("extract", "--config", str(config), check=False, env={
-            "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
-            "HF_TOKEN": "", "HF_HUB_DISABLE_TELEMETRY": "1"})
+        hub_here(monkeypatch, tmp_path / "hf" / "hub", hub.url)
+        result = CliRunner().invoke(app, ["extract", "--config", str(config)])
     finally:
         hub.close()
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    assert hub.asked, "the fake hub was asked"
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: 'facebook/dinov3-vitb16-pretrain-lvd1689m' is gated")
     assert "accept its licence" in lines[-1] and "HF_TOKEN" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in result.output

@@ -1,9 +1,13 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError, config_hash, load_config
-from tests.helpers import REPO, demo_config, run_cli
+from dinov2clip.pipeline import app
+from tests.helpers import REPO, TIMEOUT, demo_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -79,29 +83,34 @@ def test_config_hash_changes_with_values(tmp_path):
     assert config_hash(a.train) == config_hash(load_config(tmp_path / "c.toml").train)
 
 
-def test_cli_reports_config_errors_in_one_line(tmp_path):
-    path = write(tmp_path, "[train]\nepochz = 3\n")
-    proc = run_cli("train", "--config", str(path), check=False)
+def test_installed_command_reports_config_errors_in_one_line(tmp_path):
+    # The one test of the console script uv installed, in its own process, as a user types it;
+    # the other CLI tests run the same typer app in this process (CliRunner).
+    def pipeline(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).with_name("pipeline")), *args],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    proc = pipeline("train", "--config", str(write(tmp_path, "[train]\nepochz = 3\n")))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown key 'train.epochz'" in lines[0]
     assert "Traceback" not in proc.stderr
-    proc = run_cli("extract", "--config", str(tmp_path / "missing.toml"), check=False)
+    proc = pipeline("extract", "--config", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2 and "config file not found" in proc.stderr
 
 
 def test_cli_help_lists_every_command():
-    out = run_cli("--help").stdout
+    out = CliRunner().invoke(app, ["--help"]).stdout
     for command in ("run", "data", "extract", "train", "eval"):
         assert command in out
-    assert "--stage" in run_cli("run", "--help").stdout
+    assert "--stage" in CliRunner().invoke(app, ["run", "--help"]).stdout
 
 
 def test_a_stage_refuses_an_empty_required_value(tmp_path):
     path = write(tmp_path, f'artifacts = "{tmp_path}"\n[extract]\ndatasets = []\n')
-    proc = run_cli("extract", "--config", str(path), check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    result = CliRunner().invoke(app, ["extract", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
         f"error: {path}: missing required value 'extract.datasets' for this stage"]
 
 
@@ -159,9 +168,6 @@ def test_checked_names_match_the_code_that_uses_them():
 
 
 def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
-    from typer.testing import CliRunner
-
-    from dinov2clip.pipeline import app
     art = tmp_path / "artifacts"
     config = demo_config(tmp_path / "demo.toml", art)
     for override, message in (("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss"),
@@ -175,9 +181,6 @@ def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
 
 
 def test_search_refuses_k_0_and_an_empty_query_before_loading(tmp_path):
-    from typer.testing import CliRunner
-
-    from dinov2clip.pipeline import app
 
     missing = str(tmp_path / "no-index")
     zero = CliRunner().invoke(app, ["search", "--index", missing, "-k", "0", "a dog"])
@@ -218,10 +221,7 @@ def test_a_run_config_reads_back_as_the_same_dataclasses(tmp_path):
 
 
 def test_use_options_are_checked_and_named_as_flags():
-    from typer.testing import CliRunner
-
     from dinov2clip.config import UseOptions
-    from dinov2clip.pipeline import app
 
     assert UseOptions().model_args() == {"device": "auto", "dtype": "bf16", "batch_size": 64}
     with pytest.raises(ConfigError, match="^--batch-size must be at least 1, got 0$"):

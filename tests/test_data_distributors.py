@@ -7,7 +7,9 @@ pyspark is in the dev dependency group; ray is not installed (its missing-packag
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from dinov2clip.pipeline import app
 from tests.conftest import run_cli, tiny_config_text
 from tests.test_img2dataset import image_server  # noqa: F401 - the fixture
 
@@ -51,7 +53,7 @@ def test_pyspark_distributor_downloads_on_a_local_spark_master(tmp_path, image_s
 ])
 def test_a_bad_distributor_stops_before_anything_is_downloaded(tmp_path, extra, message):
     config, artifacts = download_config(tmp_path, "http://127.0.0.1:9", {}, extra)
-    proc = run_cli("data", "--config", str(config), check=False)
-    assert proc.returncode == 2 and f"error: {message}" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    result = CliRunner().invoke(app, ["data", "--config", str(config)])
+    assert result.exit_code == 2 and f"error: {message}" in result.stderr
+    assert "Traceback" not in result.output
     assert not (artifacts / "shards" / "web").exists()

@@ -15,12 +15,13 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError, DataConfig
 from dinov2clip.data.download import download_pairs, format_summary
 from dinov2clip.data.synthetic import draw, jpeg_bytes, random_scene
 from dinov2clip.data.urllists import prepare_url_list
-from tests.helpers import run_cli
+from dinov2clip.pipeline import app
 
 
 @pytest.fixture
@@ -110,10 +111,10 @@ def test_missing_url_list_exits_2(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'artifacts = "{tmp_path / "a"}"\n[data]\nurl_list = "{tmp_path}/no.tsv"\n'
                       "[data.synthetic]\ntiny_models = false\n")
-    proc = run_cli("data", "--config", str(config), check=False)
-    assert proc.returncode == 2
+    result = CliRunner().invoke(app, ["data", "--config", str(config)])
+    assert result.exit_code == 2
     expected = f"error: data.url_list not found: {tmp_path}/no.tsv"
-    assert proc.stderr.strip().splitlines() == [expected]
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 @pytest.mark.slow

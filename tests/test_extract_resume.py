@@ -32,28 +32,16 @@ def out_dir(config: Path) -> Path:
     return config.parent / "art" / "embeddings" / "toy" / "t"
 
 
-def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=one_process_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, tiny_models):
     base = tmp_path_factory.mktemp("resume")
     shards = base / "shards"
     write_train_shards(shards, num=6 * N_SHARDS, shard_size=6, image_size=256, seed=3)
     ns = SimpleNamespace(base=base, shards=shards, models=tiny_models)
-    # torchrun starts first and runs in the background while other tests go on.
-    ns.torchrun_config = new_root(base, "torchrun", shards, tiny_models)
-    ns.torchrun = start_cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                            "2", "-m", "dinov2clip.pipeline", "extract", "-c",
-                            str(ns.torchrun_config))
     ns.reference = new_root(base, "reference", shards, tiny_models)
     run(load_config(ns.reference))
     ns.expected = tree_bytes(out_dir(ns.reference))
-    yield ns
-    if ns.torchrun.poll() is None:
-        ns.torchrun.kill()
+    return ns
 
 
 def test_reference_run_is_complete(toy):
@@ -104,24 +92,35 @@ def test_changed_models_never_mix_with_old_embeddings(toy):
         run(load_config(changed))
 
 
-def test_slurm_ranks_split_shards_and_union_equals_one_process(toy, monkeypatch):
-    config = new_root(toy.base, "slurm", toy.shards, toy.models)
-    for var in ("RANK", "WORLD_SIZE"):
+@pytest.mark.parametrize(("launcher", "rank_var", "world_var"), [
+    ("srun", "SLURM_PROCID", "SLURM_NTASKS"), ("torchrun", "RANK", "WORLD_SIZE")],
+    ids=["srun", "torchrun"])
+def test_ranks_split_shards_and_union_equals_one_process(toy, monkeypatch, launcher, rank_var,
+                                                          world_var):
+    """Rank 1 then rank 0 in this process, with the variables srun or torchrun sets."""
+    config = new_root(toy.base, launcher, toy.shards, toy.models)
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SLURM_NTASKS", "2")
-    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv(world_var, "2")
+    monkeypatch.setenv(rank_var, "1")
     run(load_config(config))
     done = sorted(p.stem for p in (out_dir(config) / "done").glob("*.json"))
     assert done == [f"{i:05d}" for i in range(1, N_SHARDS, 2)]  # sorted(shards)[1::2]
     assert not (out_dir(config) / "manifest.json").exists()  # rank 0 has not finished
-    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv(rank_var, "0")
     run(load_config(config))
     assert tree_bytes(out_dir(config)) == toy.expected
 
 
+@pytest.mark.slow  # real torchrun: three more processes importing torch; ranks are tested above
 def test_torchrun_two_ranks_union_equals_one_process(toy):
-    out, _ = toy.torchrun.communicate(timeout=TIMEOUT)
-    assert toy.torchrun.returncode == 0, out
+    config = new_root(toy.base, "torchrun-real", toy.shards, toy.models)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", "-m", "dinov2clip.pipeline", "extract", "-c",
+                           str(config)], cwd=REPO, env=one_process_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+    out = proc.stdout
+    assert proc.returncode == 0, out
     assert "rank 1/2" in out and "rank 0/2" in out
     assert out.count("waiting for decoded batches") == 2  # each rank logs its phase times
-    assert tree_bytes(out_dir(toy.torchrun_config)) == toy.expected
+    assert tree_bytes(out_dir(config)) == toy.expected

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from dinov2clip.pipeline import app
+from tests.helpers import hub_here
 from tests.test_data_evalsets import COMMIT, FakeHub
 
 
@@ -60,15 +61,11 @@ class FakeModelHub(FakeHub):
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     fake = FakeModelHub()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    # huggingface_hub read HF_HOME when it was imported: point its cache here as well, so no
-    # snapshot of an earlier session (same fake commit, other paths) is ever found.
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    # A cache of this test's own, so no snapshot of an earlier session (same fake commit, other
+    # paths) is ever found.
+    hub_here(monkeypatch, tmp_path / "hf-home" / "hub", fake.url)
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     yield fake
     fake.close()
 

@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from packaging.specifiers import SpecifierSet
 
-from tests.helpers import REPO, TIMEOUT
+from tests.helpers import REPO
 
 try:
     import tomllib
@@ -80,17 +81,28 @@ def test_readme_uv_commands_never_touch_the_lock():
     assert runs and all("--frozen" in r for r in runs), runs
 
 
-def test_test_fast_leaves_out_exactly_the_img2dataset_and_kill_tests():
+class _Selected:
+    """A pytest plugin that keeps the node ids of the tests a session selected."""
+
+    def __init__(self):
+        self.ids: set[str] = set()
+
+    def pytest_collection_finish(self, session):
+        self.ids = {item.nodeid.split("[")[0] for item in session.items}
+
+
+def test_test_fast_leaves_out_exactly_the_img2dataset_kill_and_torchrun_tests():
     files = ["tests/test_data_download.py", "tests/test_img2dataset.py",
              "tests/test_extract_resume.py", "tests/test_train_resume.py"]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow",
-                           *files], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    slow = {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
-    assert slow == {
+    slow = _Selected()  # in this process: the modules are imported already, no torch to load
+    code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
+                        "-m", "slow", *(str(REPO / f) for f in files)], plugins=[slow])
+    assert code == pytest.ExitCode.OK
+    assert slow.ids == {
         "tests/test_data_download.py::test_img2dataset_resume_downloads_only_unfinished_shards",
         "tests/test_img2dataset.py::test_img2dataset_shards_feed_extract",
         "tests/test_extract_resume.py::test_sigkill_then_rerun_gives_identical_files",
+        "tests/test_extract_resume.py::test_torchrun_two_ranks_union_equals_one_process",
         "tests/test_train_resume.py::test_sigkill_then_resume_is_bitwise_equal_to_an_"
         "uninterrupted_run",
     }

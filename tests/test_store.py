@@ -4,11 +4,10 @@ versions and the plan of shards are part of a set's identity."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import write_train_shards
@@ -17,9 +16,8 @@ from dinov2clip.extract import identity, run, runner
 from dinov2clip.io_utils import HOST
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from tests.helpers import (
-    REPO,
-    TIMEOUT,
     extract_config,
+    hub_here,
     live_process,
     make_embeddings,
     run_cli,
@@ -163,20 +161,16 @@ def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
     assert identity.file_sha256(f) != first
 
 
-def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models):
+def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models,
+                                                                      monkeypatch):
+    from dinov2clip.extract.mapper import load_dino
+
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--tiny-dinov2"
     shutil.copytree(tiny_models["dino"], repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = ("import torch\n"
-            "from dinov2clip.extract.identity import dino_weights\n"
-            "from dinov2clip.extract.mapper import load_dino\n"
-            "for rev in ('', 'main'):\n"
-            "    model, _ = load_dino('org/tiny-dinov2', torch.device('cpu'), rev)\n"
-            "    print(dino_weights(model, 'org/tiny-dinov2', rev))\n")
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [str({"commit": commit})] * 2
+    hub_here(monkeypatch, tmp_path / "hub")  # offline: the cache alone
+    for rev in ("", "main"):
+        model, _ = load_dino("org/tiny-dinov2", torch.device("cpu"), rev)
+        assert identity.dino_weights(model, "org/tiny-dinov2", rev) == {"commit": commit}
