@@ -283,6 +283,46 @@ def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path
     assert not np.array_equal(_centroids(out / "index.faiss"), centroids)
 
 
+def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
+        demo_run, collection, demo_model, tmp_path):
+    import os
+    import shutil
+
+    import faiss
+
+    _, art = demo_run
+    root = tmp_path / "photos"
+    shutil.copytree(collection, root)
+    out = tmp_path / "changed"
+    kwargs = dict(run_dir=art / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
+                  kind="flat", options=CPU)
+    first = build_index(**kwargs)
+    assert first["chunks"] == ["00000", "00001", "00002"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()}
+
+    changed = root / "circle" / "0.png"  # another picture under the same name
+    changed.write_bytes((root / "star" / "2.png").read_bytes())
+    later = changed.stat().st_mtime_ns + 10**9  # an editor's save, a second later
+    os.utime(changed, ns=(later, later))
+    again = build_index(**kwargs)
+    assert again["n_images"] == 9 and again["n_removed"] == 1  # the stale row is left out
+    assert again["chunks"] == ["00000", "00001", "00002", "00003"]
+    assert json.loads((out / "chunks" / "done" / "00003.json").read_text())["keys"] == [
+        "circle/0.png"]  # only the changed file is embedded again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()
+            if p.name != "00003.npy"} == stamps
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    assert meta["key"].count("circle/0.png") == 1
+    row = meta["key"].index("circle/0.png")
+    stored = faiss.read_index(str(out / "index.faiss")).reconstruct(row)
+    want = demo_model.encode_image([changed])[0]
+    assert float(torch.from_numpy(stored) @ want) > 0.999  # the new picture's embedding
+    assert float(torch.from_numpy(stored) @ demo_model.encode_image(
+        [collection / "circle" / "0.png"])[0]) < 0.99  # not the old one's
+
+    assert build_index(**kwargs)["chunks"] == again["chunks"]  # nothing changed: nothing new
+
+
 def test_dino_index_holds_the_pooled_dino_features(flat_index, demo_model):
     import faiss
 

@@ -6,14 +6,16 @@ Layout of an index directory:
                                 rows: image-to-image similarity is judged in DINOv2's own space
     chunks/meta/<chunk>.parquet one row per embedded image: key, path, url, caption, kind
     chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys
+                                and each file's [size, mtime_ns] as embedded
     index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
     dino.faiss                  the same rows' DINOv2 features, the same ids
     meta.parquet                key, path, url, caption, kind, chunk
     index.json                  written last: run, models, kind, counts, chunks, skipped files
                                 by name and reason
 
-Re-running on a grown folder embeds only the new files (see sources.plan_chunks); files gone
-from the folder drop out of the assembled index. An IVF index keeps its trained centroids until
+Re-running on a grown folder embeds only the new files and those changed in place (see
+sources.plan_chunks); files gone from the folder, and the old rows of changed ones, drop out of
+the assembled index. An IVF index keeps its trained centroids until
 the collection outgrows them (RETRAIN_GROWTH); HNSW appends while nothing was removed.
 
 Under torchrun or srun, rank r embeds chunks[r::world_size] (each rank on its own GPU, no
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -40,7 +41,7 @@ from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_con
 from dinov2clip.device import rank_and_world
 from dinov2clip.index import faiss_index
 from dinov2clip.index.images import ImageCrops, collate_crops
-from dinov2clip.index.sources import Chunk, ChunkItems, chunk_items, plan_chunks
+from dinov2clip.index.sources import Chunk, ChunkItems, chunk_items, file_stamp, plan_chunks
 from dinov2clip.io_utils import (
     atomic_save_npy,
     atomic_write,
@@ -82,7 +83,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
     remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
     previous = _previous_summary(out_dir, store.models_hash)
-    chunks = plan_chunks(images, chunk_size, store.indexed_keys(previous.get("chunks", [])))
+    chunks = plan_chunks(images, chunk_size, store.indexed_files(previous.get("chunks", [])))
     model = DinoV2Clip.from_pretrained(run_dir, **options.model_args())
     mine = chunks[rank::world]
     todo = [c for c in mine if not store.is_done(c)]
@@ -165,10 +166,11 @@ class ChunkStore:
                              ("meta", f"{chunk.name}.parquet"), ("done", f"{chunk.name}.json")):
             remove_temps(self.root / folder, name)
 
-    def indexed_keys(self, names: list[str]) -> dict[str, list[str]]:
-        """{chunk: its files' keys} for the folder chunks of a finished index."""
+    def indexed_files(self, names: list[str]) -> dict[str, dict[str, list[int] | None]]:
+        """{chunk: {file key: its stamp when embedded}} for the folder chunks of a finished index
+        (stamps None in indexes written before they were kept)."""
         records = [self.markers.read(name) for name in names]
-        return {r["chunk"]: r["keys"] for r in records if r and "keys" in r}
+        return {r["chunk"]: _stamps(r) for r in records if r and "keys" in r}
 
     def write(self, chunk: Chunk, emb: np.ndarray, dino: np.ndarray, rows: list[dict],
               items: ChunkItems) -> None:
@@ -181,8 +183,9 @@ class ChunkStore:
                   "skipped": dict(sorted(items.skipped.items())),
                   "skipped_files": dict(sorted(items.skipped_names.items())),
                   "fingerprint": chunk.fingerprint(), "models_hash": self.models_hash}
-        if chunk.shard is None:  # a folder chunk's file list, for growing the index later
+        if chunk.shard is None:  # a folder chunk's files as embedded, for growing it later
             record["keys"] = [r["key"] for r in items.rows]
+            record["stamps"] = [r["stamp"] for r in items.rows]
         self.markers.write(chunk.name, record)  # last: the chunk now exists
 
     def embeddings(self, names: list[str], keep: dict[str, np.ndarray], array: str = "emb"):
@@ -232,19 +235,33 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: Us
     return len(rows)
 
 
+def _stamps(record: dict) -> dict[str, list[int] | None]:
+    """{file key: stamp when embedded} of a folder chunk's done-marker."""
+    return dict(zip(record["keys"], record.get("stamps", [None] * len(record["keys"])),
+                    strict=True))
+
+
 def _live_rows(store: ChunkStore, chunks: list[Chunk]) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """Every chunk's rows whose image is still there (a removed file drops out), and per chunk
-    the boolean mask of rows kept."""
+    """Every chunk's rows whose image is still as it was embedded (a removed file drops out, and
+    so does a changed one's old row: a newer chunk holds it), and per chunk the mask kept."""
     tables, keep = [], {}
     for c in chunks:
         t = pq.read_table(store.root / "meta" / f"{c.name}.parquet")
         rows = t.to_pydict()
-        keep[c.name] = np.array([kind != "file" or os.path.exists(path)
-                                 for kind, path in zip(rows["kind"], rows["path"], strict=True)],
+        stamps = _stamps(store.markers.read(c.name)) if c.shard is None else {}
+        keep[c.name] = np.array([kind != "file" or _unchanged(path, stamps.get(key))
+                                 for kind, path, key in zip(rows["kind"], rows["path"],
+                                                            rows["key"], strict=True)],
                                 dtype=bool)
         t = t.filter(pa.array(keep[c.name], pa.bool_()))
         tables.append(t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string())))
     return pa.concat_tables(tables), keep
+
+
+def _unchanged(path: str, stamp: list[int] | None) -> bool:
+    """The file is there and, when its stamp was kept, still as it was embedded."""
+    now = file_stamp(path)
+    return now is not None and (stamp is None or now == stamp)
 
 
 def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
@@ -261,8 +278,8 @@ def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: 
         raise ConfigError(f"{images}: no readable images (skipped: {dict(skipped)})")
     removed = sum(r["n_images"] for r in records) - n
     chosen = faiss_index.choose_kind(kind, n, exact_max)
-    log.info("building a %s index over %d embeddings (%d removed files left out)", chosen, n,
-             removed)
+    log.info("building a %s index over %d embeddings (%d rows of removed or changed files "
+             "left out)", chosen, n, removed)
     appended = names[:len(previous.get("chunks", []))] == previous.get("chunks") and not removed
     info = {}
     for array, filename in (("emb", "index.faiss"), ("dino", "dino.faiss")):

@@ -6,12 +6,15 @@ or its shard's size and mtime) is kept in the marker: a chunk whose files change
 again, never mixed.
 
 Indexes grow: the folder chunks of the last finished index keep their file lists, and files
-added since then go into new chunks after them, so re-indexing embeds only the new files.
+added since then go into new chunks after them, so re-indexing embeds only the new files. A file
+changed in place (its size or mtime moved) counts as new: it is embedded again in a new chunk,
+and its row in the old chunk is left out of the index (build._live_rows), never served stale.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,19 +46,20 @@ class ChunkItems:
     """A chunk's images and one metadata row per image, in the same order."""
 
     images: list[Path | bytes] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)  # key, path, url, caption, kind
+    rows: list[dict] = field(default_factory=list)  # key, path, url, caption, kind (+stamp)
     skipped: Counter = field(default_factory=Counter)
     skipped_names: dict[str, str] = field(default_factory=dict)  # file or sample key -> reason
 
 
 def plan_chunks(images: Path, chunk_size: int,
-                indexed: dict[str, list[str]] | None = None) -> list[Chunk]:
+                indexed: dict[str, dict[str, list[int] | None]] | None = None) -> list[Chunk]:
     """Chunks over a folder of images (recursive) or a folder of *.tar shards (or one tar).
 
-    indexed: {chunk name: its files' keys} of the last finished folder index. Those chunks keep
-    their files (a removed file drops out when the index is assembled); files not in any of
-    them go into new chunks numbered after the last. Every rank reads the same finished index,
-    so every rank plans the same chunks.
+    indexed: {chunk name: {file key: its file_stamp when embedded}} of the last finished folder
+    index (stamp None: an index from before stamps were kept). Those chunks keep their files (a
+    removed or changed file's row drops out when the index is assembled); files that no chunk
+    holds as they are now go into new chunks numbered after the last. Every rank reads the same
+    finished index, so every rank plans the same chunks.
     """
     images = Path(images)
     if chunk_size < 1:
@@ -73,12 +77,22 @@ def plan_chunks(images: Path, chunk_size: int,
     indexed = indexed or {}
     chunks = [Chunk(name=name, files=tuple(images / k for k in keys))
               for name, keys in sorted(indexed.items())]
-    known = {k for keys in indexed.values() for k in keys}
-    new = [p for p in files if file_key(p, images) not in known]
+    current = {k for files in indexed.values() for k, stamp in files.items()
+               if stamp is None or stamp == file_stamp(images / k)}
+    new = [p for p in files if file_key(p, images) not in current]
     first = max((int(name) for name in indexed), default=-1) + 1
     return chunks + [Chunk(name=f"{first + i // chunk_size:05d}",
                            files=tuple(new[i:i + chunk_size]))
                      for i in range(0, len(new), chunk_size)]
+
+
+def file_stamp(path: Path | str) -> list[int] | None:
+    """[size, mtime in ns] of a file as it is now (None: gone): what tells a changed file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def file_key(path: Path, root: Path) -> str:
@@ -92,7 +106,7 @@ def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
     items = ChunkItems()
     for p in chunk.files:
         items.images.append(p)
-        items.rows.append({"key": file_key(p, root),
+        items.rows.append({"key": file_key(p, root), "stamp": file_stamp(p),
                            "path": str(p.resolve()), "url": "", "caption": sidecar_caption(p),
                            "kind": "file"})
     return items
