@@ -15,7 +15,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from dinov2clip.config import ConfigError, ProjectorConfig, _build
+from dinov2clip.config import ConfigError, ProjectorConfig, parse
 from dinov2clip.io_utils import atomic_write, atomic_write_json
 
 
@@ -84,7 +84,7 @@ class Projector(nn.Module):
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise ConfigError(f"no projector at {run_dir}: {p.name} missing")
-        cfg = _build(ProjectorConfig, json.loads(cfg_path.read_text()), str(cfg_path), "")
+        cfg = parse(ProjectorConfig, json.loads(cfg_path.read_text()), str(cfg_path), "")
         model = cls(cfg)
         model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
         return model.to(device).eval()
