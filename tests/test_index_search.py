@@ -242,21 +242,30 @@ def _centroids(index_file) -> np.ndarray:
     return ivf.quantizer.reconstruct_n(0, ivf.nlist)
 
 
-def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path):
+def _indexed_copy(demo_run, collection, tmp_path, kind: str):
+    """(photos, index dir, build_index keywords, chunk mtimes) after indexing a copy of the
+    collection that a test may then change."""
     import shutil
 
-    import faiss
-
-    _, art = demo_run
-    root = tmp_path / "photos"
+    root, out = tmp_path / "photos", tmp_path / "index"
     shutil.copytree(collection, root)
-    out = tmp_path / "grown"
-    kwargs = dict(run_dir=art / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
-                  kind="ivf", options=CPU)
+    kwargs = dict(run_dir=demo_run[1] / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
+                  kind=kind, options=CPU)
     first = build_index(**kwargs)
     assert first["n_images"] == 9 and first["chunks"] == ["00000", "00001", "00002"]
     assert first["skipped_files"] == {"square/bad.png": "corrupt_image"}
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()}
+    return root, out, kwargs, _chunk_mtimes(out)
+
+
+def _chunk_mtimes(out, leave_out: str = "") -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()
+            if p.name != leave_out}
+
+
+def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path):
+    import faiss
+
+    root, out, kwargs, stamps = _indexed_copy(demo_run, collection, tmp_path, "ivf")
     centroids = _centroids(out / "index.faiss")
 
     write_shape_classes(root / "new", classes=("x",), per_class=2, seed=5)
@@ -264,8 +273,7 @@ def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path
     grown = build_index(**kwargs)
     assert grown["n_images"] == 9 + 2 - 1 and grown["n_removed"] == 1
     assert grown["chunks"] == ["00000", "00001", "00002", "00003"]
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()
-            if p.name != "00003.npy"} == stamps  # the old chunks were not embedded again
+    assert _chunk_mtimes(out, "00003.npy") == stamps  # the old chunks were not embedded again
     assert json.loads((out / "chunks" / "done" / "00003.json").read_text())["keys"] == [
         "new/x/0.png", "new/x/1.png"]
     meta = pq.read_table(out / "meta.parquet").to_pydict()
@@ -286,19 +294,10 @@ def test_a_grown_folder_embeds_only_its_new_files(demo_run, collection, tmp_path
 def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
         demo_run, collection, demo_model, tmp_path):
     import os
-    import shutil
 
     import faiss
 
-    _, art = demo_run
-    root = tmp_path / "photos"
-    shutil.copytree(collection, root)
-    out = tmp_path / "changed"
-    kwargs = dict(run_dir=art / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
-                  kind="flat", options=CPU)
-    first = build_index(**kwargs)
-    assert first["chunks"] == ["00000", "00001", "00002"]
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()}
+    root, out, kwargs, stamps = _indexed_copy(demo_run, collection, tmp_path, "flat")
 
     changed = root / "circle" / "0.png"  # another picture under the same name
     changed.write_bytes((root / "star" / "2.png").read_bytes())
@@ -309,8 +308,7 @@ def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
     assert again["chunks"] == ["00000", "00001", "00002", "00003"]
     assert json.loads((out / "chunks" / "done" / "00003.json").read_text())["keys"] == [
         "circle/0.png"]  # only the changed file is embedded again
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks" / "emb").iterdir()
-            if p.name != "00003.npy"} == stamps
+    assert _chunk_mtimes(out, "00003.npy") == stamps
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"].count("circle/0.png") == 1
     row = meta["key"].index("circle/0.png")
