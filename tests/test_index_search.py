@@ -303,11 +303,13 @@ def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
     changed.write_bytes((root / "star" / "2.png").read_bytes())
     later = changed.stat().st_mtime_ns + 10**9  # an editor's save, a second later
     os.utime(changed, ns=(later, later))
+    (root / "square" / "bad.png").write_bytes((root / "square" / "0.png").read_bytes())  # fixed
     again = build_index(**kwargs)
-    assert again["n_images"] == 9 and again["n_removed"] == 1  # the stale row is left out
+    assert again["n_images"] == 10 and again["n_removed"] == 1  # the stale row is left out
+    assert again["skipped"] == {} and again["skipped_files"] == {}  # nothing is unreadable now
     assert again["chunks"] == ["00000", "00001", "00002", "00003"]
     assert json.loads((out / "chunks" / "done" / "00003.json").read_text())["keys"] == [
-        "circle/0.png"]  # only the changed file is embedded again
+        "circle/0.png", "square/bad.png"]  # only the changed files are embedded again
     assert _chunk_mtimes(out, "00003.npy") == stamps
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"].count("circle/0.png") == 1

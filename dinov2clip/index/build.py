@@ -269,9 +269,16 @@ def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: 
     records = [store.markers.read(c.name) for c in chunks]
     skipped: Counter = Counter()
     skipped_files: dict[str, str] = {}
-    for r in records:
-        skipped.update(r["skipped"])
-        skipped_files.update(r.get("skipped_files", {}))
+    for c, r in zip(chunks, records, strict=True):
+        if c.shard is None:  # a file skipped then and removed or changed since is not, now
+            stamps = _stamps(r)
+            files = {key: why for key, why in r.get("skipped_files", {}).items()
+                     if _unchanged(images / key, stamps.get(key))}
+            skipped.update(files.values())
+        else:
+            files = r.get("skipped_files", {})
+            skipped.update(r["skipped"])
+        skipped_files.update(files)
     meta, keep = _live_rows(store, chunks)
     n, names = meta.num_rows, [c.name for c in chunks]
     if n == 0:
