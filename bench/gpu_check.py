@@ -8,7 +8,8 @@ JSON is rewritten after each, so a crash or a timeout still leaves what was meas
 - extract: ~20k photo-like 256 px JPEGs through the real extract stage (extract_shards), with
   extract.decode=cpu and =gpu: images/s end to end, seconds waiting for batches / in the models /
   writing / decoding on the device, GPU utilisation, CPU cores used; the models alone on ready
-  batches (the ceiling); and the two decode paths' embeddings against each other (min cosine).
+  batches (the ceiling); the two decode paths' embeddings against each other (min cosine); and
+  grey and CMYK JPEGs from the device decoder against PIL (largest pixel difference).
 - train: the seed projector (54.6M params) in bf16 over 8M-row cached tensors on the device,
   through the trainer's own Feed; samples/s and MFU, with and without torch.compile.
 - agreement: bf16 autocast against fp32 on one batch: min cosine of each stored array, and the
@@ -170,6 +171,34 @@ def check_extract(tmp: Path, models: dict, device: torch.device, size: dict, out
     out["decode"] = runs
     out["decode_gpu_vs_cpu_min_cosine"] = min_cosines(tmp / "out-cpu", tmp / "out-gpu",
                                                       [p.stem for p in paths[:2]])
+    out["decode_modes_vs_pil"] = decode_modes_vs_pil(device)
+
+
+def decode_modes_vs_pil(device: torch.device) -> dict:
+    """Grey and CMYK JPEGs through the device decoder against PIL's RGB (the CPU path's): the
+    largest pixel difference, or why the decoder refused (extract then decodes it with PIL)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).resize((256, 192))
+    found = {}
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        rgb.convert(mode).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        try:
+            got = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                              mode=ImageReadMode.RGB, device=device).cpu()
+        except RuntimeError as err:
+            found[mode] = f"refused: {str(err).splitlines()[0]}"
+            continue
+        want = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB")))
+        found[mode] = int((got.permute(1, 2, 0).int() - want.int()).abs().max())
+    return found
 
 
 def models_only_rate(mapper: Mapper, tokenizer, batch: int, device: torch.device) -> float:

@@ -113,6 +113,7 @@ def both_paths(tmp_path_factory, tiny_models):
     write_shard(train / "00000.tar", samples[:6])
     write_shard(train / "00001.tar", samples[6:] + [
         ("grey", photo(256, 320, 50, mode="L"), "a grey JPEG"),
+        ("cmyk", photo(320, 256, 53, mode="CMYK"), "a CMYK JPEG (print workflows save them)"),
         ("png", photo(300, 256, 51, "PNG"), "a PNG saved as .jpg"),
         ("cut", samples[0][1][:3000], "a cut JPEG"),
         ("fake", b"\xff\xd8\xff" + bytes(200) + b"\xff\xd9", "JPEG markers around nothing"),
@@ -168,7 +169,7 @@ def test_bad_samples_are_skipped_and_counted_alike(both_paths):
         assert (gpu["n_images"], gpu["n_captions"]) == (cpu["n_images"], cpu["n_captions"])
     photos = json.loads((both_paths["gpu"] / "photos" / "gpu" / "manifest.json").read_text())
     assert photos["skipped"] == {"corrupt_image": 1, "not_an_image": 2}  # cut; fake, html
-    assert photos["n_images"] == 13  # 10 photos, the grey JPEG, the PNG, the last one
+    assert photos["n_images"] == 14  # 10 photos, the grey and CMYK JPEGs, the PNG, the last one
 
 
 def test_fallbacks_are_counted(tiny_models, tmp_path):

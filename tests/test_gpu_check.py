@@ -28,6 +28,7 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
         assert {"read", "model", "write"} <= set(run["phase_seconds"])
     assert ex["decode"]["gpu"]["phase_seconds"]["device_decode"] > 0
     assert min(ex["decode_gpu_vs_cpu_min_cosine"].values()) >= 0.999
+    assert ex["decode_modes_vs_pil"] == {"L": 0, "CMYK": 0}  # torchvision's CPU decoder
     assert min(r["agreement"]["min_cosine_bf16_vs_fp32"].values()) >= 0.99
     assert r["train"]["eager"]["samples_per_s"] > 0 and r["train"]["compile"]["samples_per_s"] > 0
     assert set(r["eval"]) >= {"mscoco", "flickr30k", "flickr8k"}
