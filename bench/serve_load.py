@@ -161,7 +161,9 @@ def main() -> None:
     ap.add_argument("--requests-per-client", type=int, default=4,
                     help="requests per level = this x clients (at least 24)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/serve_load.json"))
+    ap.add_argument("--note", default="", help="conditions of the run (is the machine shared?)")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     dino_dim = 768
     model_name = subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'", shell=True,
                                 capture_output=True, text=True).stdout.strip()
@@ -193,11 +195,12 @@ def main() -> None:
         "512-d projected + 768-d DINOv2, random unit vectors", "k": 20,
         "text_tower": "open_clip ViT-B-16 text tower at full size, random weights, fp32 on CPU",
         "machine": f"{model_name}: {os.cpu_count()} cores visible; {platform.platform()}",
-        "notes": "The machine is shared with about 7 other jobs running at the same time (other "
-                 "helpers' tests and builds on 2 cores), so absolute numbers are noisy and low; "
-                 "batched vs unbatched ran back to back in one run. Closed-loop clients in a "
-                 "second process on 127.0.0.1 (httpx, one thread each); latency is per request "
-                 "end to end, requests/s = requests / wall time of the level.",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "notes": (args.note + " " if args.note else "") + "Batched and unbatched ran back to "
+                 "back in one run. Closed-loop clients in a second process on 127.0.0.1 (httpx, "
+                 "one thread each); latency is per request end to end, requests/s = requests / "
+                 "wall time of the level.",
         "results": results,
         "speedup_req_per_s_batched_over_unbatched": {
             str(b["clients"]): round(b["req_per_s"] / p["req_per_s"], 2)
