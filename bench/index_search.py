@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--machine", default=f"cpu: {os.cpu_count()} cores, shared with other jobs")
+    ap.add_argument("--machine", default=f"cpu: {os.cpu_count()} cores (busy or quiet: not stated)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/index_search.json"))
     args = ap.parse_args()
     import faiss
