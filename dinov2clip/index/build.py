@@ -241,14 +241,16 @@ def _stamps(record: dict) -> dict[str, list[int] | None]:
                     strict=True))
 
 
-def _live_rows(store: ChunkStore, chunks: list[Chunk]) -> tuple[pa.Table, dict[str, np.ndarray]]:
+def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
+               ) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Every chunk's rows whose image is still as it was embedded (a removed file drops out, and
-    so does a changed one's old row: a newer chunk holds it), and per chunk the mask kept."""
+    so does a changed one's old row: a newer chunk holds it), and per chunk the mask kept.
+    records: the chunks' done-markers."""
     tables, keep = [], {}
-    for c in chunks:
+    for c, record in zip(chunks, records, strict=True):
         t = pq.read_table(store.root / "meta" / f"{c.name}.parquet")
         rows = t.to_pydict()
-        stamps = _stamps(store.markers.read(c.name)) if c.shard is None else {}
+        stamps = _stamps(record) if c.shard is None else {}
         keep[c.name] = np.array([kind != "file" or _unchanged(path, stamps.get(key))
                                  for kind, path, key in zip(rows["kind"], rows["path"],
                                                             rows["key"], strict=True)],
@@ -264,13 +266,14 @@ def _unchanged(path: str, stamp: list[int] | None) -> bool:
     return now is not None and (stamp is None or now == stamp)
 
 
-def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
-              images: Path, kind: str, exact_max: int, previous: dict) -> dict:
-    records = [store.markers.read(c.name) for c in chunks]
+def _still_skipped(chunks: list[Chunk], records: list[dict], images: Path
+                   ) -> tuple[Counter, dict[str, str]]:
+    """(count by reason, {file or sample: reason}) of what the chunks skipped; a folder file
+    skipped then and removed or changed since (fixed, and embedded in a newer chunk) is not."""
     skipped: Counter = Counter()
     skipped_files: dict[str, str] = {}
     for c, r in zip(chunks, records, strict=True):
-        if c.shard is None:  # a file skipped then and removed or changed since is not, now
+        if c.shard is None:
             stamps = _stamps(r)
             files = {key: why for key, why in r.get("skipped_files", {}).items()
                      if _unchanged(images / key, stamps.get(key))}
@@ -279,7 +282,14 @@ def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: 
             files = r.get("skipped_files", {})
             skipped.update(r["skipped"])
         skipped_files.update(files)
-    meta, keep = _live_rows(store, chunks)
+    return skipped, skipped_files
+
+
+def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
+              images: Path, kind: str, exact_max: int, previous: dict) -> dict:
+    records = [store.markers.read(c.name) for c in chunks]
+    skipped, skipped_files = _still_skipped(chunks, records, images)
+    meta, keep = _live_rows(store, chunks, records)
     n, names = meta.num_rows, [c.name for c in chunks]
     if n == 0:
         raise ConfigError(f"{images}: no readable images (skipped: {dict(skipped)})")
