@@ -15,7 +15,6 @@ from tests.helpers import (  # noqa: F401
     one_thread,
     run_cli,
     start_cli,
-    tiny_config_text,
     write_shape_classes,
 )
 

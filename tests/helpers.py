@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -186,13 +185,6 @@ def demo_settings(artifacts: Path) -> dict:
 def demo_config(path: Path, artifacts: Path, settings: dict | None = None) -> Path:
     """configs/demo.toml shrunk for tests (demo_settings), then SETTINGS, written to PATH."""
     return write_config(path, {**demo_settings(artifacts), **(settings or {})}, base=DEMO)
-
-
-def tiny_config_text(artifacts: Path) -> str:
-    """demo_config's file as text, for tests that still edit it; new tests pass settings to
-    demo_config instead (an edit of the text silently does nothing when the layout changes)."""
-    with tempfile.TemporaryDirectory() as folder:
-        return demo_config(Path(folder) / "demo.toml", artifacts).read_text()
 
 
 def toml_text(table: dict, name: str = "") -> str:

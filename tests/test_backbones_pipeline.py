@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import run_cli, tiny_config_text
+from tests.conftest import demo_config, run_cli
 
 pytestmark = pytest.mark.slow  # the whole pipeline twice through the CLI
 TAG = "tiny-dinov3__tiny-siglip"  # derived: both models named, no explicit extract.tag
@@ -29,21 +29,14 @@ def pair_run(tmp_path_factory):
     artifacts = root / "artifacts"
     dino = build_tiny_dinov3(root / "models" / "tiny-dinov3")
     siglip = build_tiny_siglip(root / "models" / "tiny-siglip")
-    text = tiny_config_text(artifacts)
-    text = text.replace("tiny_models = true", "tiny_models = false")
-    text = text.replace("num_train = 384", "num_train = 128")  # one shard: this is about wiring
-    text = text.replace("epochs = 4", "epochs = 2")
-    text = text.replace(f'dino_model = "{artifacts}/models/tiny-dinov2"', f'dino_model = "{dino}"')
-    text = text.replace(f'clip_model = "{artifacts}/models/tiny-clip/tiny-clip.json"',
-                        f'clip_model = "{siglip}"')
-    text = text.replace(
-        f'clip_pretrained = "{artifacts}/models/tiny-clip/open_clip_model.safetensors"',
-        'clip_pretrained = ""')
-    text = text.replace('tag = "tiny"\n', "")
-    text = text.replace('run = "demo"', 'run = "dinov3-siglip"')
-    assert text.count(str(dino)) == 1 and text.count(siglip) == 1
-    config = root / "pair.toml"
-    config.write_text(text)
+    config = demo_config(root / "pair.toml", artifacts, {
+        "data.synthetic.tiny_models": False,
+        "data.synthetic.num_train": 128,  # one shard: this is about wiring
+        "train.epochs": 2,
+        "extract.dino_model": str(dino), "extract.clip_model": siglip,
+        "extract.clip_pretrained": "",
+        "extract.tag": "",  # derived from the two model names
+        "train.run": "dinov3-siglip", "eval.run": "dinov3-siglip"})
     run_cli("run", "--stage", "all", "--config", str(config))
     other = ["--set", "train.run=dinov3-siglip-cosine", "--set", "train.loss={cosine = 1.0}",
              "--set", "eval.run=dinov3-siglip-cosine", "--set", "eval.zeroshot=''"]

@@ -10,26 +10,20 @@ import pytest
 from typer.testing import CliRunner
 
 from dinov2clip.pipeline import app
-from tests.conftest import run_cli, tiny_config_text
-from tests.test_img2dataset import image_server  # noqa: F401 - the fixture
+from tests.conftest import demo_config, run_cli
+from tests.test_img2dataset import image_server, write_pairs_tsv  # noqa: F401 - the fixture
 
 
-def download_config(tmp_path, url: str, captions: dict, extra: str) -> tuple:
-    tsv = tmp_path / "pairs.tsv"
-    rows = [f"{url}/{name}\t{cap}" for name, cap in captions.items()]
-    rows.append(f"{url}/missing.jpg\ta picture that is not there")  # a 404 to count
-    tsv.write_text("url\tcaption\n" + "\n".join(rows) + "\n")
+def download_config(tmp_path, url: str, captions: dict, distributor: dict) -> tuple:
+    """(config, artifacts): download only (no synthetic data, no models) from url."""
     artifacts = tmp_path / "artifacts"
-    text = tiny_config_text(artifacts)
-    text = text.replace('dataset = "shapes"\n', f'dataset = "web"\nurl_list = "{tsv}"\n'
-                        'processes_count = 2\nthread_count = 4\nnumber_sample_per_shard = 8\n'
-                        f'image_size = 256\n{extra}', 1)
-    text = text.replace("num_train = 384", "num_train = 0").replace("num_eval = 60",
-                                                                     "num_eval = 0")
-    text = text.replace("zeroshot_per_class = 3", "zeroshot_per_class = 0")
-    text = text.replace("tiny_models = true", "tiny_models = false")  # only the download here
-    config = tmp_path / "c.toml"
-    config.write_text(text)
+    config = demo_config(tmp_path / "c.toml", artifacts, {
+        "data.dataset": "web",
+        "data.url_list": str(write_pairs_tsv(tmp_path / "pairs.tsv", url, captions)),
+        "data.processes_count": 2, "data.thread_count": 4, "data.number_sample_per_shard": 8,
+        "data.image_size": 256, "data.synthetic.num_train": 0, "data.synthetic.num_eval": 0,
+        "data.synthetic.zeroshot_per_class": 0, "data.synthetic.tiny_models": False,
+        **{f"data.{key}": value for key, value in distributor.items()}})
     return config, artifacts
 
 
@@ -37,7 +31,7 @@ def download_config(tmp_path, url: str, captions: dict, extra: str) -> tuple:
 def test_pyspark_distributor_downloads_on_a_local_spark_master(tmp_path, image_server):  # noqa: F811
     url, captions = image_server
     config, artifacts = download_config(tmp_path, url, captions,
-                                        'distributor = "pyspark"\nspark_master = "local[2]"\n')
+                                        {"distributor": "pyspark", "spark_master": "local[2]"})
     proc = run_cli("data", "--config", str(config))
     assert "12/13 downloaded" in proc.stderr, proc.stderr[-2000:]
     assert "Spark master local[2]" in proc.stderr
@@ -47,12 +41,13 @@ def test_pyspark_distributor_downloads_on_a_local_spark_master(tmp_path, image_s
     assert sum(s["successes"] for s in stats) == 12
 
 
-@pytest.mark.parametrize("extra, message", [
-    ('distributor = "slurm"\n', "data.distributor must be one of multiprocessing, pyspark, ray"),
-    ('distributor = "ray"\n', "data.distributor=ray needs the ray package"),
+@pytest.mark.parametrize("distributor, message", [
+    ("slurm", "data.distributor must be one of multiprocessing, pyspark, ray"),
+    ("ray", "data.distributor=ray needs the ray package"),
 ])
-def test_a_bad_distributor_stops_before_anything_is_downloaded(tmp_path, extra, message):
-    config, artifacts = download_config(tmp_path, "http://127.0.0.1:9", {}, extra)
+def test_a_bad_distributor_stops_before_anything_is_downloaded(tmp_path, distributor, message):
+    config, artifacts = download_config(tmp_path, "http://127.0.0.1:9", {},
+                                        {"distributor": distributor})
     result = CliRunner().invoke(app, ["data", "--config", str(config)])
     assert result.exit_code == 2 and f"error: {message}" in result.stderr
     assert "Traceback" not in result.output

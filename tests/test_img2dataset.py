@@ -51,13 +51,18 @@ def image_server(tmp_path):
     server.wait(timeout=10)
 
 
+def write_pairs_tsv(path, url: str, captions: dict):
+    """img2dataset's url list: every image the server has, and one it does not (a 404)."""
+    rows = [f"{url}/{name}\t{cap}" for name, cap in captions.items()]
+    rows.append(f"{url}/missing.jpg\ta picture that is not there")  # a 404 to count
+    path.write_text("url\tcaption\n" + "\n".join(rows) + "\n")
+    return path
+
+
 @pytest.mark.slow
 def test_img2dataset_shards_feed_extract(tmp_path, image_server):
     url, captions = image_server
-    tsv = tmp_path / "pairs.tsv"
-    rows = [f"{url}/{name}\t{cap}" for name, cap in captions.items()]
-    rows.append(f"{url}/missing.jpg\ta picture that is not there")  # a 404 to count
-    tsv.write_text("url\tcaption\n" + "\n".join(rows) + "\n")
+    tsv = write_pairs_tsv(tmp_path / "pairs.tsv", url, captions)
     artifacts = tmp_path / "artifacts"
     config = demo_config(tmp_path / "c.toml", artifacts, {
         "data.dataset": "web", "data.url_list": str(tsv), "data.processes_count": 1,
