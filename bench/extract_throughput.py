@@ -33,10 +33,11 @@ from PIL import Image
 from dinov2clip.config import ExtractConfig
 from dinov2clip.data.tiny_models import build_tiny_dinov2
 from dinov2clip.extract.dataset import ShardJob
-from dinov2clip.extract.mapper import Mapper, load_clip, load_dino
-from dinov2clip.extract.reader import read_shard
+from dinov2clip.extract.mapper import Mapper
 from dinov2clip.extract.runner import PhaseTimer, extract_shards
-from dinov2clip.extract.writer import ShardWriter
+from dinov2clip.formats.webdataset import read_shard
+from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.store.writer import ShardWriter
 
 RESULTS = Path(__file__).parent / "results" / "extract_throughput.json"
 

@@ -49,7 +49,8 @@ from extract_throughput import cpu_seconds, make_shards, run_stage  # noqa: E402
 from train_throughput import PROJECTORS, load_config_projector, peak_flops  # noqa: E402
 
 from dinov2clip.config import ExtractConfig  # noqa: E402
-from dinov2clip.extract.mapper import Mapper, load_clip, load_dino  # noqa: E402
+from dinov2clip.extract.mapper import Mapper  # noqa: E402
+from dinov2clip.models.loaders import load_clip, load_dino  # noqa: E402
 
 SIZES = {  # what each mode runs
     "full": dict(distinct_shards=4, per_shard=1000, copies=5, batch=256, rows=8_000_000,
@@ -234,9 +235,9 @@ def check_agreement(tmp: Path, models: dict, device: torch.device, size: dict,
                     out: dict) -> None:
     """bf16 autocast against fp32 on the same batch of real (generated) images."""
     from dinov2clip.evaluate.compute import SetEval
-    from dinov2clip.extract.preprocess import decode, resize_and_crop
-    from dinov2clip.extract.reader import read_shard
-    from dinov2clip.train.projector import Projector
+    from dinov2clip.formats.webdataset import read_shard
+    from dinov2clip.models.preprocess import decode, resize_and_crop
+    from dinov2clip.models.projector import Projector
 
     dino, dino_spec = load_dino(models["dino"], device)
     clip, tokenizer, clip_spec = load_clip(models["clip"], models["clip_pretrained"], device)
@@ -276,10 +277,10 @@ def check_agreement(tmp: Path, models: dict, device: torch.device, size: dict,
 
 def check_train(device: torch.device, size: dict, out: dict) -> None:
     """The trainer's step (loop.py) over its own Feed of an 8M-row split held on the device."""
+    from dinov2clip.models.projector import Projector, count_parameters
     from dinov2clip.store import Split
     from dinov2clip.train.feed import Feed
     from dinov2clip.train.losses import WeightedLoss
-    from dinov2clip.train.projector import Projector, count_parameters
 
     n, batch = size["rows"], size["train_batch"]
     g = torch.Generator(device=device).manual_seed(0)

@@ -43,7 +43,7 @@ def make_run(root: Path, dino_dim: int) -> Path:
     from dinov2clip.config import ProjectorConfig
     from dinov2clip.data.tiny_models import build_tiny_dinov2
     from dinov2clip.io_utils import atomic_write_json
-    from dinov2clip.train.projector import Projector
+    from dinov2clip.models.projector import Projector
 
     run = root / "run"
     run.mkdir()

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from dinov2clip.config import load_config
+from dinov2clip.data.synthetic_task import AlignmentTask, write_embeddings
+from dinov2clip.models.projector import Projector
 from dinov2clip.retrieval import percent_of, recall_at_k
 from dinov2clip.store import load_eval_pairs
 from dinov2clip.train.loop import train
-from dinov2clip.train.projector import Projector
-from dinov2clip.train.synthetic_task import AlignmentTask, write_embeddings
 
 LOSSES = {
     "unit_mse": {"unit_mse": 1.0},

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2clip.config import load_config
-from dinov2clip.extract.mapper import Embeddings
+from dinov2clip.data.synthetic_task import write_embeddings
+from dinov2clip.models.projector import Projector, count_parameters
+from dinov2clip.store import Embeddings
 from dinov2clip.train.loop import train
-from dinov2clip.train.projector import Projector, count_parameters
-from dinov2clip.train.synthetic_task import write_embeddings
 
 PROJECTORS = {
     "seed": {"kind": "residual", "width": 2048, "depth": 6, "head_width": 1024},

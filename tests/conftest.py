@@ -61,7 +61,7 @@ def demo_run(demo_started) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def demo_model(demo_run):
     """The demo run as a DinoV2Clip on CPU, with CLIP's image tower kept for comparisons."""
-    from dinov2clip.model import DinoV2Clip
+    from dinov2clip.models.inference import DinoV2Clip
 
     _, art = demo_run
     return DinoV2Clip.from_pretrained(art / "runs" / "demo", device="cpu", clip_image=True)

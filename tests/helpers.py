@@ -236,7 +236,7 @@ TRAIN_SETTINGS = {
 
 def make_embeddings(art: Path, n: int = 600, shard_size: int = 200, dataset: str = "syn",
                     captions: int = 1, seed: int = 1) -> Path:
-    from dinov2clip.train.synthetic_task import AlignmentTask, write_embeddings
+    from dinov2clip.data.synthetic_task import AlignmentTask, write_embeddings
 
     task = AlignmentTask(d_dino=D_DINO, d_clip=D_CLIP, latent=8, seed=0)
     emb = task.sample(n, captions_per_image=captions, seed=seed)

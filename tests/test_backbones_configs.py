@@ -7,7 +7,7 @@ import open_clip
 import pytest
 
 from dinov2clip.config import load_config
-from dinov2clip.extract import embeddings_tag
+from dinov2clip.store import embeddings_tag
 from tests.conftest import REPO
 
 CONFIGS = ("cc12m-seed", "dinov3-clip", "dinov3-siglip2")
@@ -24,7 +24,7 @@ def test_pair_configs_share_the_data_and_fit_their_teacher(name):
     assert open_clip.get_pretrained_cfg(e.clip_model, e.clip_pretrained)  # a known tag
     assert cfg.train.num_patch_tokens == 0  # from the manifest
     # The explicit tag and the derived one both name the backbone and the teacher.
-    derived = embeddings_tag(dataclasses.replace(cfg, extract=dataclasses.replace(e, tag="")))
+    derived = embeddings_tag(dataclasses.replace(e, tag=""))
     for tag in (e.tag, derived):
         assert e.clip_model in tag and e.clip_pretrained in tag
         assert e.dino_model.split("/")[1].split("-pretrain")[0] in tag
@@ -36,7 +36,7 @@ def test_tags_differ_between_pairs_and_name_hub_teachers():
     cfg = load_config(REPO / "configs" / "dinov3-siglip2.toml",
                       ['extract.tag=""', 'extract.clip_model="hf-hub:timm/ViT-B-16-SigLIP2"',
                        'extract.clip_pretrained=""'])
-    assert embeddings_tag(cfg) == "dinov3-vitb16-pretrain-lvd1689m__ViT-B-16-SigLIP2"
+    assert embeddings_tag(cfg.extract) == "dinov3-vitb16-pretrain-lvd1689m__ViT-B-16-SigLIP2"
 
 
 def test_token_mean_weighs_by_the_manifests_patch_count(tmp_path):

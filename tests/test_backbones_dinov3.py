@@ -10,8 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.mapper import Mapper, load_clip, load_dino
-from dinov2clip.extract.preprocess import normalise, resize_and_crop
+from dinov2clip.extract.mapper import Mapper
+from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.models.preprocess import normalise, resize_and_crop
 from dinov2clip.pipeline import app
 from tests.helpers import hub_here
 from tests.test_extract_preprocess import SIZES, photo

@@ -81,7 +81,7 @@ def test_text_embeddings_are_open_clips_own(pair_run):
 
 
 def test_the_run_model_canonicalises_text_like_open_clip(pair_run):
-    from dinov2clip.model import DinoV2Clip
+    from dinov2clip.models.inference import DinoV2Clip
 
     _, art, _ = pair_run
     m = DinoV2Clip.from_pretrained(art / "runs" / "dinov3-siglip", device="cpu")

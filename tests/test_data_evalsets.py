@@ -17,7 +17,7 @@ from dinov2clip import data
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.evalsets import local_shards
 from dinov2clip.data.synthetic import write_eval_set
-from dinov2clip.extract.reader import read_shard
+from dinov2clip.formats.webdataset import read_shard
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,7 +12,7 @@ from PIL import Image
 from dinov2clip import data
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import draw, random_scene
-from dinov2clip.extract.reader import read_shard
+from dinov2clip.formats.webdataset import read_shard
 
 
 def entry(i, split, filepath="val2014", ext="jpg", n_captions=2):

@@ -15,10 +15,10 @@ from dinov2clip import evaluate
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.evaluate.compute import ensemble
 from dinov2clip.evaluate.embeddings import project
+from dinov2clip.models.projector import Projector
 from dinov2clip.pipeline import app
 from dinov2clip.retrieval import recall_at_k
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
-from dinov2clip.train.projector import Projector
 from tests.helpers import write_config
 
 SET = "shapes-test"

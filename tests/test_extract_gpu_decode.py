@@ -20,7 +20,7 @@ from PIL import Image
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.extract import run
 from dinov2clip.extract.gpu_decode import crop_on_device, is_whole_jpeg, resolve_decode
-from dinov2clip.extract.preprocess import PreprocessSpec, decode, resize_and_crop
+from dinov2clip.models.preprocess import PreprocessSpec, decode, resize_and_crop
 from tests.extract_utils import extract_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -175,7 +175,7 @@ def test_bad_samples_are_skipped_and_counted_alike(both_paths):
 def test_fallbacks_are_counted(tiny_models, tmp_path):
     from dinov2clip.extract.dataset import ShardBatches, ShardJob, collate
     from dinov2clip.extract.gpu_decode import DeviceDecoder, ReadJpegBytes
-    from dinov2clip.extract.mapper import load_clip, load_dino
+    from dinov2clip.models.loaders import load_clip, load_dino
 
     _, dino_spec = load_dino(tiny_models["dino"], CPU)
     _, tokenizer, clip_spec = load_clip(tiny_models["clip"], tiny_models["clip_pretrained"], CPU)

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2clip.extract.mapper import Mapper, load_clip, load_dino
-from dinov2clip.extract.preprocess import normalise
+from dinov2clip.extract.mapper import Mapper
+from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.models.preprocess import normalise
 
 CPU = torch.device("cpu")
 

@@ -15,8 +15,8 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from dinov2clip.extract.mapper import load_clip, load_dino
-from dinov2clip.extract.preprocess import (
+from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.models.preprocess import (
     decode,
     normalise,
     resize_and_crop,

@@ -49,7 +49,7 @@ def debris(root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(("module", "name"), [("dinov2clip.train.state", "train_state.pt"),
-                                              ("dinov2clip.train.projector", "epoch_001"),
+                                              ("dinov2clip.models.projector", "epoch_001"),
                                               ("dinov2clip.train.plots", "loss.png")])
 def test_train_on_a_full_disk(train_setup, monkeypatch, module, name):
     import importlib

@@ -46,7 +46,7 @@ def flat_index(demo_run, collection, tmp_path_factory):
 def test_index_rows_are_the_api_embeddings_of_their_files(flat_index, demo_model):
     out, summary = flat_index
     assert summary["kind"] == "flat" and summary["n_images"] == 9 and summary["dim"] == 32
-    assert summary["skipped"] == {"corrupt_image": 1} and summary["n_chunks"] == 3
+    assert summary["skipped"] == {"not_an_image": 1} and summary["n_chunks"] == 3
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert len(meta["path"]) == 9 and set(meta["kind"]) == {"file"}
     assert meta["caption"][meta["key"].index("circle/0.png")] == "a big circle"
@@ -174,7 +174,7 @@ def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
     summary = build_index(run_dir=art / "runs" / "demo", images=shards, out_dir=out,
                           exact_max=2, options=CPU)
     assert summary["kind"] == "ivf" and summary["nlist"] >= 1
-    assert summary["n_images"] == 5 and summary["skipped"] == {"corrupt_image": 1}
+    assert summary["n_images"] == 5 and summary["skipped"] == {"not_an_image": 1}
     import faiss
 
     assert isinstance(faiss.read_index(str(out / "index.faiss")), faiss.IndexIVFFlat)
@@ -229,7 +229,7 @@ def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
                                      str(tmp_path / "broken"), "--out", str(tmp_path / "o"),
                                      "--device", "cpu", "--num-workers", "0"])
     assert unreadable.exit_code == 2
-    assert "no readable images (skipped: {'corrupt_image': 1})" in unreadable.output
+    assert "no readable images (skipped: {'not_an_image': 1})" in unreadable.output
     bad_kind = runner.invoke(app, ["index", "--run", str(art / "runs" / "demo"), "--images",
                                    str(tmp_path / "broken"), "--kind", "lsh"])
     assert bad_kind.exit_code == 2 and "unknown index kind 'lsh'" in bad_kind.output
@@ -253,7 +253,7 @@ def _indexed_copy(demo_run, collection, tmp_path, kind: str):
                   kind=kind, options=CPU)
     first = build_index(**kwargs)
     assert first["n_images"] == 9 and first["chunks"] == ["00000", "00001", "00002"]
-    assert first["skipped_files"] == {"square/bad.png": "corrupt_image"}
+    assert first["skipped_files"] == {"square/bad.png": "not_an_image"}
     return root, out, kwargs, _chunk_mtimes(out)
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.preprocess import decode, normalise, resize_and_crop
-from dinov2clip.extract.reader import read_shard
+from dinov2clip.formats.webdataset import read_shard
+from dinov2clip.models.preprocess import decode, normalise, resize_and_crop
 from dinov2clip.pipeline import app
 from dinov2clip.store import pool
 
@@ -35,7 +35,7 @@ def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_from_package_root():
     import dinov2clip
     from dinov2clip import DinoV2Clip
-    from dinov2clip.model import DinoV2Clip as Direct
+    from dinov2clip.models.inference import DinoV2Clip as Direct
 
     assert DinoV2Clip is Direct and "DinoV2Clip" in dinov2clip.__all__
 

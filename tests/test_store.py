@@ -12,8 +12,9 @@ import torch
 from dinov2clip.config import ConfigError, load_config
 from dinov2clip.data.synthetic import write_train_shards
 from dinov2clip.data.tiny_models import build_tiny_dinov2
-from dinov2clip.extract import identity, run, runner
+from dinov2clip.extract import run, runner
 from dinov2clip.io_utils import HOST
+from dinov2clip.models import identity
 from dinov2clip.store import EmbeddingSet, load_eval_embeddings
 from tests.helpers import (
     extract_config,
@@ -163,7 +164,7 @@ def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
 
 def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models,
                                                                       monkeypatch):
-    from dinov2clip.extract.mapper import load_dino
+    from dinov2clip.models.loaders import load_dino
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--tiny-dinov2"

@@ -83,10 +83,9 @@ def test_eval_images_follow_numeric_shard_order(tmp_path):
     lower index, so the order is part of the result)."""
     from collections import Counter
 
-    from dinov2clip.extract.mapper import Embeddings
     from dinov2clip.extract.runner import Source, list_shards
-    from dinov2clip.extract.writer import ShardWriter
-    from dinov2clip.store import load_eval_embeddings
+    from dinov2clip.store import Embeddings, load_eval_embeddings
+    from dinov2clip.store.writer import ShardWriter
 
     writer = ShardWriter(tmp_path / "emb", models_hash="h")
     writer.start({str(s): "x" for s in range(12)}, models={})

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from dinov2clip.config import ConfigError
+from dinov2clip.models.projector import Projector
 from dinov2clip.train import average
 from dinov2clip.train.loop import train
-from dinov2clip.train.projector import Projector
 from tests.helpers import load, make_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from dinov2clip.config import ConfigError, ProjectorConfig
-from dinov2clip.train.projector import (
+from dinov2clip.models.projector import (
     PreNormBlock,
     Projector,
     ResidualBlock,

@@ -117,7 +117,7 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
                        options=UseOptions(device="cpu", batch_size=5, num_workers=0))
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["n_images"] == 12 and res["n_classes"] == 3 and res["n_templates"] == 7
-    assert res["skipped"] == {"corrupt_image": 1}
+    assert res["skipped"] == {"not_an_image": 1}
     assert res["note"] == "top5 is trivially 100 % with 3 classes"
     assert res["compute_dtype"] == "float32" and res["device"] == "cpu"  # what ran, not bf16
     for row in ("clip", "projected", "ensemble"):

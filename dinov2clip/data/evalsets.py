@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError, EvalSetConfig
-from dinov2clip.extract.reader import (  # the extract stage's rules
+from dinov2clip.formats.webdataset import (  # the extract stage's rules
     IMAGE_EXTS,
     caption_lines,
     is_image,

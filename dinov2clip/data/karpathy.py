@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, EvalSetConfig
-from dinov2clip.extract.reader import IMAGE_EXTS
+from dinov2clip.formats.webdataset import IMAGE_EXTS
 from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
 
 

@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.reader import IMAGE_EXTS, is_image, split_name
+from dinov2clip.formats.webdataset import IMAGE_EXTS, is_image, split_name
 
 
 def link_webdataset(name: str, src: str, shards_root: Path) -> str:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from dinov2clip.config import ConfigError
+from dinov2clip.models.projector import Projector
 from dinov2clip.store import EvalEmbeddings, pool
-from dinov2clip.train.projector import Projector
 
 
 @torch.no_grad()

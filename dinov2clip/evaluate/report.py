@@ -8,6 +8,8 @@ CLIP_benchmark reports when --recall_k is left at its default (5).
 
 from __future__ import annotations
 
+from dinov2clip.terminal import make_console
+
 # The seed's published % of CLIP ViT-B/16: (text->image "image retrieval", image->text "text").
 SEED_PCT = {"flickr8k": (89.27, 89.90), "flickr30k": (92.10, 91.53), "mscoco": (82.90, 77.57)}
 SEED_ALIASES = {"mscoco_captions": "mscoco", "wds_mscoco_captions": "mscoco",
@@ -147,12 +149,3 @@ def print_table(results: dict) -> None:
                           f"{fmt(ours['t2i'], 2)} / {fmt(ours['i2t'], 2)}")
     if results.get("note"):
         console.print(f"[bold yellow]{results['note']}[/]")
-
-
-def make_console():
-    """A rich console; piped or logged output gets 120 columns so tables keep their headers."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120)

@@ -15,8 +15,8 @@ from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
+from dinov2clip.models.projector import Projector
 from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
-from dinov2clip.train.projector import Projector
 
 log = logging.getLogger(__name__)
 KNOWN_SETS = ("mscoco", "flickr30k", "flickr8k")  # CLIP_benchmark's; any extracted set also works
@@ -37,9 +37,9 @@ class EvalInputs:
         if not (self.run_dir / "model.safetensors").is_file():
             raise ConfigError(f"run {self.run_dir} has no weights: model.safetensors missing "
                               "(did training finish an epoch?)")
-        from dinov2clip.extract import embeddings_tag
+        from dinov2clip.store import embeddings_tag
 
-        self.tag = self.train_cfg.tag or embeddings_tag(cfg)
+        self.tag = self.train_cfg.tag or embeddings_tag(cfg.extract)
         if not e.sets:
             raise ConfigError("eval.sets is empty: name at least one eval set")
         if not e.ks or min(e.ks) < 1:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.templates import get_templates
-from dinov2clip.index.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
+from dinov2clip.formats.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 from dinov2clip.retrieval import recall_at_k
 
@@ -121,7 +121,7 @@ def percent_of_clip(clip: dict, other: dict) -> dict:
 def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
                  templates: str = "imagenet80", out: Path | None = None,
                  options: UseOptions = UseOptions(), max_per_class: int = 0) -> dict:
-    from dinov2clip.model import DinoV2Clip
+    from dinov2clip.models.inference import DinoV2Clip
 
     prompts = get_templates(templates)
     data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
@@ -177,7 +177,7 @@ def _embed(model, data: FolderDataset, options: UseOptions):
 def print_zeroshot(results: dict) -> None:
     from rich.table import Table
 
-    from dinov2clip.evaluate.report import make_console
+    from dinov2clip.terminal import make_console
 
     table = Table(title=f"zero-shot: {results['n_images']} images, {results['n_classes']} "
                         f"classes, {results['n_templates']} prompts ({results['templates']})")

@@ -1,5 +1,5 @@
-"""The extract stage: reader -> mapper -> writer, driven by the runner."""
+"""The extract stage: reader -> mapper -> writer (through the store), driven by the runner."""
 
-from dinov2clip.extract.runner import embeddings_tag, run
+from dinov2clip.extract.runner import run
 
-__all__ = ["run", "embeddings_tag"]
+__all__ = ["run"]

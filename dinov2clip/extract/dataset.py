@@ -18,14 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2clip.extract.preprocess import (
-    NotAnImage,
-    PreprocessSpec,
-    TooLarge,
-    decode,
-    resize_and_crop,
-)
-from dinov2clip.extract.reader import RawSample, read_shard
+from dinov2clip.formats.webdataset import RawSample, read_shard
+from dinov2clip.models.preprocess import PreprocessSpec, decode_or_skip, resize_and_crop
 
 
 @dataclass(frozen=True)
@@ -78,14 +72,9 @@ class DecodeSamples:
         job, s = item
         if isinstance(s, ShardEnd):
             return {"job": job, "end": s}
-        try:
-            img = decode(s.image)
-        except NotAnImage:
-            return {"job": job, "failure": "not_an_image"}
-        except TooLarge:
-            return {"job": job, "failure": "too_large"}
-        except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
-            return {"job": job, "failure": "corrupt_image"}
+        img, reason = decode_or_skip(s.image)
+        if img is None:
+            return {"job": job, "failure": reason}
         return {
             "job": job,
             "dino": resize_and_crop(img, self.dino_spec),

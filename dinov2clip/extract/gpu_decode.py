@@ -31,7 +31,7 @@ from torchvision.transforms.v2.functional import resize
 
 from dinov2clip.config import ConfigError
 from dinov2clip.extract.dataset import Batch, DecodeSamples, ShardEnd
-from dinov2clip.extract.preprocess import NotAnImage, PreprocessSpec, decode, resize_and_crop
+from dinov2clip.models.preprocess import PreprocessSpec, decode_or_skip, resize_and_crop
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its decoders for TorchCodec's; decode_jpeg still works, and its
@@ -212,12 +212,9 @@ class DeviceDecoder:
 
     def _decode_on_cpu(self, data: torch.Tensor):
         """Both crops, or the skip reason the CPU path would count."""
-        try:
-            img = decode(data.numpy().tobytes())
-        except NotAnImage:
-            return "not_an_image"
-        except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
-            return "corrupt_image"
+        img, reason = decode_or_skip(data.numpy().tobytes())
+        if img is None:
+            return reason
         return resize_and_crop(img, self.dino_spec), resize_and_crop(img, self.clip_spec)
 
 

@@ -28,10 +28,11 @@ from dinov2clip.extract.gpu_decode import (
     decoded_ahead,
     resolve_decode,
 )
-from dinov2clip.extract.identity import provenance, runtime
-from dinov2clip.extract.mapper import OPEN_CLIP_SCHEMAS, Mapper, describe, load_clip, load_dino
-from dinov2clip.extract.writer import ShardWriter, concat
+from dinov2clip.extract.mapper import Mapper, describe
 from dinov2clip.io_utils import shard_order
+from dinov2clip.models.identity import provenance, runtime
+from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.store import ShardWriter, concat, embeddings_dir, embeddings_tag
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,6 @@ def list_shards(src: Source, pattern: str) -> list[Path]:
     return shards
 
 
-def embeddings_tag(cfg: Config) -> str:
-    """embeddings/<dataset>/<tag>: explicit, or derived from the two model names, so several
-    backbone-teacher pairs live side by side over one download."""
-    e = cfg.extract
-    if e.tag:
-        return e.tag
-    if e.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
-        return f"{Path(e.dino_model).name}__{Path(e.clip_model.partition(':')[2]).name}"
-    pre = Path(e.clip_pretrained).stem if e.clip_pretrained else "random"
-    return f"{Path(e.dino_model).name}__{Path(e.clip_model).stem}-{pre}"
-
-
 def run(cfg: Config) -> None:
     e = cfg.extract
     sources = resolve_sources(cfg)
@@ -97,11 +86,11 @@ def run(cfg: Config) -> None:
                     e.dino_revision)
     models_hash = config_hash(info)
     env, made_by = runtime(dino), provenance(device)
-    tag = embeddings_tag(cfg)
+    tag = embeddings_tag(cfg.extract)
     log.info("extract rank %d/%d on %s (%s), tag %s", rank, world, device, dtype, tag)
     jobs, writers = [], []
     for src in sources:
-        writer = ShardWriter(cfg.root / "embeddings" / src.name / tag, models_hash, env,
+        writer = ShardWriter(embeddings_dir(cfg.root, src.name, tag), models_hash, env,
                              made_by)
         writer.start({p.stem: _source(p, cfg.root) for p in shards[src.name]}, info)
         if rank == 0:

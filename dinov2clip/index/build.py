@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_config, to_dict
 from dinov2clip.device import rank_and_world
+from dinov2clip.formats.images import ImageCrops, collate_crops
 from dinov2clip.index import faiss_index
-from dinov2clip.index.images import ImageCrops, collate_crops
 from dinov2clip.index.sources import Chunk, ChunkItems, chunk_items, file_stamp, plan_chunks
 from dinov2clip.io_utils import (
     atomic_save_npy,
@@ -63,7 +63,7 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
                 options: UseOptions = UseOptions(), force: bool = False) -> dict:
     from dinov2clip.hub import is_hub_run, resolve_run
-    from dinov2clip.model import DinoV2Clip
+    from dinov2clip.models.inference import DinoV2Clip
 
     run_label = str(run_dir)  # what index.json names: a hub run stays "hf-hub:ORG/NAME"
     if out_dir is None and is_hub_run(run_label):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from dinov2clip.config import ConfigError, UseOptions
+from dinov2clip.formats.images import original_bytes, thumbnail_jpeg
 from dinov2clip.index import faiss_index
-from dinov2clip.index.sources import read_tar_member
 from dinov2clip.io_utils import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def load_index(index_dir: Path):
 def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
            run_dir: Path | None = None, options: UseOptions = UseOptions(), nprobe: int = 0
            ) -> list[dict]:
-    from dinov2clip.model import DinoV2Clip
+    from dinov2clip.models.inference import DinoV2Clip
 
     if not query or not query.strip():
         raise ConfigError("empty query: give the text to search for")
@@ -80,7 +79,7 @@ def where(hit: dict) -> str:
 def print_hits(query: str, hits: list[dict]) -> None:
     from rich.table import Table
 
-    from dinov2clip.evaluate.report import make_console
+    from dinov2clip.terminal import make_console
 
     table = Table(title=f"search: {query!r}")
     table.add_column("rank", justify="right")
@@ -113,25 +112,12 @@ def write_html(path: Path, query: str, hits: list[dict]) -> None:
 
 
 def _thumbnail_uri(hit: dict) -> str:
-    data = None
-    if hit["kind"] == "file":
-        try:
-            data = Path(hit["path"]).read_bytes()
-        except OSError:
-            return Path(hit["path"]).as_uri()
-    elif hit["kind"] == "tar":
-        data = read_tar_member(Path(hit["path"]), hit["key"])
+    data = original_bytes(hit["kind"], hit["path"], hit["key"])
+    link = Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
     if data is None:
-        return hit.get("url") or ""
+        return link
     try:
-        from PIL import Image
-
-        from dinov2clip.extract.preprocess import decode
-
-        img = decode(data).convert("RGB")
-        img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
+        jpeg = thumbnail_jpeg(data, THUMBNAIL_PX)
     except Exception:  # noqa: BLE001 - a hit whose image no longer decodes keeps its link
-        return Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return link
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()

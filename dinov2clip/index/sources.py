@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.reader import image_bytes, is_image, read_groups, sample_url, split_name
-from dinov2clip.index.images import IMAGE_SUFFIXES, list_images, sidecar_caption
+from dinov2clip.formats.images import IMAGE_SUFFIXES, list_images, sidecar_caption
+from dinov2clip.formats.webdataset import image_bytes, read_groups, sample_url
 
 
 @dataclass(frozen=True)
@@ -128,17 +127,3 @@ def _read_tar(path: Path) -> ChunkItems:
                          "caption": " ".join(parts.get("txt", b"").decode(
                              "utf-8", errors="replace").split()), "kind": "tar"})
     return out
-
-
-def read_tar_member(path: Path, key: str) -> bytes | None:
-    """The image bytes of one sample in a tar (for showing a search hit), or None."""
-    try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                name, ext = split_name(member.name)
-                if name == key and is_image(ext):
-                    fh = tar.extractfile(member)
-                    return fh.read() if fh else None
-    except (tarfile.TarError, EOFError, OSError):
-        return None
-    return None

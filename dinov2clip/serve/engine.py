@@ -8,7 +8,6 @@ clients cost about one forward pass of 32 texts, not 32 passes queued behind a l
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 import mimetypes
 import queue
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
+from dinov2clip.formats.images import original_bytes, thumbnail_jpeg
 from dinov2clip.index import faiss_index
 from dinov2clip.index.search import load_index
-from dinov2clip.index.sources import read_tar_member
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class Batcher:
 class SearchEngine:
     def __init__(self, index_dir: Path, run: str | Path | None = None, device: str = "auto",
                  max_batch: int = 32):
-        from dinov2clip.model import DinoV2Clip
+        from dinov2clip.models.inference import DinoV2Clip
 
         self.index_dir = Path(index_dir)
         self.index, self.summary, meta = load_index(self.index_dir)
@@ -132,7 +131,7 @@ class SearchEngine:
 
     def search_image(self, data: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Images most like an uploaded one, by DINOv2 features."""
-        from dinov2clip.extract.preprocess import decode, resize_and_crop
+        from dinov2clip.models.preprocess import decode, resize_and_crop
 
         try:
             img = decode(data)
@@ -171,33 +170,18 @@ class SearchEngine:
         """(bytes, content type) of an indexed image, from its file or its shard."""
         self.check_id(image_id)
         kind, path, key = (self.meta[c][image_id] for c in ("kind", "path", "key"))
-        data = None
-        if kind == "file":
-            try:
-                data = Path(path).read_bytes()
-            except OSError:
-                data = None
-        elif kind == "tar":
-            data = read_tar_member(Path(path), key)
+        data = original_bytes(kind, path, key)
         if not data:
             raise UnknownImage(f"image {image_id} ({key}) is no longer readable at {path}")
         return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
 
     @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
     def thumbnail(self, image_id: int, size: int) -> bytes:
-        from PIL import Image
-
-        from dinov2clip.extract.preprocess import decode
-
         data, _ = self.original(image_id)
         try:
-            img = decode(data)
+            return thumbnail_jpeg(data, size)
         except Exception as err:  # noqa: BLE001 - an indexed file changed into garbage
             raise UnknownImage(f"image {image_id} no longer decodes") from err
-        img.thumbnail((size, size), Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
 
 
 def load_dino_index(index_dir: Path, summary: dict):

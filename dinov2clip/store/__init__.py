@@ -13,6 +13,9 @@ from dinov2clip.store.layout import (
     DoneMarkers,
     EmbeddingSet,
     changes,
+    embeddings_dir,
+    embeddings_root,
+    embeddings_tag,
 )
 from dinov2clip.store.readers import (
     POOLINGS,
@@ -29,8 +32,11 @@ from dinov2clip.store.readers import (
     pooled_dim,
     recorded_patch_tokens,
 )
+from dinov2clip.store.writer import Embeddings, ShardWriter, concat, empty_embeddings
 
 __all__ = ["ARRAYS", "MANIFEST", "META_SCHEMA", "PLAN", "POOLINGS", "DoneMarkers", "EmbeddingSet",
+           "Embeddings", "ShardWriter", "concat", "empty_embeddings", "embeddings_dir",
+           "embeddings_root", "embeddings_tag",
            "EvalEmbeddings", "EvalPairs", "Placer", "Split", "changes", "is_val_key",
            "load_eval_embeddings", "load_eval_pairs", "load_split", "on_cpu", "pool", "pooled_dim",
            "recorded_patch_tokens"]

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from dinov2clip.config import ConfigError
 from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
+from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
 
 ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
 PLAN, MANIFEST = "plan.json", "manifest.json"
@@ -34,6 +35,27 @@ META_SCHEMA = pa.schema([
     ("caption_start", pa.int64()),  # this image's first row in clip_text
     ("n_captions", pa.int64()),
 ])
+
+
+def embeddings_root(root: Path) -> Path:
+    """artifacts/embeddings: one folder per dataset, one set per tag below it."""
+    return Path(root) / "embeddings"
+
+
+def embeddings_dir(root: Path, dataset: str, tag: str) -> Path:
+    """The address of one set: embeddings/<dataset>/<tag>."""
+    return embeddings_root(root) / dataset / tag
+
+
+def embeddings_tag(extract) -> str:
+    """The tag of the set an ExtractConfig writes: explicit, or derived from the two model names,
+    so several backbone-teacher pairs live side by side over one download."""
+    if extract.tag:
+        return extract.tag
+    if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
+        return f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
+    pre = Path(extract.clip_pretrained).stem if extract.clip_pretrained else "random"
+    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}"
 
 
 class DoneMarkers:

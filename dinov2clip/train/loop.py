@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict, write_resolved
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.extract import embeddings_tag
 from dinov2clip.io_utils import remove_dead_temps
+from dinov2clip.models.projector import Projector, count_parameters, save_weights, unwrap
 from dinov2clip.store import (
     MANIFEST,
     POOLINGS,
     EmbeddingSet,
+    embeddings_tag,
     load_eval_pairs,
     load_split,
     pooled_dim,
@@ -37,7 +38,6 @@ from dinov2clip.train import validate as V
 from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
-from dinov2clip.train.projector import Projector, count_parameters, save_weights, unwrap
 from dinov2clip.train.state import EMA, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     if resume and force:
         raise ConfigError(RESUME_AND_FORCE)
     t, pcfg = cfg.train, cfg.train.projector
-    tag = t.tag or embeddings_tag(cfg)
+    tag = t.tag or embeddings_tag(cfg.extract)
     run_dir = cfg.root / "runs" / t.run
     emb_dir = cfg.root / "embeddings" / t.dataset / tag
     select_sign = _check_options(cfg)  # cheap checks first: fail before loading gigabytes

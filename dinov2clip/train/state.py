@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from dinov2clip.config import ConfigError
 from dinov2clip.io_utils import atomic_write, atomic_write_text
-from dinov2clip.train.projector import unwrap
+from dinov2clip.models.projector import unwrap
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from dinov2clip.config import ConfigError
 from dinov2clip.io_utils import atomic_write_json, atomic_write_text
-from dinov2clip.train.projector import save_tensors
+from dinov2clip.models.projector import save_tensors
 
 log = logging.getLogger(__name__)
 

@@ -210,6 +210,19 @@ def decode(image_bytes: bytes) -> Image.Image:
     return img
 
 
+def decode_or_skip(image_bytes: bytes) -> tuple[Image.Image | None, str]:
+    """(image, "") or (None, the skip reason every stage counts it under): not_an_image,
+    too_large or corrupt_image."""
+    try:
+        return decode(image_bytes), ""
+    except NotAnImage:
+        return None, "not_an_image"
+    except TooLarge:
+        return None, "too_large"
+    except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
+        return None, "corrupt_image"
+
+
 def normalise(batch_u8: torch.Tensor, spec: PreprocessSpec, dtype=torch.float32,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, W, 3) uint8 (or float on the 0-255 scale) -> (B, 3, H, W) normalised float,

@@ -8,6 +8,7 @@ last. A shard without a marker is treated as absent, whatever files it left behi
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dinov2clip.config import ConfigError
-from dinov2clip.extract.mapper import Embeddings
 from dinov2clip.io_utils import (
     atomic_save_npy,
     atomic_write,
@@ -23,7 +23,15 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     remove_temps,
 )
-from dinov2clip.store import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
+from dinov2clip.store.layout import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
+
+
+@dataclass
+class Embeddings:
+    dino_cls: np.ndarray  # (n, D_dino) float16
+    dino_mean: np.ndarray  # (n, D_dino) float16, patch tokens only (no CLS, no registers)
+    clip_image: np.ndarray  # (n, D_clip) float16, L2-normalised
+    clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
 
 
 class ShardWriter:

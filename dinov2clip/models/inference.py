@@ -22,15 +22,15 @@ from PIL import Image
 
 from dinov2clip.config import ConfigError, read_run_config
 from dinov2clip.device import autocast, compute_dtype, resolve_device
-from dinov2clip.extract.mapper import (
+from dinov2clip.models.loaders import (
     cls_and_patch_mean,
     load_clip,
     load_dino,
     register_count,
 )
-from dinov2clip.extract.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
+from dinov2clip.models.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
+from dinov2clip.models.projector import Projector
 from dinov2clip.store import pool, pooled_dim
-from dinov2clip.train.projector import Projector
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor

@@ -1,4 +1,5 @@
-"""Image collections on disk: listing a folder, and decoding in DataLoader workers.
+"""Image collections on disk: listing a folder, decoding in DataLoader workers, the bytes and
+thumbnails of an indexed image.
 
 Each image is decoded once and cut to every model's crop with the extract stage's own
 resize_and_crop, so an image indexed or classified here is embedded as extract would embed it.
@@ -7,6 +8,7 @@ An unreadable file is a counted failure, never an exception that stops the job.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dinov2clip.extract.preprocess import PreprocessSpec, TooLarge, decode, resize_and_crop
-from dinov2clip.extract.reader import IMAGE_EXTS
+from dinov2clip.formats.webdataset import IMAGE_EXTS, read_tar_member
+from dinov2clip.models.preprocess import PreprocessSpec, decode, decode_or_skip, resize_and_crop
 
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 
@@ -60,12 +62,9 @@ class ImageCrops(Dataset):
             return {"index": i, "failure": "unreadable_file"}
         if not data:
             return {"index": i, "failure": "zero_byte_image"}
-        try:
-            img = decode(data)
-        except TooLarge:
-            return {"index": i, "failure": "too_large"}
-        except Exception:  # noqa: BLE001 - any undecodable payload is one counted skip
-            return {"index": i, "failure": "corrupt_image"}
+        img, reason = decode_or_skip(data)
+        if img is None:
+            return {"index": i, "failure": reason}
         return {"index": i, "crops": [resize_and_crop(img, s) for s in self.specs]}
 
 
@@ -85,3 +84,27 @@ def collate_crops(items: list[dict]) -> CropBatch:
                        for s in range(n_specs)]
         batch.indices = [it["index"] for it in ok]
     return batch
+
+
+def original_bytes(kind: str, path: str, key: str) -> bytes | None:
+    """The encoded bytes of an indexed image: a file ("file"), or a sample in a shard ("tar");
+    None when it can no longer be read."""
+    if kind == "file":
+        try:
+            return Path(path).read_bytes()
+        except OSError:
+            return None
+    if kind == "tar":
+        return read_tar_member(Path(path), key)
+    return None
+
+
+def thumbnail_jpeg(data: bytes, size: int) -> bytes:
+    """A JPEG at most size x size of encoded image bytes; raises what decode raises."""
+    from PIL import Image
+
+    img = decode(data).convert("RGB")
+    img.thumbnail((size, size), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()

@@ -132,3 +132,17 @@ def _to_sample(key: str, parts: dict[str, bytes], multi_caption: bool):
         return None, "empty_caption", empty_lines
     sample = RawSample(key=key, image=image, captions=captions, url=sample_url(parts))
     return sample, "", empty_lines
+
+
+def read_tar_member(path: Path, key: str) -> bytes | None:
+    """The image bytes of one sample in a tar (for showing a search hit), or None."""
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                name, ext = split_name(member.name)
+                if name == key and is_image(ext):
+                    fh = tar.extractfile(member)
+                    return fh.read() if fh else None
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    return None

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinov2clip.extract.mapper import Embeddings
-from dinov2clip.extract.writer import ShardWriter
+from dinov2clip.store import Embeddings, ShardWriter
 
 
 class AlignmentTask:
