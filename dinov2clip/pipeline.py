@@ -190,11 +190,16 @@ def eval_(
     all_epochs: Annotated[bool, typer.Option(
         "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
         "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Segmentation: write the predicted label maps of eval.dense.sets "
+        "as PNGs (value = class index, 255 = ignored) beside each set's JSON.")] = False,
     search: Annotated[str | None, typer.Option(hidden=True)] = None,  # removed: a clear error
 ) -> None:
-    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
+    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP;
+    open-vocabulary segmentation on eval.dense.sets."""
     extra = [f"eval.run={run_name!r}"] if run_name else []
     extra += ["eval.allow_other_embeddings=true"] if allow_other_embeddings else []
+    extra += ["eval.dense.save_masks=true"] if save_masks else []
 
     def go() -> None:
         if search is not None:

@@ -23,6 +23,11 @@ from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def segset_dir(root: str | Path, name: str) -> Path:
+    """<artifacts>/segsets/<name>: where the data stage puts a segmentation set."""
+    return Path(root) / "segsets" / name
+
+
 @dataclass(frozen=True)
 class SegSample:
     key: str

@@ -9,6 +9,7 @@
     metrics.jsonl           one JSON line per logged step and per epoch
     loss.png, val.png       training curves
     eval/                   results.json, report.md, recall.png, epochs.json/png, zeroshot.json
+    eval/segmentation/      <set>.json, <set>_iou.png, <set>_overlays/, <set>_masks/
     zeroshot/<folder>.json  `pipeline zeroshot` results
     index/<name>/           indexes of image collections (IndexDir)
 
@@ -198,6 +199,27 @@ class RunDir:
     def eval_zeroshot(self) -> Path:
         """The eval stage's zero-shot results (eval.zeroshot)."""
         return self.eval_dir / "zeroshot.json"
+
+    @property
+    def segmentation_dir(self) -> Path:
+        """eval/segmentation/: per set <set>.json, <set>_iou.png, <set>_overlays/,
+        <set>_masks/ (--save-masks)."""
+        return self.eval_dir / "segmentation"
+
+    def segmentation_results(self, set_name: str) -> Path:
+        return self.segmentation_dir / f"{set_name}.json"
+
+    def segmentation_plot(self, set_name: str) -> Path:
+        """The per-class IoU bars of one set."""
+        return self.segmentation_dir / f"{set_name}_iou.png"
+
+    def segmentation_overlay(self, set_name: str, key: str) -> Path:
+        """image | ground truth | prediction, with a legend, for one image of a set."""
+        return self.segmentation_dir / f"{set_name}_overlays" / f"{key}.png"
+
+    def segmentation_mask(self, set_name: str, key: str) -> Path:
+        """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
+        return self.segmentation_dir / f"{set_name}_masks" / f"{key}.png"
 
     def zeroshot_results(self, folder_name: str) -> Path:
         return self.path / "zeroshot" / f"{folder_name}.json"
