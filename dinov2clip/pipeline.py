@@ -256,6 +256,28 @@ def zeroshot(
 
 
 @app.command()
+def segment(
+    run: RunOpt,
+    images: Annotated[Path, typer.Option("--images", help="An image folder (recursive).")],
+    classes: Annotated[str, typer.Option(help='Comma-separated class names: "cat,dog,grass".')],
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder. Default: <run>/segment/<images folder name>")] = None,
+    background: Annotated[float | None, typer.Option(
+        help="A cosine threshold: pixels whose best class scores below it are background "
+             "(label 0). Default: no background class.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+    artifacts: ArtifactsOpt = Path("artifacts"),
+) -> None:
+    """Open-vocabulary segmentation of a folder: label maps and overlays, the eval's protocol."""
+    from dinov2clip.segment import segment_folder
+
+    _guarded(lambda: segment_folder(run=run, images=images, classes=classes, out=out,
+                                    background=background, root=artifacts,
+                                    options=UseOptions(device=device, dtype=dtype)))
+
+
+@app.command()
 def index(
     run: RunOpt,
     images: Annotated[Path, typer.Option(

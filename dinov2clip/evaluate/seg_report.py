@@ -69,27 +69,31 @@ def colourise(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return colours[index]
 
 
-def overlay_picture(image_path: Path, label: np.ndarray, pred: np.ndarray, classes: list[str],
-                    path) -> None:
-    """image | ground truth | prediction side by side, a legend of the classes shown."""
+def overlay_picture(image_path: Path, label: np.ndarray | None, pred: np.ndarray,
+                    classes: list[str], path) -> None:
+    """image | ground truth | prediction side by side (no ground truth: image | prediction),
+    with a legend of the classes shown."""
     plt = _plt()
     from matplotlib.patches import Patch
 
     colours = palette(len(classes))
     with Image.open(image_path) as im:
         rgb = np.asarray(im.convert("RGB"))
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    for ax, (title, picture) in zip(axes, [("image", rgb), ("ground truth",
-                                                           colourise(label, colours)),
-                                          ("prediction", colourise(pred, colours))],
-                                    strict=True):
+    panels = [("image", rgb)]
+    if label is not None:
+        panels.append(("ground truth", colourise(label, colours)))
+    panels.append(("prediction", colourise(pred, colours)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4))
+    for ax, (title, picture) in zip(axes, panels, strict=True):
         ax.imshow(picture)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    shown = sorted({int(v) for v in np.unique(np.concatenate([label.ravel(), pred.ravel()]))
+    maps = [pred.ravel()] + ([label.ravel()] if label is not None else [])
+    shown = sorted({int(v) for v in np.unique(np.concatenate(maps))
                     if v != IGNORE and v < len(classes)})
     handles = [Patch(color=colours[c] / 255, label=classes[c]) for c in shown]
-    handles.append(Patch(color=colours[-1] / 255, label="ignored (255)"))
+    if label is not None:
+        handles.append(Patch(color=colours[-1] / 255, label="ignored (255)"))
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=100, format="png")

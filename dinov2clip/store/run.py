@@ -221,6 +221,10 @@ class RunDir:
         """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
         return self.segmentation_dir / f"{set_name}_masks" / f"{key}.png"
 
+    def segment_dir(self, folder_name: str) -> Path:
+        """`pipeline segment`'s default output for an image folder."""
+        return self.path / "segment" / folder_name
+
     def zeroshot_results(self, folder_name: str) -> Path:
         return self.path / "zeroshot" / f"{folder_name}.json"
 
