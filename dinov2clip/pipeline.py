@@ -44,6 +44,30 @@ SetOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed distribution's version: pyproject.toml's, as built
+        typer.echo(f"dinov2-clip {version('dinov2-clip')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("error: dinov2-clip is not installed (make setup): no version to show",
+                   err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[bool | None, typer.Option(
+        "--version", callback=_print_version, is_eager=True,  # eager: before any command
+        help="Print the package version and exit.")] = None,
+) -> None:
+    # Only the options before a command; the group's help is the app's.
+    pass
+
+
 class Stage(str, Enum):
     data = "data"
     extract = "extract"
