@@ -246,7 +246,8 @@ def zeroshot(
     templates: Annotated[str, typer.Option(help="Prompt set: imagenet80 | short | plain.")
                          ] = "imagenet80",
     out: Annotated[Path | None, typer.Option(
-        help="Results JSON. Default: <run>/zeroshot/<data folder name>.json")] = None,
+        help="Results JSON. Default: <run>/zeroshot/<data folder name>-<hash of its path>.json"
+    )] = None,
     max_per_class: Annotated[int, typer.Option(help="Use at most this many images per class "
                                                     "(0: all).")] = 0,
     device: DeviceOpt = "auto",

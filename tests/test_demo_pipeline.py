@@ -106,3 +106,5 @@ def test_eval_writes_results_report_and_chart(demo_run):
     assert zs["n_images"] == 12 and zs["n_classes"] == 4 and zs["templates"] == "short"
     assert all(0 <= zs[row]["top1"] <= zs[row]["top5"] <= 100 for row in ("clip", "projected"))
     assert "## Zero-shot classification" in report and "| projected |" in report
+    assert "mean per-class recall" in report and "### Per class: top-1 (%)" in report
+    assert [c["n_images"] for c in zs["per_class"]] == [3, 3, 3, 3]
