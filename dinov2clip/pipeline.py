@@ -324,7 +324,8 @@ def compare(
         "--runs", help="A glob of run directories, e.g. 'artifacts/runs/*'; those without an "
                        "eval are left out.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Where compare.md and compare.png go. Default: the runs' common parent.")] = None,
+        help="Where compare.md, compare.csv and compare.png go. Default: the runs' common "
+             "parent.")] = None,
 ) -> None:
     """Runs side by side: R@1/5/10 and % of each run's own teacher, per set and direction."""
     from dinov2clip.compare import compare as compare_runs
