@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.evaluate.report import ZEROSHOT_METRICS, fmt, per_class_view
@@ -25,6 +24,7 @@ from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.formats.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 from dinov2clip.retrieval import retrieval_ranks
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 ROWS = ("clip", "projected", "ensemble")
@@ -92,7 +92,7 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
                      ) -> torch.Tensor:
     """(n_classes, dim) L2-normalised: per class, the mean of its normalised prompt embeddings."""
     rows = []
-    for name in tqdm(classnames, desc="classifier", unit="class", leave=False):
+    for name in progress(classnames, desc="classifier", unit="class", leave=False):
         emb = encode_text([t.format(name) for t in templates])  # (n_templates, dim), unit norm
         rows.append(F.normalize(emb.float().mean(dim=0), dim=-1))
     return torch.stack(rows)
@@ -215,7 +215,7 @@ def _embed(model, data: FolderDataset, options: UseOptions):
                         collate_fn=collate_crops)
     parts = {"clip": [], "projected": []}
     labels, skipped = [], Counter()
-    bar = tqdm(total=len(data.files), desc="zero-shot", unit="img")
+    bar = progress(total=len(data.files), desc="zero-shot", unit="img")
     for batch in loader:
         for i, reason in batch.failures:
             skipped[reason] += 1

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
@@ -33,6 +32,7 @@ from dinov2clip.io_utils import shard_order
 from dinov2clip.models.identity import provenance, runtime
 from dinov2clip.models.loaders import load_clip, load_dino
 from dinov2clip.store import ShardWriter, concat, embeddings_dir, embeddings_tag
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,
     current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
     writes: list[Future] = []
     # The bar closes on an error too, so the error line starts a line of its own.
-    with tqdm(desc="extract", unit="img", smoothing=0.1) as bar, \
+    with progress(desc="extract", unit="img", smoothing=0.1) as bar, \
             ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
         t = time.perf_counter()
         for batch in batches:

@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_config, to_dict
 from dinov2clip.device import rank_and_world
@@ -51,6 +50,7 @@ from dinov2clip.io_utils import (
     remove_temps,
 )
 from dinov2clip.store import DoneMarkers
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 RETRAIN_GROWTH = 2  # an IVF index is trained again once the collection doubles since training
@@ -216,7 +216,7 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: Us
                         batch_size=options.batch_size, num_workers=options.num_workers,
                         collate_fn=collate_crops)
     projected, raw, rows = [], [], []
-    bar = tqdm(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
+    bar = progress(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
     for batch in loader:
         for i, reason in batch.failures:
             items.skipped[reason] += 1

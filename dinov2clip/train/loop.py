@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict, write_resolved
 from dinov2clip.device import autocast, compute_dtype, resolve_device
@@ -34,6 +33,7 @@ from dinov2clip.store import (
     pooled_dim,
     recorded_patch_tokens,
 )
+from dinov2clip.terminal import progress
 from dinov2clip.train import validate as V
 from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
@@ -103,7 +103,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     for epoch in range(start_epoch, t.epochs):
         model.train()
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = progress(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit="step")
         t0 = time.perf_counter()
         for i, (x, img, txt) in enumerate(bar):
