@@ -106,9 +106,9 @@ def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from tests.conftest import write_shape_classes
 
     _, art = demo_run
-    push(run_dir=art / "runs" / "demo", repo="me/p")
+    push(run=art / "runs" / "demo", repo="me/p")
     root = write_shape_classes(tmp_path / "imgs", per_class=2)
-    summary = build_index(run_dir="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
+    summary = build_index(run="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
                           options=UseOptions(device="cpu", num_workers=0))
     assert summary["run_dir"] == "hf-hub:me/p" and summary["n_images"] == 6
     engine = SearchEngine(tmp_path / "idx", device="cpu")

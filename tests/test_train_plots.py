@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dinov2clip.config import LOSS_NAMES, write_resolved
+from dinov2clip.store import RunDir
 from dinov2clip.train.losses import LABELS, describe
 from dinov2clip.train.plots import draw_curves, loss_figure, val_figure
 from tests.helpers import load
@@ -58,7 +59,7 @@ def test_draw_curves_reads_the_loss_from_the_runs_config(tmp_path, monkeypatch):
         return fig
 
     monkeypatch.setattr("dinov2clip.train.plots.loss_figure", spy)
-    draw_curves(run)
+    draw_curves(RunDir(run))
     assert titles == ["r: loss = cosine distance + 0.5 x retrieval KD"]
     for name in ("loss.png", "val.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,6 @@ from dinov2clip.evaluate.templates import IMAGENET_80, SHORT, get_templates
 from dinov2clip.evaluate.zeroshot import (
     build_classifier,
     class_scores,
-    default_out,
     load_folder_dataset,
     print_zeroshot,
     run_zeroshot,
@@ -21,6 +20,7 @@ from dinov2clip.evaluate.zeroshot import (
     trivial_note,
 )
 from dinov2clip.pipeline import app
+from dinov2clip.store import RunDir
 from tests.helpers import write_shape_classes
 
 
@@ -109,12 +109,12 @@ def test_default_results_path_keeps_same_named_folders_apart_and_is_stable(tmp_p
                                                                             monkeypatch):
     (tmp_path / "a" / "val").mkdir(parents=True)
     (tmp_path / "b" / "val").mkdir(parents=True)
-    run = tmp_path / "run"
-    a, b = default_out(run, tmp_path / "a" / "val"), default_out(run, tmp_path / "b" / "val")
-    assert a != b and a.parent == b.parent == run / "zeroshot"
+    run = RunDir(tmp_path / "run")
+    a, b = (run.zeroshot_results(tmp_path / where / "val") for where in ("a", "b"))
+    assert a != b and a.parent == b.parent == run.path / "zeroshot"
     assert a.name.startswith("val-") and a.suffix == ".json"
     monkeypatch.chdir(tmp_path / "a")  # the same folder named another way: the same file
-    assert default_out(run, "val") == default_out(run, "./val/") == a
+    assert run.zeroshot_results("val") == run.zeroshot_results("./val/") == a
 
 
 def results_with_classes(n_classes: int) -> dict:
@@ -203,7 +203,7 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
     root = write_shape_classes(tmp_path / "shapes", per_class=4)
     (root / "square" / "2b_broken.jpg").write_bytes(b"not a jpeg")  # sorts mid-class
     out = tmp_path / "zs.json"
-    res = run_zeroshot(run_dir=art / "runs" / "demo", data_dir=root, templates="short", out=out,
+    res = run_zeroshot(run=art / "runs" / "demo", data_dir=root, templates="short", out=out,
                        options=UseOptions(device="cpu", batch_size=5, num_workers=0))
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["n_images"] == 12 and res["n_classes"] == 3 and res["n_templates"] == 7

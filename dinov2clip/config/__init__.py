@@ -19,8 +19,19 @@ from dinov2clip.config.loading import (
 )
 from dinov2clip.config.schema import (
     COMPUTE_DTYPES,
+    DECODE_MODES,
+    DISTRIBUTORS,
+    EVALSET_SOURCES,
+    KARPATHY_SPLITS,
     LOSS_NAMES,
+    PLACEMENTS,
+    POOLINGS,
+    PROJECTOR_KINDS,
     RESUME_AND_FORCE,
+    SCHEDULERS,
+    TEMPLATE_SETS,
+    VAL_KS,
+    VAL_RECALLS,
     Config,
     ConfigError,
     DataConfig,
@@ -32,10 +43,14 @@ from dinov2clip.config.schema import (
     SyntheticConfig,
     TrainConfig,
     UseOptions,
+    select_metrics,
 )
 
 __all__ = [
-    "COMPUTE_DTYPES", "LOSS_NAMES", "MISSING", "REMOVED", "RESUME_AND_FORCE", "Config",
+    "COMPUTE_DTYPES", "DECODE_MODES", "DISTRIBUTORS", "EVALSET_SOURCES", "KARPATHY_SPLITS",
+    "PLACEMENTS", "POOLINGS", "PROJECTOR_KINDS", "SCHEDULERS", "TEMPLATE_SETS", "VAL_KS",
+    "VAL_RECALLS", "select_metrics", "LOSS_NAMES", "MISSING", "REMOVED", "RESUME_AND_FORCE",
+    "Config",
     "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig", "ExtractConfig", "InvalidValue",
     "ProjectorConfig", "SyntheticConfig", "TrainConfig", "UseOptions", "config_hash",
     "git_sha", "load_config", "parse", "read_run_config", "require", "to_dict", "write_resolved",

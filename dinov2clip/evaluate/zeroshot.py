@@ -7,7 +7,6 @@ scored against the same classifier, so "% of CLIP" compares image towers and not
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -24,6 +23,7 @@ from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.formats.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 from dinov2clip.retrieval import retrieval_ranks
+from dinov2clip.store import RunDir
 from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,17 @@ def percent_of_clip(clip: dict, other: dict) -> dict:
     return {k: (100.0 * other[k] / clip[k] if clip[k] > 0 else None) for k in clip}
 
 
-def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
+def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | None = None,
                  templates: str = "imagenet80", out: Path | None = None,
-                 options: UseOptions = UseOptions(), max_per_class: int = 0) -> dict:
+                 options: UseOptions = UseOptions(), max_per_class: int = 0,
+                 root: Path | None = None) -> dict:
+    """run: a run directory, "hf-hub:ORG/NAME", or a run name under root/runs."""
     from dinov2clip.models.inference import DinoV2Clip
 
     prompts = get_templates(templates)
     data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
-    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args(), clip_image=True)
+    run_dir = RunDir.resolve(run, root)
+    model = DinoV2Clip.from_pretrained(run_dir.path, **options.model_args(), clip_image=True)
     log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
              len(data.classnames), len(prompts))
     classifier = build_classifier(model.encode_text, data.classnames, prompts)
@@ -172,7 +175,8 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
     y = torch.tensor(labels)
     images = {"clip": emb["clip"], "projected": emb["projected"],
               "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
-    results = {"run_dir": str(run_dir), "data_dir": str(data_dir), "templates": templates,
+    results = {"run_dir": str(run_dir), "tag": run_dir.trained_on().tag,
+               "data_dir": str(data_dir), "templates": templates,
                "n_templates": len(prompts), "n_classes": len(data.classnames),
                "n_images": len(labels), "skipped": dict(sorted(skipped.items())),
                "note": trivial_note(len(data.classnames)),
@@ -184,19 +188,11 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
     results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
     results["per_class"] = per_class_table(data, y, per_class)
-    out = Path(out) if out else default_out(run_dir, data_dir)
+    out = Path(out) if out else run_dir.zeroshot_results(data_dir)
     atomic_write_json(out, results)
     print_zeroshot(results)
     log.info("zero-shot results in %s", out)
     return results
-
-
-def default_out(run_dir: Path, data_dir: Path) -> Path:
-    """<run>/zeroshot/<folder name>-<8 hex>.json: the hex is of the folder's absolute path, so
-    /a/val and /b/val keep apart while a re-run on the same folder replaces its own results."""
-    where = str(Path(data_dir).resolve())
-    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return Path(run_dir) / "zeroshot" / f"{Path(where).name}-{digest}.json"
 
 
 def per_class_table(data: FolderDataset, labels: torch.Tensor, per_class: dict) -> list[dict]:

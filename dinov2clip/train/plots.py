@@ -5,11 +5,10 @@ Drawn with matplotlib's Figure API (no pyplot state, no GUI backend), after ever
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from dinov2clip.config import read_run_config
 from dinov2clip.io_utils import atomic_write
+from dinov2clip.store import RunDir
 from dinov2clip.train.losses import describe
 
 # val.png: the retrieval numbers in % of CLIP on the left axis, the cosine (0..1) on the right,
@@ -19,21 +18,15 @@ PCT_CURVES = (("val_pct_clip", "val % of CLIP (R@1, both ways)"),
 COSINE_CURVE = ("val_cosine", "val cosine to CLIP")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def draw_curves(run_dir: Path) -> None:
+def draw_curves(run: RunDir) -> None:
     """loss.png and val.png from the run's metrics.jsonl; the loss is named from its
     config.json (written before the first epoch)."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = run.read_metrics()
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    loss = describe(read_run_config(run_dir).train.loss)
-    _save(loss_figure(steps, epochs, run_dir.name, loss), run_dir / "loss.png")
-    _save(val_figure(epochs, run_dir.name), run_dir / "val.png")
+    loss = describe(run.read_config().train.loss)
+    _save(loss_figure(steps, epochs, run.name, loss), run.loss_plot)
+    _save(val_figure(epochs, run.name), run.val_plot)
 
 
 def loss_figure(steps: list[dict], epochs: list[dict], run: str, loss: str):
