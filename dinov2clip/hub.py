@@ -11,31 +11,22 @@ HF_ENDPOINT is read at call time, so a mirror (or the tests' fake hub) set after
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from dinov2clip.config import Config, ConfigError
 from dinov2clip.io_utils import read_json
-from dinov2clip.store.run import HUB_PREFIX, RunDir
+from dinov2clip.store import RunDir
+from dinov2clip.store.remote import (
+    HUB_PREFIX,
+    MODEL_CARD,
+    hub_endpoint,
+    hub_errors,
+    hub_reason,
+)
 
 log = logging.getLogger(__name__)
-PULLED = ["projector.json", "model.safetensors", "config.json", "README.md", "eval/*"]
-
-
-def download_run(run: str) -> Path:
-    """The local snapshot of "hf-hub:ORG/NAME[@REV]", a run directory (RunDir.resolve)."""
-    from huggingface_hub import snapshot_download
-
-    repo, _, revision = str(run)[len(HUB_PREFIX):].partition("@")
-    try:
-        path = snapshot_download(repo_id=repo, revision=revision or None, allow_patterns=PULLED,
-                                 endpoint=_endpoint())
-    except _hub_errors() as err:
-        raise ConfigError(f"cannot fetch {repo} from the Hugging Face hub ({_reason(err)})"
-                          ) from None
-    return Path(path)
 
 
 def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None = None) -> str:
@@ -61,14 +52,14 @@ def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None
         for path in (run_dir.results, run_dir.report):
             if path.is_file():
                 shutil.copyfile(path, pushed.eval_dir / path.name)
-        (stage / "README.md").write_text(model_card(run_dir, repo, cfg))
-        api = HfApi(endpoint=_endpoint())
+        (stage / MODEL_CARD).write_text(model_card(run_dir, repo, cfg))
+        api = HfApi(endpoint=hub_endpoint())
         try:
             api.create_repo(repo, private=private, exist_ok=True)
             commit = api.upload_folder(folder_path=stage, repo_id=repo,
                                        commit_message=f"dinov2-clip projector: run {run_dir.name}")
-        except _hub_errors() as err:
-            raise ConfigError(f"cannot push to {repo} on the Hugging Face hub ({_reason(err)})"
+        except hub_errors() as err:
+            raise ConfigError(f"cannot push to {repo} on the Hugging Face hub ({hub_reason(err)})"
                               ) from None
     log.info("pushed %s to %s (load it with DinoV2Clip.from_pretrained(%r))", run_dir, repo,
              HUB_PREFIX + repo)
@@ -120,19 +111,3 @@ def model_card(run_dir: RunDir, repo: str, cfg: Config) -> str:
         f"{HUB_PREFIX}{repo} --images photos/ --out index/photos`, then "
         "`pipeline serve --index index/photos`.", "",
         "## Evaluation", "", evaluation])
-
-
-def _endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    try:  # the hub client's HTTP library raises its own connection errors
-        from httpx2 import TransportError
-    except ImportError:  # pragma: no cover - another huggingface_hub major version
-        from httpx import TransportError
-    return (OSError, TransportError)  # the hub's own errors (not found, HTTP) are OSErrors
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -98,6 +98,16 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
     assert ("GET", f"/me/shapes-proj/resolve/{COMMIT}/model.safetensors") in hub.requests
 
 
+def test_push_takes_a_run_name_and_the_pushed_config_names_its_embeddings(demo_run, hub):
+    _, art = demo_run
+    result = CliRunner().invoke(app, ["push", "--run", "demo", "--artifacts", str(art),
+                                      "--repo", "me/by-name"])
+    assert result.exit_code == 0, result.output
+    pushed = json.loads(hub.repos["me/by-name"]["config.json"])
+    assert pushed["embeddings"]["tag"] == "tiny" and pushed["embeddings"]["models_hash"]
+    assert "embeddings `tiny`" in hub.repos["me/by-name"]["README.md"].decode()
+
+
 def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from dinov2clip.config import UseOptions
     from dinov2clip.hub import push

@@ -12,7 +12,7 @@ from dinov2clip.config.loading import (
     git_sha,
     load_config,
     parse,
-    read_run_config,
+    read_resolved,
     require,
     to_dict,
     write_resolved,
@@ -53,5 +53,5 @@ __all__ = [
     "Config",
     "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig", "ExtractConfig", "InvalidValue",
     "ProjectorConfig", "SyntheticConfig", "TrainConfig", "UseOptions", "config_hash",
-    "git_sha", "load_config", "parse", "read_run_config", "require", "to_dict", "write_resolved",
+    "git_sha", "load_config", "parse", "read_resolved", "require", "to_dict", "write_resolved",
 ]

@@ -39,7 +39,6 @@ from dinov2clip.io_utils import (
 )
 from dinov2clip.store import IndexDir, RunDir
 from dinov2clip.store.index import VECTORS
-from dinov2clip.store.run import HUB_PREFIX
 from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def build_index(*, run: str | Path, images: Path, root: Path | None = None,
                 options: UseOptions = UseOptions(), force: bool = False) -> dict:
     from dinov2clip.models.inference import DinoV2Clip
 
-    hub = str(run).startswith(HUB_PREFIX)
+    hub = RunDir.is_hub(run)
     if out_dir is None and hub:
         raise ConfigError("--out is needed with a hub run (its files live in the hub cache)")
     run_dir, images = RunDir.resolve(run, root), Path(images)

@@ -30,9 +30,6 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device))
-
 
 @dataclass
 class EvalPairs:

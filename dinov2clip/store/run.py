@@ -23,12 +23,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinov2clip.config import Config, ConfigError, read_run_config, write_resolved
+from dinov2clip.config import Config, ConfigError, read_resolved, write_resolved
 from dinov2clip.io_utils import atomic_write_text, read_json
 from dinov2clip.models.projector import CONFIG_NAME, WEIGHTS_NAME
 from dinov2clip.store.layout import changes, embeddings_tag
+from dinov2clip.store.remote import HUB_PREFIX, download_run
 
-HUB_PREFIX = "hf-hub:"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors")
 
 
@@ -96,9 +96,7 @@ class RunDir:
         """--run: a run name (runs/<name> under root), a run directory, or "hf-hub:ORG/NAME"
         (downloaded once into the hub cache)."""
         text = str(run)
-        if text.startswith(HUB_PREFIX):
-            from dinov2clip.hub import download_run
-
+        if cls.is_hub(text):
             return cls(download_run(text))
         path = Path(text)
         named = runs_root(root) / text if root is not None and "/" not in text else None
@@ -108,6 +106,11 @@ class RunDir:
             return cls(path)
         where = f"{named} or {path}" if named is not None else str(path)
         raise ConfigError(f"run not found: {text!r} (no run directory at {where})")
+
+    @staticmethod
+    def is_hub(run: str | Path) -> bool:
+        """An "hf-hub:ORG/NAME" run, whose files live in the hub cache."""
+        return str(run).startswith(HUB_PREFIX)
 
     @property
     def name(self) -> str:
@@ -218,7 +221,9 @@ class RunDir:
                               "(did training finish an epoch?)")
 
     def read_config(self) -> Config:
-        return read_run_config(self.path)
+        if not self.path.is_dir():
+            raise ConfigError(f"run directory not found: {self.path}")
+        return read_resolved(self.config)
 
     def write_config(self, cfg: Config, trained_on: TrainedOn) -> None:
         """config.json: the resolved config, the git sha, and the embeddings trained on."""
