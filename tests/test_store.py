@@ -150,16 +150,57 @@ def test_a_live_ranks_manifest_temp_survives_another_ranks_start(finished, tmp_p
         assert temp.exists() and (out / "done" / "00002.json").exists()
 
 
-def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
+def test_weight_files_are_hashed_once_and_a_set_back_mtime_does_not_fool_the_cache(
+        tmp_path, monkeypatch):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 100)
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # cache a file written a moment ago
     first = identity.file_sha256(f)
+    real_hash = identity._hash_file
+    monkeypatch.setattr(identity, "_hash_file", lambda path: pytest.fail("hashed again"))
+    assert identity.file_sha256(f) == first  # unchanged: the cache answers
+    monkeypatch.setattr(identity, "_hash_file", real_hash)
     st = f.stat()
-    f.write_bytes(b"b" * 100)  # same size; put the old mtime back: the cache answers
+    f.write_bytes(b"b" * 100)  # same size, same inode; the old mtime put back
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert identity.file_sha256(f) == first
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again
-    assert identity.file_sha256(f) != first
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert identity.file_sha256(f) == identity._hash_file(f) != first
+
+
+def test_a_file_changed_a_moment_ago_is_not_cached(tmp_path, monkeypatch):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 100)
+    hashed = []
+    real_hash = identity._hash_file
+    monkeypatch.setattr(identity, "_hash_file", lambda path: hashed.append(1) or real_hash(path))
+    identity.file_sha256(f)
+    identity.file_sha256(f)  # within RACY_NS of its write: a same-tick rewrite could hide
+    assert len(hashed) == 2
+
+
+def test_a_teacher_resaved_with_the_old_size_and_mtime_is_refused_naming_its_hash(
+        tmp_path, shards, tiny_models, monkeypatch):
+    from dinov2clip.data.tiny_models import build_tiny_clip
+
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # the first extract caches the teacher's hash
+    ckpt = tmp_path / "teacher.safetensors"
+    shutil.copyfile(tiny_models["clip_pretrained"], ckpt)
+    config = new_config(tmp_path, shards, {**tiny_models, "clip_pretrained": str(ckpt)})
+    run(load_config(config))
+    before = identity.file_sha256(ckpt)
+    st = ckpt.stat()
+    _, other = build_tiny_clip(tmp_path / "other", seed=1)  # same shapes, other weights
+    shutil.copyfile(other, ckpt)  # re-saved in place: same inode
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (ckpt.stat().st_size, ckpt.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    (emb_dir(config) / "done" / "00002.json").unlink()
+    with pytest.raises(ConfigError) as refused:
+        run(load_config(config))
+    after = identity._hash_file(ckpt)
+    assert after != before
+    # Only what changed: plan.json's lists are not "changed" into the fresh tuples.
+    assert f"(weights.clip.sha256 {before[:12]} -> {after[:12]});" in str(refused.value)
+    assert not (emb_dir(config) / "done" / "00002.json").exists()
 
 
 def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models,
