@@ -203,6 +203,18 @@ def test_a_teacher_resaved_with_the_old_size_and_mtime_is_refused_naming_its_has
     assert not (emb_dir(config) / "done" / "00002.json").exists()
 
 
+def test_changes_compare_as_json_and_put_the_weights_first():
+    from dinov2clip.store import changes
+
+    old = {"clip_model": "a", "clip_preprocess": {"mean": [0.5, 0.25], "size": 224},
+           "weights": {"clip": {"sha256": "0" * 64}}}
+    new = {"clip_model": "b", "clip_preprocess": {"mean": (0.5, 0.25), "size": 224},
+           "weights": {"clip": {"sha256": "f" * 64}}}
+    assert changes(old, new) == ["weights.clip.sha256 000000000000 -> ffffffffffff",
+                                 "clip_model a -> b"]
+    assert changes(old, {**old, "clip_preprocess": {"mean": (0.5, 0.25), "size": 224}}) == []
+
+
 def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models,
                                                                       monkeypatch):
     from dinov2clip.models.loaders import load_dino

@@ -14,6 +14,7 @@ so a killed extract never passes for a finished one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,16 +150,31 @@ class EmbeddingSet:
         return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
 
 
-def changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two descriptions, with both values, short."""
+def changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two descriptions, with both values, short; what
+    identifies the weights first, as the change a user least expects.
+
+    Both are compared as JSON holds them: a description read back from plan.json has lists where
+    a fresh one has tuples, and that is no change.
+    """
+    found = _differences(_as_json(old), _as_json(new))
+    return [line for _, line in sorted(found, key=lambda kv: (not kv[0].startswith("weights."),
+                                                              kv[0]))]
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += changes(a, b, f"{prefix}{key}.")
+            out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+            out.append((prefix + key, f"{prefix}{key} {_short(a)} -> {_short(b)}"))
     return out
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _short(value) -> str:
