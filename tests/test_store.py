@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,6 +128,50 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
     return write_config(copy / "c.toml", {"artifacts": str(copy / "art")}, base=copy / "c.toml")
+
+
+def damage_three_shards(out: Path, kinds: str) -> list[Path]:
+    """One damaged file in each of the three shards; returns them."""
+    if kinds == "cut, garbage, dtype":
+        cut = out / "dino_cls" / "00000.npy"
+        cut.write_bytes(cut.read_bytes()[:40])
+        meta = out / "meta" / "00001.parquet"
+        meta.write_bytes(b"x" * meta.stat().st_size)
+        wide = out / "clip_text" / "00002.npy"
+        np.save(wide, np.load(wide).astype(np.float32))
+        return [cut, meta, wide]
+    half = out / "clip_image" / "00000.npy"
+    half.write_bytes(half.read_bytes()[:half.stat().st_size // 2])
+    gone = out / "dino_mean" / "00001.npy"
+    gone.unlink()
+    short = out / "meta" / "00002.parquet"
+    short.write_bytes(short.read_bytes()[:-10])
+    return [half, gone, short]
+
+
+@pytest.mark.parametrize("kinds", ["cut, garbage, dtype", "half, missing, short"])
+def test_extract_re_does_the_shards_whose_files_do_not_match_their_markers(
+        finished, tmp_path, kinds, caplog):
+    from tests.helpers import tree_bytes
+
+    config = copy_of(finished, tmp_path)
+    out = emb_dir(config)
+    damaged = damage_three_shards(out, kinds)
+    with caplog.at_level("WARNING", logger="dinov2clip"):
+        run(load_config(config))
+    assert tree_bytes(out) == tree_bytes(emb_dir(finished / "c.toml"))
+    for path in damaged:
+        assert f"{path} " in caplog.text
+
+
+def test_extract_keeps_a_shard_whose_marker_predates_file_records(finished, tmp_path):
+    config = copy_of(finished, tmp_path)
+    marker = emb_dir(config) / "done" / "00000.json"
+    record = json.loads(marker.read_text())
+    del record["files"]
+    marker.write_text(json.dumps(record))
+    run(load_config(config))
+    assert "files" not in json.loads(marker.read_text())  # accepted as done, not re-done
 
 
 def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monkeypatch):

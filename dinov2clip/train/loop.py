@@ -61,7 +61,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
-    _prepare_run_dir(run_dir, resume, force)
+    _refuse_existing_run(run_dir, resume, force)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 loss matmuls (B x B logits)
 
@@ -70,6 +70,8 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     place = placer(t.placement, device, reserve)
     train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
                                     place_train=place, place_val=place)
+    _prepare_run_dir(run_dir, resume, force)  # after the data passed its checks: a damaged set
+    # leaves no empty run directory, and --force keeps the old run
     if pcfg.standardize:
         mean, std = _feature_stats(train_set.x)
         model.input_norm.mean.copy_(mean)
@@ -263,10 +265,14 @@ def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
     }
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+def _refuse_existing_run(run_dir: Path, resume: bool, force: bool) -> None:
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
         raise ConfigError(f"run directory {run_dir} exists; pass --resume to continue it or "
                           "--force to start over")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    _refuse_existing_run(run_dir, resume, force)
     if force and run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
