@@ -29,6 +29,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     remove_temps,
 )
-from dinov2clip.store import DoneMarkers
+from dinov2clip.store import DoneMarkers, WriterLock
 
 log = logging.getLogger(__name__)
 RETRAIN_GROWTH = 2  # an IVF index is trained again once the collection doubles since training
@@ -59,9 +60,16 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
                          ("caption", pa.string()), ("kind", pa.string())])
 
 
-def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
-                chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
-                options: UseOptions = UseOptions(), force: bool = False) -> dict:
+def build_index(**args) -> dict:
+    """_build_index(**args); the lock it takes on the index directory is released at the end."""
+    with ExitStack() as held:
+        return _build_index(held=held, **args)
+
+
+def _build_index(*, held: ExitStack, run_dir: Path, images: Path, out_dir: Path | None = None,
+                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
+                 options: UseOptions = UseOptions(), force: bool = False,
+                 wait: bool = False) -> dict:
     from dinov2clip.hub import is_hub_run, resolve_run
     from dinov2clip.models.inference import DinoV2Clip
 
@@ -77,6 +85,8 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
+    # This rank's lock, before --force deletes anything: a second build refuses (or waits).
+    held.enter_context(WriterLock(out_dir, rank, "index").acquire(wait))
     if force and out_dir.exists():
         _remove_old_index(out_dir)
     read_run_config(run_dir)  # a missing run is one clear error, before any work
