@@ -16,7 +16,7 @@ from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.models.projector import Projector
-from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
+from dinov2clip.store import EmbeddingSet, EvalEmbeddings, load_eval_embeddings, pool
 
 log = logging.getLogger(__name__)
 KNOWN_SETS = ("mscoco", "flickr30k", "flickr8k")  # CLIP_benchmark's; any extracted set also works
@@ -54,6 +54,7 @@ class EvalInputs:
     def _set_dir(self, cfg: Config, name: str) -> Path:
         emb_dir = cfg.root / "embeddings" / name / self.tag
         if emb_dir.is_dir():
+            EmbeddingSet(emb_dir).verified_shards()  # every set's files, before any set's work
             return emb_dir
         if name in KNOWN_SETS:
             raise ConfigError(f"eval set {name!r}: no embeddings at {emb_dir} (add "

@@ -71,7 +71,7 @@ def parquet_problem(path: Path, expect: dict) -> str | None:
 
 def first_nonfinite_row(data: np.ndarray) -> tuple[int, int] | None:
     """(first row holding NaN or inf, how many rows do), or None when every value is finite."""
-    bad = ~np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+    bad = ~np.isfinite(data).all(axis=tuple(range(1, data.ndim)))
     n_bad = int(bad.sum())
     return (int(np.argmax(bad)), n_bad) if n_bad else None
 
