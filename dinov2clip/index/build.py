@@ -85,11 +85,11 @@ def _build_index(*, held: ExitStack, run_dir: Path, images: Path, out_dir: Path 
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
     out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
+    read_run_config(run_dir)  # a missing run is one clear error, before any work
     # This rank's lock, before --force deletes anything: a second build refuses (or waits).
     held.enter_context(WriterLock(out_dir, rank, "index").acquire(wait))
     if force and out_dir.exists():
         _remove_old_index(out_dir)
-    read_run_config(run_dir)  # a missing run is one clear error, before any work
     store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
     remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
     previous = _previous_summary(out_dir, store.models_hash)
