@@ -24,7 +24,7 @@ def served(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("serve") / "photos", per_class=4)
     (root / "circle" / "0.txt").write_text("a red circle")
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     engine = SearchEngine(out, device="cpu")
     with TestClient(create_app(engine, max_k=50, max_upload=40_000),

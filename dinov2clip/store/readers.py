@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import POOLINGS, ConfigError
 from dinov2clip.store.layout import ARRAYS, EmbeddingSet
-
-POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
 
 
 @dataclass
@@ -30,9 +28,6 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device))
 
 
 @dataclass
