@@ -124,7 +124,7 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
 
 
 def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False,
-               all_epochs: bool = False) -> None:
+               all_epochs: bool = False, wait: bool = False) -> None:
     if stage == "data":
         from dinov2clip import data
 
@@ -132,7 +132,7 @@ def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = Fals
     elif stage == "extract":
         from dinov2clip import extract
 
-        extract.run(cfg)
+        extract.run(cfg, wait=wait)
     elif stage == "train":
         from dinov2clip import train
 
@@ -175,10 +175,15 @@ def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
     _guarded(lambda: _run_stage("data", _load(config, overrides)))
 
 
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="If another process is writing the same directory, wait for it to finish "
+    "instead of stopping at once.")]
+
+
 @app.command()
-def extract(config: ConfigOpt, overrides: SetOpt = None) -> None:
+def extract(config: ConfigOpt, overrides: SetOpt = None, wait: WaitOpt = False) -> None:
     """Embed shards with DINOv2 and CLIP into sharded npy + Parquet (resumable; torchrun-ready)."""
-    _guarded(lambda: _run_stage("extract", _load(config, overrides)))
+    _guarded(lambda: _run_stage("extract", _load(config, overrides), wait=wait))
 
 
 @app.command()
@@ -289,6 +294,7 @@ def index(
                          ] = 100_000,
     chunk_size: Annotated[int, typer.Option(help="Folder images per resumable chunk.")] = 4096,
     force: Annotated[bool, typer.Option(help="Delete an existing index and start over.")] = False,
+    wait: WaitOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
@@ -303,7 +309,7 @@ def index(
         exact_max=exact_max,
         kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                                       num_workers=num_workers),
-        force=force))
+        force=force, wait=wait))
 
 
 @app.command()

@@ -18,6 +18,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     remove_temps,
 )
-from dinov2clip.store import IndexDir, RunDir
+from dinov2clip.store import IndexDir, RunDir, WriterLock
 from dinov2clip.store.index import VECTORS
 from dinov2clip.terminal import progress
 
@@ -48,10 +49,17 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
                          ("caption", pa.string()), ("kind", pa.string())])
 
 
-def build_index(*, run: str | Path, images: Path, root: Path | None = None,
-                out_dir: Path | None = None,
-                chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
-                options: UseOptions = UseOptions(), force: bool = False) -> dict:
+def build_index(**args) -> dict:
+    """_build_index(**args); the lock it takes on the index directory is released at the end."""
+    with ExitStack() as held:
+        return _build_index(held=held, **args)
+
+
+def _build_index(*, held: ExitStack, run: str | Path, images: Path, root: Path | None = None,
+                 out_dir: Path | None = None,
+                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
+                 options: UseOptions = UseOptions(), force: bool = False,
+                 wait: bool = False) -> dict:
     from dinov2clip.models.inference import DinoV2Clip
 
     hub = RunDir.is_hub(run)
@@ -66,9 +74,11 @@ def build_index(*, run: str | Path, images: Path, root: Path | None = None,
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
     out = IndexDir(out_dir if out_dir else run_dir.index_dir(images.stem))
+    run_dir.read_config()  # a missing run is one clear error, before any work
+    # This rank's lock, before --force deletes anything: a second build refuses (or waits).
+    held.enter_context(WriterLock(out.path, rank, "index").acquire(wait))
     if force and out.path.exists():
         _remove_old_index(out)
-    run_dir.read_config()  # a missing run is one clear error, before any work
     store = ChunkStore(out, models_hash(run_dir))
     remove_dead_temps(out.path)  # index.faiss, meta.parquet, index.json of a killed rank 0
     previous = _previous_summary(out, store.models_hash)
