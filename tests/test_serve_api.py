@@ -1,6 +1,9 @@
-"""The search server's JSON API, in process over HTTP: rankings against brute force, 4xx errors."""
+"""The search server's JSON API, in process over HTTP: rankings against brute force, 4xx errors,
+hostile input (huge images, long queries)."""
 
+import contextlib
 import io
+import os
 import threading
 import time
 
@@ -92,6 +95,114 @@ def test_images_and_thumbnails(served):
     original = client.get("/api/image/2?size=0")
     assert original.content == open(meta["path"][2], "rb").read()
     assert original.headers["content-type"] == "image/png"
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 12,500 x 12,500 one-colour PNG: 19 KB on the wire, 156 M pixels (under PIL's own
+    179 M limit), 469 MB once decoded and made RGB."""
+    buf = io.BytesIO()
+    Image.new("1", (12_500, 12_500)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def rss_growth():
+    """Samples this process's resident memory every 2 ms while the block runs; the yielded list
+    holds, once it ends, the peak growth over the start in bytes."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out: list[int] = []
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
+        out.append(max(peak[0], rss()) - start)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, at 89 M
+@pytest.mark.parametrize("as_form", [False, True])
+def test_an_upload_of_too_many_pixels_is_refused_before_it_is_decoded(served, huge_png, as_form):
+    client, _, _ = served
+    assert len(huge_png) < 40_000  # under the upload cap: only its pixel count gives it away
+    post = ({"files": {"image": ("huge.png", huge_png)}} if as_form else
+            {"content": huge_png, "headers": {"content-type": "image/png"}})
+    with rss_growth() as growth:
+        r = client.post("/api/search_image", **post)
+    assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == ("image too large: 12500 x 12500 is 156.2 M pixels, more than "
+                                 "the 40 M allowed")
+    # Decoding it would take 156 MB (mode 1), then 469 MB as RGB; reading the header, nothing.
+    assert growth[0] < 40 << 20, f"memory grew {growth[0] >> 20} MB"
+
+
+def test_at_most_two_uploads_are_decoded_at_once(served, monkeypatch):
+    client, engine, out = served
+    running, most, lock = [0], [0], threading.Lock()
+    real = engine.search_image
+
+    def slow_search(data, k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return real(data, k)
+
+    monkeypatch.setattr(engine, "search_image", slow_search)
+    data = open(pq.read_table(out / "meta.parquet").column("path")[0].as_py(), "rb").read()
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(client.post(
+        "/api/search_image?k=1", content=data).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 6 and most[0] == 2
+
+
+def test_a_large_jpeg_upload_is_decoded_at_reduced_scale_and_still_found(served):
+    from dinov2clip.models.preprocess import decode
+
+    client, engine, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    photo = Image.open(meta["path"][5]).convert("RGB").resize((1200, 1200), Image.BICUBIC)
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    assert len(buf.getvalue()) < 40_000  # the fixture's upload cap
+    # The DINOv2 crop needs 256 px (shortest edge): 1200 px decodes at 1/4 scale, 300 px.
+    spec = engine.model.dino_spec
+    assert decode(buf.getvalue(), min_side=max(spec.resize, spec.crop)).size == (300, 300)
+    assert decode(buf.getvalue()).size == (1200, 1200)
+    body = client.post("/api/search_image?k=3", files={"image": ("p.jpg", buf.getvalue())}).json()
+    assert body["results"][0]["id"] == 5 and body["results"][0]["score"] > 0.98
+
+
+def test_a_query_is_capped_at_1000_characters(served):
+    client, _, _ = served
+    longest = "a red circle " * 76 + "a" * 12  # 1,000 characters
+    r = client.get("/api/search", params={"q": longest, "k": 2})
+    assert r.status_code == 200 and r.json()["query"] == longest
+    for n in (1001, 60_000):  # 60,000: near the most httpx puts in a URL (64 KiB)
+        r = client.get("/api/search", params={"q": "x" * n, "k": 2})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+        assert r.json() == {"error": f"query too long: at most 1000 characters, got {n}"}
+    assert client.get("/api/info").json()["max_query_chars"] == 1000
 
 
 @pytest.mark.parametrize("method, url, kwargs, status, message", [

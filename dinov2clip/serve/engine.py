@@ -36,6 +36,15 @@ class BadImage(ValueError):
     """Uploaded bytes that do not decode as an image."""
 
 
+class ImageTooLarge(BadImage):
+    """An upload whose header declares more pixels than the server decodes."""
+
+
+# 40 M pixels: an 8000 x 5000 photo. Decoded as RGB that is 120 MB, several times that while
+# converted and resized: the cap, with the app's bound on concurrent decodes, bounds memory.
+MAX_UPLOAD_PIXELS = 40_000_000
+
+
 class Batcher:
     """Runs fn over lists of items in one worker thread; items submitted meanwhile queue up and
     go together in the next call (at most max_batch). fn returns one result per item."""
@@ -79,10 +88,10 @@ class Batcher:
 
 class SearchEngine:
     def __init__(self, index_dir: Path, run: str | Path | None = None, device: str = "auto",
-                 max_batch: int = 32):
+                 max_batch: int = 32, max_upload_pixels: int = MAX_UPLOAD_PIXELS):
         from dinov2clip.models.inference import DinoV2Clip
 
-        self.index_dir = Path(index_dir)
+        self.index_dir, self.max_upload_pixels = Path(index_dir), max_upload_pixels
         self.index, self.summary, meta = load_index(self.index_dir)
         self.meta = meta.to_pydict()  # column -> list; row i is FAISS id i
         self.dino_index = load_dino_index(self.index_dir, self.summary)
@@ -131,13 +140,17 @@ class SearchEngine:
 
     def search_image(self, data: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Images most like an uploaded one, by DINOv2 features."""
-        from dinov2clip.models.preprocess import decode, resize_and_crop
+        from dinov2clip.models.preprocess import TooLarge, decode, resize_and_crop
 
-        try:
-            img = decode(data)
+        spec = self.model.dino_spec
+        try:  # a JPEG larger than the crop needs is decoded at 1/2, 1/4 or 1/8 scale
+            img = decode(data, max_pixels=self.max_upload_pixels,
+                         min_side=max(spec.resize, spec.crop))
+        except TooLarge as err:
+            raise ImageTooLarge(f"image too large: {err}") from None
         except Exception as err:  # noqa: BLE001 - whatever the decoder says, the upload is bad
             raise BadImage(f"not an image the server can read ({type(err).__name__})") from None
-        crop = torch.from_numpy(resize_and_crop(img, self.model.dino_spec)[None])
+        crop = torch.from_numpy(resize_and_crop(img, spec)[None])
         _, raw = self.model.encode_image_and_dino(crop)
         return self.dino_index.search(raw.numpy(), min(k, self.size))
 
