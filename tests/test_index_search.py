@@ -314,6 +314,8 @@ def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"].count("circle/0.png") == 1
     row = meta["key"].index("circle/0.png")
+    # What the server checks before showing the file: the new file's size and mtime.
+    assert [meta["size"][row], meta["mtime_ns"][row]] == [changed.stat().st_size, later]
     stored = faiss.read_index(str(out / "index.faiss")).reconstruct(row)
     want = demo_model.encode_image([changed])[0]
     assert float(torch.from_numpy(stored) @ want) > 0.999  # the new picture's embedding

@@ -4,6 +4,7 @@ hostile input (huge images, long queries)."""
 import contextlib
 import io
 import os
+import shutil
 import threading
 import time
 
@@ -14,7 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from dinov2clip.config import UseOptions
-from dinov2clip.index import build_index
+from dinov2clip.index import build_index, search
 from dinov2clip.serve import SearchEngine, create_app
 from dinov2clip.serve.engine import Batcher
 from tests.conftest import write_shape_classes
@@ -203,6 +204,77 @@ def test_a_query_is_capped_at_1000_characters(served):
         assert r.status_code == 400 and r.headers["content-type"] == "application/json"
         assert r.json() == {"error": f"query too long: at most 1000 characters, got {n}"}
     assert client.get("/api/info").json()["max_query_chars"] == 1000
+
+
+@pytest.fixture
+def changing(demo_run, tmp_path):
+    """(client, photos, index, meta): three images indexed and served, for a test to change on
+    disk."""
+    _, art = demo_run
+    root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=3)
+    out = tmp_path / "index"
+    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    assert meta["key"] == ["circle/0.png", "circle/1.png", "circle/2.png"]
+    with TestClient(create_app(SearchEngine(out, device="cpu")),
+                    raise_server_exceptions=False) as client:
+        yield client, root, out, meta
+
+
+def test_a_file_changed_since_it_was_indexed_is_not_served(changing, tmp_path):
+    client, root, out, meta = changing
+    assert meta["size"][0] == (root / "circle" / "0.png").stat().st_size
+    # 0: a link to a copy outside the folder, with the same size and mtime (copy2): only the
+    # link gives it away. 1: a link to a text file. 2: rewritten, 10 bytes longer.
+    shutil.copy2(root / "circle" / "0.png", tmp_path / "outside.png")
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for i, target in ((0, tmp_path / "outside.png"), (1, tmp_path / "passwd")):
+        (root / "circle" / f"{i}.png").unlink()
+        (root / "circle" / f"{i}.png").symlink_to(target)
+    with open(root / "circle" / "2.png", "ab") as f:
+        f.write(b"\0" * 10)
+    for i in range(3):
+        for size in (0, 64):
+            r = client.get(f"/api/image/{i}?size={size}")
+            assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+            assert r.json()["error"] == (f"image {i} (circle/{i}.png) has changed since it was "
+                                         f"indexed ({meta['path'][i]})")
+    # `pipeline search --html` reads them through the same check: links, no inlined images.
+    page = search(index_dir=out, query="a circle", k=3, html_out=tmp_path / "hits.html",
+                  options=UseOptions(device="cpu"))
+    html = (tmp_path / "hits.html").read_text()
+    assert len(page) == 3 and "data:image" not in html and html.count('src="file://') == 3
+
+
+def test_an_unchanged_file_is_served_and_a_restored_one_again(changing):
+    client, root, _, _ = changing
+    path = root / "circle" / "1.png"
+    data, st = path.read_bytes(), path.stat()
+    path.write_bytes(data[:-1] + b"\1")  # same size, new mtime
+    assert client.get("/api/image/1?size=0").status_code == 404
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: as indexed
+    assert client.get("/api/image/1?size=0").status_code == 200
+    assert client.get("/api/image/0?size=0").content == (root / "circle" / "0.png").read_bytes()
+
+
+def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, caplog):
+    _, art = demo_run
+    root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=2)
+    out = tmp_path / "index"
+    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
+    table = pq.read_table(out / "meta.parquet")  # as written before it kept size and mtime_ns
+    pq.write_table(table.drop_columns(["size", "mtime_ns"]), out / "meta.parquet")
+    with caplog.at_level("WARNING"):
+        engine = SearchEngine(out, device="cpu")
+    assert "records no file sizes or mtimes" in caplog.text
+    (root / "circle" / "1.png").unlink()
+    (root / "circle" / "1.png").symlink_to(root / "circle" / "0.png")
+    client = TestClient(create_app(engine), raise_server_exceptions=False)
+    assert client.get("/api/image/0?size=0").status_code == 200
+    assert "has changed since" in client.get("/api/image/1?size=0").json()["error"]
+    engine.close()
 
 
 @pytest.mark.parametrize("method, url, kwargs, status, message", [

@@ -112,12 +112,11 @@ def write_html(path: Path, query: str, hits: list[dict]) -> None:
 
 
 def _thumbnail_uri(hit: dict) -> str:
-    data = original_bytes(hit["kind"], hit["path"], hit["key"])
     link = Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
-    if data is None:
-        return link
-    try:
+    try:  # size, mtime_ns: absent from an index written before meta.parquet kept them
+        data = original_bytes(hit["kind"], hit["path"], hit["key"], hit.get("size"),
+                              hit.get("mtime_ns"))
         jpeg = thumbnail_jpeg(data, THUMBNAIL_PX)
-    except Exception:  # noqa: BLE001 - a hit whose image no longer decodes keeps its link
+    except Exception:  # noqa: BLE001 - a hit whose image changed or no longer decodes keeps its link
         return link
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.formats.images import original_bytes, thumbnail_jpeg
+from dinov2clip.formats.images import ImageGone, original_bytes, thumbnail_jpeg
 from dinov2clip.index import faiss_index
 from dinov2clip.index.search import load_index
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class UnknownImage(LookupError):
-    """An id the index does not hold, or whose image is no longer on disk."""
+    """An id the index does not hold, or whose image is no longer on disk as it was indexed."""
 
 
 class BadImage(ValueError):
@@ -93,7 +93,7 @@ class SearchEngine:
 
         self.index_dir, self.max_upload_pixels = Path(index_dir), max_upload_pixels
         self.index, self.summary, meta = load_index(self.index_dir)
-        self.meta = meta.to_pydict()  # column -> list; row i is FAISS id i
+        self.meta = with_stamps(meta.to_pydict(), self.index_dir)  # row i is FAISS id i
         self.dino_index = load_dino_index(self.index_dir, self.summary)
         self.run = str(run or self.summary["run_dir"])
         self.model = DinoV2Clip.from_pretrained(self.run, device=device,
@@ -182,10 +182,12 @@ class SearchEngine:
     def original(self, image_id: int) -> tuple[bytes, str]:
         """(bytes, content type) of an indexed image, from its file or its shard."""
         self.check_id(image_id)
-        kind, path, key = (self.meta[c][image_id] for c in ("kind", "path", "key"))
-        data = original_bytes(kind, path, key)
-        if not data:
-            raise UnknownImage(f"image {image_id} ({key}) is no longer readable at {path}")
+        kind, path, key, size, mtime_ns = (self.meta[c][image_id] for c in
+                                           ("kind", "path", "key", "size", "mtime_ns"))
+        try:
+            data = original_bytes(kind, path, key, size, mtime_ns)
+        except ImageGone as err:
+            raise UnknownImage(f"image {image_id} ({key}) {err}") from None
         return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
 
     @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
@@ -195,6 +197,17 @@ class SearchEngine:
             return thumbnail_jpeg(data, size)
         except Exception as err:  # noqa: BLE001 - an indexed file changed into garbage
             raise UnknownImage(f"image {image_id} no longer decodes") from err
+
+
+def with_stamps(meta: dict[str, list], index_dir: Path) -> dict[str, list]:
+    """meta with each file's size and mtime_ns as indexed; an index written before meta.parquet
+    kept them gets None (its files are checked for symlinks only) and a warning."""
+    if "size" not in meta:
+        log.warning("%s records no file sizes or mtimes: an image file changed since it was "
+                    "indexed is served as it is now; re-run `pipeline index` (nothing is "
+                    "embedded again) to record them", index_dir)
+        meta["size"] = meta["mtime_ns"] = [None] * len(meta["key"])
+    return meta
 
 
 def load_dino_index(index_dir: Path, summary: dict):
