@@ -322,10 +322,11 @@ def serve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
     _guarded(lambda: serve_index(index_dir=index_dir, run=run_dir, host=host, port=port,
-                                 device=device, max_batch=max_batch))
+                                 device=device, max_batch=max_batch), interrupted=STOPPED)
 
 
 @app.command()

@@ -2,9 +2,12 @@
 hostile input (huge images, long queries)."""
 
 import contextlib
+import http.client
 import io
 import os
 import shutil
+import signal
+import socket
 import threading
 import time
 
@@ -19,6 +22,7 @@ from dinov2clip.index import build_index, search
 from dinov2clip.serve import SearchEngine, create_app
 from dinov2clip.serve.engine import Batcher
 from tests.conftest import write_shape_classes
+from tests.helpers import ONE_THREAD, TIMEOUT, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +357,40 @@ def test_cli_serve_bad_index_exits_2(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path)])
     assert result.exit_code == 2 and "error: no finished index" in result.output
+
+
+def _healthz(port: int) -> int:
+    """The status /healthz answers on 127.0.0.1:port, 0 while nothing listens yet."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow  # a second process importing torch, stopped by a signal
+def test_ctrl_c_stops_pipeline_serve_with_exit_code_130(served, tmp_path):
+    _, _, out = served
+    with socket.socket() as sock:  # a free port, released for the server to take
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "serve.log"
+    proc = start_cli(log, "serve", "--index", str(out), "--port", str(port), "--device", "cpu",
+                     env=ONE_THREAD)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while _healthz(port) != 200:
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "serve did not answer /healthz"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "server stopped (interrupted)" in text
