@@ -38,8 +38,10 @@ def load_index(index_dir: Path):
 
 
 def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
-           run_dir: Path | None = None, options: UseOptions = UseOptions(), nprobe: int = 0
-           ) -> list[dict]:
+           run_dir: Path | None = None, options: UseOptions = UseOptions(), nprobe: int = 0,
+           table: bool = True) -> list[dict]:
+    """The k hits for query, each its rank, score, id and meta.parquet row; printed as a table
+    unless table is False."""
     from dinov2clip.models.inference import DinoV2Clip
 
     if not query or not query.strip():
@@ -62,7 +64,8 @@ def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = 
             continue
         row = {c: meta.column(c)[int(i)].as_py() for c in meta.column_names}
         hits.append({"rank": rank, "score": float(score), "id": int(i), **row})
-    print_hits(query, hits)
+    if table:
+        print_hits(query, hits)
     if html_out:
         write_html(Path(html_out), query, hits)
         log.info("wrote %s", html_out)
