@@ -4,11 +4,12 @@ Starlette rather than FastAPI: five routes whose input is a query string, a path
 uploaded file need no request models, and Starlette is what FastAPI runs on, with fewer
 dependencies (no pydantic). uvicorn is its standard server.
 
-    GET  /api/search?q=TEXT&k=K      text search through the projector
+    GET  /api/search?q=TEXT&k=K      text search through the projector (q: 1,000 characters)
     GET  /api/similar?id=ID&k=K      images most like an indexed one, by DINOv2 features
     POST /api/search_image           the same for an uploaded image (multipart field "image",
-                                     or the raw bytes as the body)
-    GET  /api/image/ID?size=PX       a JPEG thumbnail (size=0: the original bytes)
+                                     or the raw bytes as the body; 20 MiB, 40 M pixels)
+    GET  /api/image/ID?size=PX       a JPEG thumbnail (size=0: the original bytes), while the
+                                     file is still the one indexed
     GET  /api/info  /healthz  /      what is served; liveness; the page
 
 Bad input is a 4xx with {"error": "..."}; nothing a client sends produces a traceback.
