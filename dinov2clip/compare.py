@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinov2clip.config import ConfigError, read_run_config
+from dinov2clip.config import ConfigError
 from dinov2clip.evaluate.report import DIRECTIONS, fmt
 from dinov2clip.io_utils import atomic_write, atomic_write_text
+from dinov2clip.store import RunDir
 
 log = logging.getLogger(__name__)
 KS = (1, 5, 10)
@@ -39,11 +40,11 @@ def resolve_runs(runs: list[str], pattern: str | None) -> list[Path]:
     """The run directories named, then those a --runs glob matches that hold an eval."""
     dirs = [Path(r) for r in runs]
     for d in dirs:
-        if not (d / "eval" / "results.json").is_file():
+        if not RunDir(d).results.is_file():
             raise ConfigError(f"{d}: no eval/results.json (run `pipeline eval` for it first)")
     if pattern:
         matched = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
-        evaluated = [d for d in matched if (d / "eval" / "results.json").is_file()]
+        evaluated = [d for d in matched if RunDir(d).results.is_file()]
         skipped = [d.name for d in matched if d not in evaluated]
         if skipped:
             log.info("compare: %d runs without eval/results.json left out: %s", len(skipped),
@@ -55,20 +56,19 @@ def resolve_runs(runs: list[str], pattern: str | None) -> list[Path]:
     return dirs
 
 
-def read_run(run_dir: Path) -> RunResults:
-    path = run_dir / "eval" / "results.json"
+def read_run(path: Path) -> RunResults:
+    run = RunDir(path)
     try:
-        results = json.loads(path.read_text())
+        results = json.loads(run.results.read_text())
         results["sets"], results["ks"]
     except (ValueError, KeyError):
-        raise ConfigError(f"{path}: not an eval results file") from None
-    cfg = read_run_config(run_dir)
-    ex, tr = cfg.extract, cfg.train
-    pre = ex.clip_pretrained
-    teacher = _short(ex.clip_model) + (f" / {_short(pre)}" if pre else "")
+        raise ConfigError(f"{run.results}: not an eval results file") from None
+    tr, models = run.read_config().train, run.trained_models()  # what the run was trained on
+    pre = models.clip_pretrained
+    teacher = _short(models.clip_model) + (f" / {_short(pre)}" if pre else "")
     loss = " + ".join(k if w == 1 else f"{w:g}*{k}" for k, w in tr.loss.items())
     best = results.get("run_info", {}).get("best_epoch")
-    return RunResults(name=run_dir.name, backbone=_short(ex.dino_model), teacher=teacher,
+    return RunResults(name=run.name, backbone=_short(models.dino_model), teacher=teacher,
                       pooling=tr.pooling, loss=loss,
                       epochs=f"{best if best is not None else '?'}/{tr.epochs}",
                       results=results)

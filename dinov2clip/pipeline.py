@@ -184,7 +184,11 @@ def eval_(
     config: ConfigOpt,
     overrides: SetOpt = None,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Evaluate runs/<name> (default: eval.run, else train.run).")] = None,
+        "--run", help="The run to evaluate: a name under the config's runs/, or a run "
+                      "directory (default: eval.run, else train.run).")] = None,
+    allow_other_embeddings: Annotated[bool, typer.Option(
+        "--allow-other-embeddings", help="Evaluate eval sets embedded by other models than the "
+        "run's training embeddings (recorded in results.json).")] = False,
     all_epochs: Annotated[bool, typer.Option(
         "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
         "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
@@ -192,6 +196,7 @@ def eval_(
 ) -> None:
     """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
     extra = [f"eval.run={run_name!r}"] if run_name else []
+    extra += ["eval.allow_other_embeddings=true"] if allow_other_embeddings else []
 
     def go() -> None:
         if search is not None:
@@ -206,8 +211,11 @@ def eval_(
 
 # --run-dir as well: torchrun's own parser reads "--run" as an ambiguous abbreviation of its
 # --run-path and stops, even after the script's name.
-RunOpt = Annotated[Path, typer.Option("--run", "--run-dir",
-                                      help="A training run directory (runs/<run>).")]
+RUN_HELP = ("A run: its name (looked up as <artifacts>/runs/NAME), its directory, or "
+            "hf-hub:ORG/NAME.")
+RunOpt = Annotated[str, typer.Option("--run", "--run-dir", help=RUN_HELP)]
+ArtifactsOpt = Annotated[Path, typer.Option(
+    help="The artifacts directory a run NAME is looked up in (configs' `artifacts`).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(help="GPU autocast dtype: bf16 | fp16 | fp32 (CPU: fp32).")]
 BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
@@ -216,7 +224,7 @@ WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers decoding image
 
 @app.command()
 def zeroshot(
-    run_dir: RunOpt,
+    run: RunOpt,
     data: Annotated[Path, typer.Option("--data", help="Folder with one sub-folder per class.")],
     classnames: Annotated[Path | None, typer.Option(
         help="Class names: JSON list or {folder: name}, or TXT one per line (sorted folder "
@@ -231,12 +239,14 @@ def zeroshot(
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
     num_workers: WorkersOpt = 2,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Zero-shot top-1/top-5 for CLIP, projected DINOv2 and their ensemble, with % of CLIP."""
     from dinov2clip.evaluate.zeroshot import run_zeroshot
 
     _guarded(lambda: run_zeroshot(
-        run_dir=run_dir, data_dir=data, classnames_file=classnames, templates=templates, out=out,
+        run=run, root=artifacts, data_dir=data, classnames_file=classnames, templates=templates,
+        out=out,
         options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                            num_workers=num_workers),
         max_per_class=max_per_class))
@@ -244,7 +254,7 @@ def zeroshot(
 
 @app.command()
 def index(
-    run_dir: RunOpt,
+    run: RunOpt,
     images: Annotated[Path, typer.Option(
         "--images", help="An image folder (recursive: jpg png webp gif bmp) or a folder of *.tar "
                          "webdataset shards.")],
@@ -260,12 +270,14 @@ def index(
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
     num_workers: WorkersOpt = 2,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Embed an image collection with projected DINOv2 into a FAISS index (resumable)."""
     from dinov2clip.index import build_index
 
     _guarded(lambda: build_index(
-        run_dir=run_dir, images=images, out_dir=out, chunk_size=chunk_size, exact_max=exact_max,
+        run=run, root=artifacts, images=images, out_dir=out, chunk_size=chunk_size,
+        exact_max=exact_max,
         kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                                       num_workers=num_workers),
         force=force))
@@ -279,25 +291,26 @@ def search(
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
     html: Annotated[Path | None, typer.Option(help="Also write a page showing the images.")
                     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(
-        "--run", help="Run whose text tower encodes the query. Default: the index's run.")
-                       ] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run whose text tower encodes the query (a name, directory or "
+                      "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the hits as one JSON document on stdout, and nothing else there "
                        "(for scripts): {\"query\", \"results\": [{\"rank\", \"score\", \"id\", "
                        "\"key\", \"path\", ...}]}.")] = False,
     device: DeviceOpt = "auto",
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Search an index with a text query: rank, score, path or URL, caption."""
     from dinov2clip.index import search as search_index
 
-    def run(table: bool) -> list[dict]:
-        return search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                            run_dir=run_dir, options=UseOptions(device=device), nprobe=nprobe,
+    def find(table: bool) -> list[dict]:
+        return search_index(index_dir=index_dir, query=query, k=k, html_out=html, run=run,
+                            root=artifacts, options=UseOptions(device=device), nprobe=nprobe,
                             table=table)
 
-    _guarded(lambda: _print_json(query, run) if as_json else run(True))
+    _guarded(lambda: _print_json(query, find) if as_json else find(True))
 
 
 def _print_json(query: str, search_fn: Callable[[bool], list[dict]]) -> None:
@@ -327,29 +340,32 @@ def compare(
 def serve(
     index_dir: Annotated[Path, typer.Option("--index", help="A directory `pipeline index` "
                                                            "wrote.")],
-    run_dir: Annotated[str | None, typer.Option(
-        "--run", help="Run (directory or hf-hub:ORG/NAME) whose towers encode queries. "
-                      "Default: the index's run.")] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run whose towers encode queries (a name, directory or "
+                      "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most text queries encoded in one batch.")
                          ] = 32,
     device: DeviceOpt = "auto",
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
     from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
-    _guarded(lambda: serve_index(index_dir=index_dir, run=run_dir, host=host, port=port,
-                                 device=device, max_batch=max_batch), interrupted=STOPPED)
+    _guarded(lambda: serve_index(index_dir=index_dir, run=run, root=artifacts, host=host,
+                                 port=port, device=device, max_batch=max_batch),
+             interrupted=STOPPED)
 
 
 @app.command()
 def push(
-    run_dir: RunOpt,
+    run: RunOpt,
     repo: Annotated[str, typer.Option(help="Hub model repo to create or update: ORG/NAME.")],
     private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Share a run's projector on the Hugging Face hub, with its config and a model card.
 
@@ -358,7 +374,7 @@ def push(
     """
     from dinov2clip.hub import push as push_run
 
-    _guarded(lambda: typer.echo(push_run(run_dir=run_dir, repo=repo, private=private)))
+    _guarded(lambda: typer.echo(push_run(run=run, root=artifacts, repo=repo, private=private)))
 
 
 def main() -> None:

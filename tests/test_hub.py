@@ -98,6 +98,16 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
     assert ("GET", f"/me/shapes-proj/resolve/{COMMIT}/model.safetensors") in hub.requests
 
 
+def test_push_takes_a_run_name_and_the_pushed_config_names_its_embeddings(demo_run, hub):
+    _, art = demo_run
+    result = CliRunner().invoke(app, ["push", "--run", "demo", "--artifacts", str(art),
+                                      "--repo", "me/by-name"])
+    assert result.exit_code == 0, result.output
+    pushed = json.loads(hub.repos["me/by-name"]["config.json"])
+    assert pushed["embeddings"]["tag"] == "tiny" and pushed["embeddings"]["models_hash"]
+    assert "embeddings `tiny`" in hub.repos["me/by-name"]["README.md"].decode()
+
+
 def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from dinov2clip.config import UseOptions
     from dinov2clip.hub import push
@@ -106,9 +116,9 @@ def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from tests.conftest import write_shape_classes
 
     _, art = demo_run
-    push(run_dir=art / "runs" / "demo", repo="me/p")
+    push(run=art / "runs" / "demo", repo="me/p")
     root = write_shape_classes(tmp_path / "imgs", per_class=2)
-    summary = build_index(run_dir="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
+    summary = build_index(run="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
                           options=UseOptions(device="cpu", num_workers=0))
     assert summary["run_dir"] == "hf-hub:me/p" and summary["n_images"] == 6
     engine = SearchEngine(tmp_path / "idx", device="cpu")

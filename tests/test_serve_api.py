@@ -32,7 +32,7 @@ def served(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("serve") / "photos", per_class=4)
     (root / "circle" / "0.txt").write_text("a red circle")
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     engine = SearchEngine(out, device="cpu")
     with TestClient(create_app(engine, max_k=50, max_upload=40_000),
@@ -217,7 +217,7 @@ def changing(demo_run, tmp_path):
     _, art = demo_run
     root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=3)
     out = tmp_path / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"] == ["circle/0.png", "circle/1.png", "circle/2.png"]
@@ -266,7 +266,7 @@ def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, ca
     _, art = demo_run
     root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=2)
     out = tmp_path / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     table = pq.read_table(out / "meta.parquet")  # as written before it kept size and mtime_ns
     pq.write_table(table.drop_columns(["size", "mtime_ns"]), out / "meta.parquet")

@@ -50,7 +50,7 @@ def site(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("web") / "photos", per_class=6,
                                classes=("circle", "square", "triangle", "star"), size=128)
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     with running_server(create_app(SearchEngine(out, device="cpu"))) as url:
         yield url, root

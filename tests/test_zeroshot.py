@@ -113,7 +113,7 @@ def test_zeroshot_end_to_end_agrees_with_the_api(demo_run, demo_model, tmp_path)
     root = write_shape_classes(tmp_path / "shapes", per_class=4)
     (root / "square" / "2b_broken.jpg").write_bytes(b"not a jpeg")  # sorts mid-class
     out = tmp_path / "zs.json"
-    res = run_zeroshot(run_dir=art / "runs" / "demo", data_dir=root, templates="short", out=out,
+    res = run_zeroshot(run=art / "runs" / "demo", data_dir=root, templates="short", out=out,
                        options=UseOptions(device="cpu", batch_size=5, num_workers=0))
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["n_images"] == 12 and res["n_classes"] == 3 and res["n_templates"] == 7

@@ -23,6 +23,7 @@ from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.formats.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
 from dinov2clip.retrieval import recall_at_k
+from dinov2clip.store import RunDir
 
 log = logging.getLogger(__name__)
 ROWS = ("clip", "projected", "ensemble")
@@ -118,14 +119,17 @@ def percent_of_clip(clip: dict, other: dict) -> dict:
     return {k: (100.0 * other[k] / clip[k] if clip[k] > 0 else None) for k in clip}
 
 
-def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
+def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | None = None,
                  templates: str = "imagenet80", out: Path | None = None,
-                 options: UseOptions = UseOptions(), max_per_class: int = 0) -> dict:
+                 options: UseOptions = UseOptions(), max_per_class: int = 0,
+                 root: Path | None = None) -> dict:
+    """run: a run directory, "hf-hub:ORG/NAME", or a run name under root/runs."""
     from dinov2clip.models.inference import DinoV2Clip
 
     prompts = get_templates(templates)
     data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
-    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args(), clip_image=True)
+    run_dir = RunDir.resolve(run, root)
+    model = DinoV2Clip.from_pretrained(run_dir.path, **options.model_args(), clip_image=True)
     log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
              len(data.classnames), len(prompts))
     classifier = build_classifier(model.encode_text, data.classnames, prompts)
@@ -135,7 +139,8 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
     y = torch.tensor(labels)
     images = {"clip": emb["clip"], "projected": emb["projected"],
               "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
-    results = {"run_dir": str(run_dir), "data_dir": str(data_dir), "templates": templates,
+    results = {"run_dir": str(run_dir), "tag": run_dir.trained_on().tag,
+               "data_dir": str(data_dir), "templates": templates,
                "n_templates": len(prompts), "n_classes": len(data.classnames),
                "n_images": len(labels), "skipped": dict(sorted(skipped.items())),
                "note": trivial_note(len(data.classnames)),
@@ -145,7 +150,7 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
         results[row] = topk_accuracy(images[row], classifier, y, device=model.device)
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
     results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
-    out = Path(out) if out else Path(run_dir) / "zeroshot" / f"{Path(data_dir).name}.json"
+    out = Path(out) if out else run_dir.zeroshot_results(Path(data_dir).name)
     atomic_write_json(out, results)
     print_zeroshot(results)
     log.info("zero-shot results in %s", out)

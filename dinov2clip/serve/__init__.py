@@ -8,7 +8,7 @@ __all__ = ["SearchEngine", "create_app", "serve"]
 STOPPED = "server stopped (interrupted)"
 
 
-def serve(*, index_dir, run=None, host: str = "127.0.0.1", port: int = 8000,
+def serve(*, index_dir, run=None, root=None, host: str = "127.0.0.1", port: int = 8000,
           device: str = "auto", max_batch: int = 32) -> None:
     """Load the index and the run once, then answer HTTP until interrupted. Ctrl-C raises
     KeyboardInterrupt once the server has shut down (the CLI's exit code 130)."""
@@ -26,7 +26,7 @@ def serve(*, index_dir, run=None, host: str = "127.0.0.1", port: int = 8000,
             self.interrupted |= sig == signal.SIGINT
             super().handle_exit(sig, frame)
 
-    engine = SearchEngine(index_dir, run=run, device=device, max_batch=max_batch)
+    engine = SearchEngine(index_dir, run=run, device=device, max_batch=max_batch, root=root)
     logging.getLogger(__name__).info("serving %d images from %s on http://%s:%d/",
                                      engine.size, index_dir, host, port)
     server = Server(uvicorn.Config(create_app(engine), host=host, port=port,

@@ -12,7 +12,6 @@ import logging
 import mimetypes
 import queue
 import threading
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +21,7 @@ import torch
 
 from dinov2clip.config import ConfigError
 from dinov2clip.formats.images import ImageGone, original_bytes, thumbnail_jpeg
-from dinov2clip.index import faiss_index
-from dinov2clip.index.search import load_index
+from dinov2clip.index.search import load_dino_index, load_index
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +86,10 @@ class Batcher:
 
 class SearchEngine:
     def __init__(self, index_dir: Path, run: str | Path | None = None, device: str = "auto",
-                 max_batch: int = 32, max_upload_pixels: int = MAX_UPLOAD_PIXELS):
+                 max_batch: int = 32, root: Path | None = None,
+                 max_upload_pixels: int = MAX_UPLOAD_PIXELS):
+        """run: the run whose towers encode queries (default: the index's); a directory,
+        "hf-hub:ORG/NAME", or a run name under root/runs."""
         from dinov2clip.models.inference import DinoV2Clip
 
         self.index_dir, self.max_upload_pixels = Path(index_dir), max_upload_pixels
@@ -96,7 +97,7 @@ class SearchEngine:
         self.meta = with_stamps(meta.to_pydict(), self.index_dir)  # row i is FAISS id i
         self.dino_index = load_dino_index(self.index_dir, self.summary)
         self.run = str(run or self.summary["run_dir"])
-        self.model = DinoV2Clip.from_pretrained(self.run, device=device,
+        self.model = DinoV2Clip.from_pretrained(self.run, root=root, device=device,
                                                 image_tower=self.dino_index is not None)
         if self.model.dim != self.index.d:
             raise ConfigError(f"the index holds {self.index.d}-d embeddings but the run's text "
@@ -208,24 +209,6 @@ def with_stamps(meta: dict[str, list], index_dir: Path) -> dict[str, list]:
                     "embedded again) to record them", index_dir)
         meta["size"] = meta["mtime_ns"] = [None] * len(meta["key"])
     return meta
-
-
-def load_dino_index(index_dir: Path, summary: dict):
-    """dino.faiss, ready to search and to reconstruct rows by id; None for an older index."""
-    import faiss
-
-    path = Path(index_dir) / "dino.faiss"
-    if not path.is_file():
-        log.warning("%s has no dino.faiss (built before DINOv2 vectors were kept): similar-image "
-                    "search is off until it is rebuilt with `pipeline index --force`", index_dir)
-        return None
-    t0 = time.perf_counter()
-    index = faiss.read_index(str(path))
-    faiss_index.configure_search(index, summary)
-    if summary.get("kind") == "ivf":
-        faiss.extract_index_ivf(index).make_direct_map()  # reconstruct(id) needs it
-    log.info("loaded dino.faiss (%d vectors) in %.1fs", index.ntotal, time.perf_counter() - t0)
-    return index
 
 
 def _sniff_type(data: bytes) -> str:

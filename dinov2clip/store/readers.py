@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import POOLINGS, ConfigError
 from dinov2clip.io_utils import read_json
 from dinov2clip.store.layout import ARRAYS, MANIFEST, EmbeddingSet
-
-POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
 
 
 @dataclass
@@ -31,9 +29,6 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device))
 
 
 @dataclass

@@ -5,22 +5,16 @@ Drawn with matplotlib's Figure API (no pyplot state, no GUI backend), after ever
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dinov2clip.io_utils import atomic_write
+from dinov2clip.store import RunDir
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def draw_curves(run_dir: Path) -> None:
+def draw_curves(run: RunDir) -> None:
     from matplotlib.figure import Figure
 
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = run.read_metrics()
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
 
@@ -28,9 +22,9 @@ def draw_curves(run_dir: Path) -> None:
     ax = fig.add_subplot()
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
     ax.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="val loss")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=run_dir.name)
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=run.name)
     ax.legend()
-    _save(fig, run_dir / "loss.png")
+    _save(fig, run.loss_plot)
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -45,9 +39,9 @@ def draw_curves(run_dir: Path) -> None:
     best = epochs[-1].get("best_epoch") if epochs else None
     if best:
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
-    ax.set(xlabel="epoch", ylabel="%", title=f"{run_dir.name}: validation")
+    ax.set(xlabel="epoch", ylabel="%", title=f"{run.name}: validation")
     ax.legend()
-    _save(fig, run_dir / "val.png")
+    _save(fig, run.val_plot)
 
 
 def _save(fig, path: Path) -> None:
