@@ -7,7 +7,9 @@ an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C i
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -324,15 +326,29 @@ def search(
         "--run", help="Run whose text tower encodes the query (a name, directory or "
                       "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the hits as one JSON document on stdout, and nothing else there "
+                       "(for scripts): {\"query\", \"results\": [{\"rank\", \"score\", \"id\", "
+                       "\"key\", \"path\", ...}]}.")] = False,
     device: DeviceOpt = "auto",
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Search an index with a text query: rank, score, path or URL, caption."""
     from dinov2clip.index import search as search_index
 
-    _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run=run, root=artifacts, options=UseOptions(device=device),
-                                  nprobe=nprobe))
+    def find(table: bool) -> list[dict]:
+        return search_index(index_dir=index_dir, query=query, k=k, html_out=html, run=run,
+                            root=artifacts, options=UseOptions(device=device), nprobe=nprobe,
+                            table=table)
+
+    _guarded(lambda: _print_json(query, find) if as_json else find(True))
+
+
+def _print_json(query: str, search_fn: Callable[[bool], list[dict]]) -> None:
+    # Whatever a library prints goes to stderr: a script reads stdout as one JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        hits = search_fn(False)
+    typer.echo(json.dumps({"query": query, "results": hits}, ensure_ascii=False))
 
 
 @app.command()
@@ -368,10 +384,12 @@ def serve(
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
     _guarded(lambda: serve_index(index_dir=index_dir, run=run, root=artifacts, host=host,
-                                 port=port, device=device, max_batch=max_batch))
+                                 port=port, device=device, max_batch=max_batch),
+             interrupted=STOPPED)
 
 
 @app.command()
