@@ -42,6 +42,7 @@ def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None
             raise ConfigError(f"{run_dir}: {path.name} missing; train the run before pushing it")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ConfigError(f"--repo must be ORG/NAME, got {repo!r}")
+    _require_token()
     with tempfile.TemporaryDirectory(prefix="dinov2clip-push-") as tmp:
         stage = Path(tmp)
         pushed = RunDir(stage)  # the repo is laid out as a run directory, for RunDir.resolve
@@ -63,6 +64,16 @@ def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None
     log.info("pushed %s to %s (load it with DinoV2Clip.from_pretrained(%r))", run_dir, repo,
              HUB_PREFIX + repo)
     return str(commit.commit_url)
+
+
+def _require_token() -> None:
+    """Without a token the hub refuses the upload with a confusing error (or a DNS one, offline):
+    say what is missing before anything is sent."""
+    from huggingface_hub import get_token
+
+    if not get_token():  # HF_TOKEN, else the token `hf auth login` saved
+        raise ConfigError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token "
+                          "with write access) before pushing")
 
 
 def model_card(run_dir: RunDir, repo: str, cfg: Config) -> str:

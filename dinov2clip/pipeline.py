@@ -7,7 +7,9 @@ an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C i
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -42,6 +44,30 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable), "
                  "e.g. --set train.epochs=4."),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed distribution's version: pyproject.toml's, as built
+        typer.echo(f"dinov2-clip {version('dinov2-clip')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("error: dinov2-clip is not installed (make setup): no version to show",
+                   err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[bool | None, typer.Option(
+        "--version", callback=_print_version, is_eager=True,  # eager: before any command
+        help="Print the package version and exit.")] = None,
+) -> None:
+    # Only the options before a command; the group's help is the app's.
+    pass
 
 
 class Stage(str, Enum):
@@ -100,7 +126,7 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
 
 
 def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False,
-               all_epochs: bool = False) -> None:
+               all_epochs: bool = False, wait: bool = False) -> None:
     if stage == "data":
         from dinov2clip import data
 
@@ -108,7 +134,7 @@ def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = Fals
     elif stage == "extract":
         from dinov2clip import extract
 
-        extract.run(cfg)
+        extract.run(cfg, wait=wait)
     elif stage == "train":
         from dinov2clip import train
 
@@ -151,10 +177,15 @@ def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
     _guarded(lambda: _run_stage("data", _load(config, overrides)))
 
 
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="If another process is writing the same directory, wait for it to finish "
+    "instead of stopping at once.")]
+
+
 @app.command()
-def extract(config: ConfigOpt, overrides: SetOpt = None) -> None:
+def extract(config: ConfigOpt, overrides: SetOpt = None, wait: WaitOpt = False) -> None:
     """Embed shards with DINOv2 and CLIP into sharded npy + Parquet (resumable; torchrun-ready)."""
-    _guarded(lambda: _run_stage("extract", _load(config, overrides)))
+    _guarded(lambda: _run_stage("extract", _load(config, overrides), wait=wait))
 
 
 @app.command()
@@ -235,7 +266,8 @@ def zeroshot(
     templates: Annotated[str, typer.Option(help="Prompt set: imagenet80 | short | plain.")
                          ] = "imagenet80",
     out: Annotated[Path | None, typer.Option(
-        help="Results JSON. Default: <run>/zeroshot/<data folder name>.json")] = None,
+        help="Results JSON. Default: <run>/zeroshot/<data folder name>-<hash of its path>.json"
+    )] = None,
     max_per_class: Annotated[int, typer.Option(help="Use at most this many images per class "
                                                     "(0: all).")] = 0,
     device: DeviceOpt = "auto",
@@ -291,6 +323,7 @@ def index(
                          ] = 100_000,
     chunk_size: Annotated[int, typer.Option(help="Folder images per resumable chunk.")] = 4096,
     force: Annotated[bool, typer.Option(help="Delete an existing index and start over.")] = False,
+    wait: WaitOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
@@ -305,7 +338,7 @@ def index(
         exact_max=exact_max,
         kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                                       num_workers=num_workers),
-        force=force))
+        force=force, wait=wait))
 
 
 @app.command()
@@ -320,15 +353,29 @@ def search(
         "--run", help="Run whose text tower encodes the query (a name, directory or "
                       "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the hits as one JSON document on stdout, and nothing else there "
+                       "(for scripts): {\"query\", \"results\": [{\"rank\", \"score\", \"id\", "
+                       "\"key\", \"path\", ...}]}.")] = False,
     device: DeviceOpt = "auto",
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Search an index with a text query: rank, score, path or URL, caption."""
     from dinov2clip.index import search as search_index
 
-    _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run=run, root=artifacts, options=UseOptions(device=device),
-                                  nprobe=nprobe))
+    def find(table: bool) -> list[dict]:
+        return search_index(index_dir=index_dir, query=query, k=k, html_out=html, run=run,
+                            root=artifacts, options=UseOptions(device=device), nprobe=nprobe,
+                            table=table)
+
+    _guarded(lambda: _print_json(query, find) if as_json else find(True))
+
+
+def _print_json(query: str, search_fn: Callable[[bool], list[dict]]) -> None:
+    # Whatever a library prints goes to stderr: a script reads stdout as one JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        hits = search_fn(False)
+    typer.echo(json.dumps({"query": query, "results": hits}, ensure_ascii=False))
 
 
 @app.command()
@@ -339,7 +386,8 @@ def compare(
         "--runs", help="A glob of run directories, e.g. 'artifacts/runs/*'; those without an "
                        "eval are left out.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Where compare.md and compare.png go. Default: the runs' common parent.")] = None,
+        help="Where compare.md, compare.csv and compare.png go. Default: the runs' common "
+             "parent.")] = None,
 ) -> None:
     """Runs side by side: R@1/5/10 and % of each run's own teacher, per set and direction."""
     from dinov2clip.compare import compare as compare_runs
@@ -363,10 +411,12 @@ def serve(
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
     _guarded(lambda: serve_index(index_dir=index_dir, run=run, root=artifacts, host=host,
-                                 port=port, device=device, max_batch=max_batch))
+                                 port=port, device=device, max_batch=max_batch),
+             interrupted=STOPPED)
 
 
 @app.command()

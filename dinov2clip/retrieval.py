@@ -26,6 +26,14 @@ def recall_at_k(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
     return recall_of(score_matrix(text, image, device), caption_to_image, ks, chunk)
 
 
+def retrieval_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
+                    device: torch.device | str = "cpu", chunk: int = CHUNK,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t2i (n_captions,), i2t (n_images,)) ranks of text against image, 0 = first: for what a
+    recall cannot say, e.g. zero-shot's per-class recall (each image's rank of its class)."""
+    return _ranks_of(score_matrix(text, image, device), caption_to_image, chunk)
+
+
 @torch.no_grad()
 def score_matrix(text: torch.Tensor, image: torch.Tensor,
                  device: torch.device | str = "cpu") -> torch.Tensor:

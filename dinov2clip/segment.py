@@ -46,7 +46,7 @@ def segment_folder(*, run: str, images: Path, classes: str, out: Path | None = N
     if not files:
         raise ConfigError(f"--images: no images in {images}")
     run_dir = RunDir.resolve(run, root)
-    out = Path(out) if out else run_dir.segment_dir(Path(images).resolve().name)
+    out = Path(out) if out else run_dir.segment_dir(images)
     out.mkdir(parents=True, exist_ok=True)
     model = DinoV2Clip.from_pretrained(run_dir.path, **(options or UseOptions()).model_args())
     protocol = protocol or Protocol()

@@ -143,6 +143,8 @@ def test_a_stage_refuses_an_empty_required_value(tmp_path):
     ('eval.zeroshot_templates="imagenet1k"', "'eval.zeroshot_templates' must be one of"),
     ('extract.decode="nvjpeg"', "'extract.decode' must be one of cpu, gpu, auto"),
     ('data.distributor="slurm"', "'data.distributor' must be one of multiprocessing, pyspark"),
+    ('data.resize_mode="crop"', "'data.resize_mode' must be one of no, border, keep_ratio"),
+    ('data.input_format="xlsx"', "'data.input_format' must be one of tsv, tsv.gz, csv"),
 ])
 def test_values_that_cannot_work_fail_when_the_config_is_read(tmp_path, override, message):
     path = write(tmp_path, "[train]\nepochs = 3\n")

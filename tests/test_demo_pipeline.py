@@ -1,6 +1,7 @@
 """The real entry point, end to end, on the tiny demo config: every artifact DESIGN.md names."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,6 +12,11 @@ def test_the_log_has_no_library_noise_users_cannot_act_on(demo_run):
     assert "=== stage eval ===" in log  # the log is there
     for noise in ("Loading weights", "initialized randomly", "albumentations"):
         assert noise not in log, noise
+    # Not a terminal: progress is plain log lines, never bars redrawn with \r (read_text would
+    # have turned each \r into a newline).
+    assert b"\r" not in (demo_run[0].parent / "demo.log").read_bytes()
+    assert re.search(r"INFO extract: [\d,]+ img, [\d.,]+ img/s, done in \d\d:\d\d\n", log)
+    assert re.search(r"INFO epoch 4/4: \d+/\d+ step \(100%\), .* \[loss=", log)
 
 
 def test_data_stage_writes_shards_eval_set_and_models(demo_run):
@@ -106,3 +112,5 @@ def test_eval_writes_results_report_and_chart(demo_run):
     assert zs["n_images"] == 12 and zs["n_classes"] == 4 and zs["templates"] == "short"
     assert all(0 <= zs[row]["top1"] <= zs[row]["top5"] <= 100 for row in ("clip", "projected"))
     assert "## Zero-shot classification" in report and "| projected |" in report
+    assert "mean per-class recall" in report and "### Per class: top-1 (%)" in report
+    assert [c["n_images"] for c in zs["per_class"]] == [3, 3, 3, 3]

@@ -147,3 +147,22 @@ def test_hub_errors_are_one_line(demo_run, hub, tmp_path):
     assert half.exit_code == 2 and "projector.json missing" in half.output
     no_out = runner.invoke(app, ["index", "--run", "hf-hub:me/h", "--images", str(tmp_path)])
     assert no_out.exit_code == 2 and "--out is needed with a hub run" in no_out.output
+
+
+def test_push_without_a_token_says_so_before_any_upload(demo_run, tmp_path, monkeypatch):
+    fake = FakeModelHub()
+    try:
+        # hub_here: HF_TOKEN empty and a token file that does not exist, so get_token() is None.
+        hub_here(monkeypatch, tmp_path / "hf-home" / "hub", fake.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        _, art = demo_run
+        result = CliRunner().invoke(app, ["push", "--run", str(art / "runs" / "demo"),
+                                          "--repo", "me/no-token"])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert errors == [result.output.strip()] and "no Hugging Face token" in errors[0]
+        assert "HF_TOKEN" in errors[0] and "Traceback" not in result.output
+        assert fake.requests == [] and fake.repos == {}  # nothing was sent
+    finally:
+        fake.close()

@@ -27,9 +27,11 @@ from dinov2clip.config.schema import (
     PLACEMENTS,
     POOLINGS,
     PROJECTOR_KINDS,
+    RESIZE_MODES,
     RESUME_AND_FORCE,
     SCHEDULERS,
     TEMPLATE_SETS,
+    URL_LIST_FORMATS,
     VAL_KS,
     VAL_RECALLS,
     Config,
@@ -48,10 +50,10 @@ from dinov2clip.config.schema import (
 
 __all__ = [
     "COMPUTE_DTYPES", "DECODE_MODES", "DISTRIBUTORS", "EVALSET_SOURCES", "KARPATHY_SPLITS",
-    "PLACEMENTS", "POOLINGS", "PROJECTOR_KINDS", "SCHEDULERS", "TEMPLATE_SETS", "VAL_KS",
-    "VAL_RECALLS", "select_metrics", "LOSS_NAMES", "MISSING", "REMOVED", "RESUME_AND_FORCE",
-    "Config",
-    "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig", "ExtractConfig", "InvalidValue",
-    "ProjectorConfig", "SyntheticConfig", "TrainConfig", "UseOptions", "config_hash",
-    "git_sha", "load_config", "parse", "read_resolved", "require", "to_dict", "write_resolved",
+    "LOSS_NAMES", "MISSING", "PLACEMENTS", "POOLINGS", "PROJECTOR_KINDS", "REMOVED",
+    "RESIZE_MODES", "RESUME_AND_FORCE", "SCHEDULERS", "TEMPLATE_SETS", "URL_LIST_FORMATS",
+    "VAL_KS", "VAL_RECALLS", "Config", "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig",
+    "ExtractConfig", "InvalidValue", "ProjectorConfig", "SyntheticConfig", "TrainConfig",
+    "UseOptions", "config_hash", "git_sha", "load_config", "parse", "read_resolved", "require",
+    "select_metrics", "to_dict", "write_resolved",
 ]

@@ -26,6 +26,9 @@ PLACEMENTS = ("auto", "device", "pinned")  # where the training split lives
 PROJECTOR_KINDS = ("residual", "linear", "prenorm")
 DECODE_MODES = ("cpu", "gpu", "auto")
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+URL_LIST_FORMATS = ("tsv", "tsv.gz", "csv", "csv.gz", "parquet", "json", "json.gz", "jsonl",
+                    "jsonl.gz", "txt", "txt.gz")  # img2dataset's input formats
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")  # img2dataset
 EVALSET_SOURCES = ("hf", "local", "karpathy")
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 TEMPLATE_SETS = ("imagenet80", "short", "plain")
@@ -135,6 +138,8 @@ class DataConfig:
 
     def __post_init__(self):
         _check_one_of("distributor", self.distributor, DISTRIBUTORS)
+        _check_one_of("input_format", self.input_format, URL_LIST_FORMATS)
+        _check_one_of("resize_mode", self.resize_mode, RESIZE_MODES)
 
 
 @dataclass(frozen=True)

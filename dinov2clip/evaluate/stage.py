@@ -54,6 +54,7 @@ class EvalInputs:
         emb_dir = embeddings_dir(cfg.root, name, self.tag)
         if emb_dir.is_dir():
             self._check_models(name, emb_dir)
+            EmbeddingSet(emb_dir).verified_shards()  # every set's files, before any set's work
             return emb_dir
         if name in KNOWN_SETS:
             raise ConfigError(f"eval set {name!r}: no embeddings at {emb_dir} (add "

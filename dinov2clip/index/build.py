@@ -18,13 +18,13 @@ import logging
 import shutil
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions, config_hash, to_dict
 from dinov2clip.device import rank_and_world
@@ -38,8 +38,9 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     remove_temps,
 )
-from dinov2clip.store import IndexDir, RunDir
+from dinov2clip.store import IndexDir, RunDir, WriterLock
 from dinov2clip.store.index import VECTORS
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 RETRAIN_GROWTH = 2  # an IVF index is trained again once the collection doubles since training
@@ -48,10 +49,17 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
                          ("caption", pa.string()), ("kind", pa.string())])
 
 
-def build_index(*, run: str | Path, images: Path, root: Path | None = None,
-                out_dir: Path | None = None,
-                chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
-                options: UseOptions = UseOptions(), force: bool = False) -> dict:
+def build_index(**args) -> dict:
+    """_build_index(**args); the lock it takes on the index directory is released at the end."""
+    with ExitStack() as held:
+        return _build_index(held=held, **args)
+
+
+def _build_index(*, held: ExitStack, run: str | Path, images: Path, root: Path | None = None,
+                 out_dir: Path | None = None,
+                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
+                 options: UseOptions = UseOptions(), force: bool = False,
+                 wait: bool = False) -> dict:
     from dinov2clip.models.inference import DinoV2Clip
 
     hub = RunDir.is_hub(run)
@@ -66,9 +74,11 @@ def build_index(*, run: str | Path, images: Path, root: Path | None = None,
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
     out = IndexDir(out_dir if out_dir else run_dir.index_dir(images.stem))
+    run_dir.read_config()  # a missing run is one clear error, before any work
+    # This rank's lock, before --force deletes anything: a second build refuses (or waits).
+    held.enter_context(WriterLock(out.path, rank, "index").acquire(wait))
     if force and out.path.exists():
         _remove_old_index(out)
-    run_dir.read_config()  # a missing run is one clear error, before any work
     store = ChunkStore(out, models_hash(run_dir))
     remove_dead_temps(out.path)  # index.faiss, meta.parquet, index.json of a killed rank 0
     previous = _previous_summary(out, store.models_hash)
@@ -206,7 +216,7 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: Us
                         batch_size=options.batch_size, num_workers=options.num_workers,
                         collate_fn=collate_crops)
     projected, raw, rows = [], [], []
-    bar = tqdm(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
+    bar = progress(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
     for batch in loader:
         for i, reason in batch.failures:
             items.skipped[reason] += 1
@@ -246,8 +256,18 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
                                                             rows["key"], strict=True)],
                                 dtype=bool)
         t = t.filter(pa.array(keep[c.name], pa.bool_()))
-        tables.append(t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string())))
+        t = t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string()))
+        tables.append(_with_stamps(t, stamps))
     return pa.concat_tables(tables), keep
+
+
+def _with_stamps(t: pa.Table, stamps: dict[str, list[int] | None]) -> pa.Table:
+    """t with each file's size and mtime_ns as embedded (null: a shard sample, or a marker
+    from before stamps were kept)."""
+    kept = [stamps.get(key) for key in t.column("key").to_pylist()]
+    for i, name in enumerate(("size", "mtime_ns")):
+        t = t.append_column(name, pa.array([s[i] if s else None for s in kept], pa.int64()))
+    return t
 
 
 def _unchanged(path: str, stamp: list[int] | None) -> bool:

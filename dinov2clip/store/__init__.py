@@ -3,7 +3,9 @@ training run (runs/<run>/, RunDir) and the index of an image collection (IndexDi
 
 layout.py says where every file of a set goes and when it is complete; writer.py writes a set's
 shards; readers.py reads a complete set as a training split or an eval set. Extract writes
-through here; train, evaluate, index and the DinoV2Clip API read through here.
+through here; train, evaluate, index and the DinoV2Clip API read through here. integrity.py
+checks each file a reader opens against its done-marker; lock.py keeps a second writer off a set
+or an index directory.
 """
 
 from dinov2clip.store.index import IndexDir
@@ -19,6 +21,7 @@ from dinov2clip.store.layout import (
     embeddings_root,
     embeddings_tag,
 )
+from dinov2clip.store.lock import WriterLock, lock_path, writer_locks
 from dinov2clip.store.readers import (
     POOLINGS,
     EvalEmbeddings,
@@ -40,6 +43,6 @@ from dinov2clip.store.writer import Embeddings, ShardWriter, concat, empty_embed
 __all__ = ["ARRAYS", "MANIFEST", "META_SCHEMA", "PLAN", "POOLINGS", "changes", "concat",
            "DoneMarkers", "Embeddings", "embeddings_dir", "embeddings_root", "embeddings_tag",
            "EmbeddingSet", "empty_embeddings", "EvalEmbeddings", "EvalPairs", "IndexDir",
-           "is_val_key", "load_eval_embeddings", "load_eval_pairs", "load_split", "on_cpu",
-           "Placer", "pool", "pooled_dim", "recorded_patch_tokens", "RunDir", "runs_root",
-           "ShardWriter", "Split", "TrainedOn"]
+           "is_val_key", "load_eval_embeddings", "load_eval_pairs", "load_split", "lock_path",
+           "on_cpu", "Placer", "pool", "pooled_dim", "recorded_patch_tokens", "RunDir",
+           "runs_root", "ShardWriter", "Split", "TrainedOn", "WriterLock", "writer_locks"]

@@ -10,7 +10,8 @@
     loss.png, val.png       training curves
     eval/                   results.json, report.md, recall.png, epochs.json/png, zeroshot.json
     eval/segmentation/      <set>.json, <set>_iou.png, <set>_overlays/, <set>_masks/
-    zeroshot/<folder>.json  `pipeline zeroshot` results
+    zeroshot/<folder>-<hash of its path>.json   `pipeline zeroshot` results
+    segment/<folder>-<hash of its path>/        `pipeline segment` output
     index/<name>/           indexes of image collections (IndexDir)
 
 RunDir is the only place that knows these names; nothing else builds a path inside a run.
@@ -18,6 +19,7 @@ RunDir is the only place that knows these names; nothing else builds a path insi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -221,12 +223,17 @@ class RunDir:
         """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
         return self.segmentation_dir / f"{set_name}_masks" / f"{key}.png"
 
-    def segment_dir(self, folder_name: str) -> Path:
-        """`pipeline segment`'s default output for an image folder."""
-        return self.path / "segment" / folder_name
+    def segment_dir(self, images: str | Path) -> Path:
+        """`pipeline segment`'s default output for an image folder, named as zeroshot_results
+        names its file."""
+        return self.path / "segment" / self.zeroshot_results(images).stem
 
-    def zeroshot_results(self, folder_name: str) -> Path:
-        return self.path / "zeroshot" / f"{folder_name}.json"
+    def zeroshot_results(self, data_dir: str | Path) -> Path:
+        """zeroshot/<folder name>-<8 hex>.json: the hex is of the folder's absolute path, so
+        /a/val and /b/val keep apart while a re-run on the same folder replaces its own."""
+        where = Path(data_dir).resolve()
+        digest = hashlib.sha256(str(where).encode()).hexdigest()[:8]
+        return self.path / "zeroshot" / f"{where.name}-{digest}.json"
 
     def index_dir(self, name: str) -> Path:
         return self.path / "index" / name

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict
 from dinov2clip.device import autocast, compute_dtype, resolve_device
@@ -35,6 +34,7 @@ from dinov2clip.store import (
     pooled_dim,
     recorded_patch_tokens,
 )
+from dinov2clip.terminal import progress
 from dinov2clip.train import validate as V
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
@@ -61,7 +61,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
-    _prepare_run_dir(run, resume, force)
+    _refuse_existing_run(run, resume, force)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 loss matmuls (B x B logits)
 
@@ -70,6 +70,8 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     place = placer(t.placement, device, reserve)
     train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
                                     place_train=place, place_val=place)
+    _prepare_run_dir(run, resume, force)  # after the data passed its checks: a damaged set
+    # leaves no empty run directory, and --force keeps the old run
     if pcfg.standardize:
         mean, std = _feature_stats(train_set.x)
         model.input_norm.mean.copy_(mean)
@@ -103,7 +105,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     for epoch in range(start_epoch, t.epochs):
         model.train()
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = progress(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit="step")
         t0 = time.perf_counter()
         for i, (x, img, txt) in enumerate(bar):
@@ -245,11 +247,16 @@ def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
     }
 
 
-def _prepare_run_dir(run: RunDir, resume: bool, force: bool) -> None:
+def _refuse_existing_run(run: RunDir, resume: bool, force: bool) -> None:
     path = run.path
     if path.exists() and any(path.iterdir()) and not (resume or force):
         raise ConfigError(f"run directory {path} exists; pass --resume to continue it or "
                           "--force to start over")
+
+
+def _prepare_run_dir(run: RunDir, resume: bool, force: bool) -> None:
+    _refuse_existing_run(run, resume, force)
+    path = run.path
     if force and path.exists() and not resume:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
