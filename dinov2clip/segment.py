@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.dense.protocol import Protocol
 from dinov2clip.formats.images import list_images
 from dinov2clip.io_utils import atomic_write, atomic_write_json
 from dinov2clip.store import RunDir
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def segment_folder(*, run: str, images: Path, classes: str, out: Path | None = N
     protocol = protocol or Protocol()
     shown = ["background", *names] if background is not None else names
     done, skipped = [], {}
-    for path in tqdm(files, desc="segment", unit="img"):
+    for path in progress(files, desc="segment", unit="img"):
         try:
             labels = model.segment(path, names, background=background, protocol=protocol)
         except (OSError, ValueError) as err:  # an unreadable file is counted, never fatal
