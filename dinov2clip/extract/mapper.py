@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dinov2clip.dense.attention import ClsAttention, head_pooled
 from dinov2clip.device import autocast
 from dinov2clip.models.identity import clip_weights, dino_weights, tokenizer_info
 from dinov2clip.models.loaders import cls_and_patch_mean, patch_token_count, register_count
@@ -16,8 +17,10 @@ from dinov2clip.store import Embeddings
 
 class Mapper:
     def __init__(self, dino, dino_spec: PreprocessSpec, clip, clip_spec: PreprocessSpec,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, dino_heads: bool = False):
         self.dino, self.clip = dino, clip
+        # extract.dino_heads: the last block's CLS attention, kept by a hook on each forward
+        self.cls_attention = ClsAttention(dino) if dino_heads else None
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.device, self.dtype = device, dtype
         self.n_registers = register_count(dino)
@@ -43,7 +46,10 @@ class Mapper:
 
     @property
     def dims(self) -> dict:
-        return {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim}
+        dims = {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim}
+        if self.cls_attention is not None:
+            dims["heads"] = int(self.dino.config.num_attention_heads)
+        return dims
 
     def __call__(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
                  tokens: torch.Tensor) -> Embeddings:
@@ -69,6 +75,8 @@ class Mapper:
             "clip_image": F.normalize(img.float(), dim=-1),
             "clip_text": F.normalize(txt.float(), dim=-1),
         }
+        if self.cls_attention is not None:  # (B, heads, D): what talk2dino trains against
+            out["dino_heads"] = head_pooled(self.cls_attention.take(), hidden, self.n_registers)
         # fp16 on the device halves the copy; non_blocking lands it in pinned host memory.
         host = {k: v.to(torch.float16).to("cpu", non_blocking=True) for k, v in out.items()}
         event = None
@@ -92,7 +100,13 @@ class Pending:
 def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str,
              tokenizer=None, dino_revision: str = "") -> dict:
     """What identifies the models, weights and preprocessing (hashed into the done-markers)."""
+    heads = {}
+    if mapper.cls_attention is not None:  # part of the hash: a set with them is another set
+        heads = {"dino_heads": {"layer": "last", "pooling": "per-head CLS attention, softmax "
+                                "over patch tokens (registers excluded), of last_hidden_state",
+                                "attention": "eager (last block)"}}
     return {
+        **heads,
         "dino_model": dino_name,
         "dino_type": str(mapper.dino.config.model_type),
         "dino_registers": mapper.n_registers,

@@ -90,7 +90,7 @@ def _extract(cfg: Config, sources: list[Source], shards: dict[str, list[Path]]) 
     rank, world = rank_and_world()
     dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
     clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
-    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype)
+    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, e.dino_heads)
     info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer,
                     e.dino_revision)
     models_hash = config_hash(info)
@@ -245,8 +245,9 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims["clip"]), shard.meta,
-                 shard.skipped, _source(job.path, root), shard.dropped)
+    emb = concat(shard.parts, dims["dino"], dims["clip"], dims.get("heads", 0))
+    writer.write(job.path.stem, emb, shard.meta, shard.skipped, _source(job.path, root),
+                 shard.dropped)
     timer.add("write", t)
     timer.count(len(shard.meta))
 

@@ -28,6 +28,11 @@ from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
 from dinov2clip.store.integrity import first_nonfinite_row, npy_problem, parquet_problem
 
 ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
+# Arrays a set holds only when extract was asked for them (extract.dino_heads): a shard's
+# done-marker lists each file it wrote, so a set holds one exactly when its markers say so.
+#   dino_heads/<shard>.npy  float16 (n, heads, D): per head of the last block, the patch tokens
+#                           averaged with that head's CLS attention (dense/attention.py)
+OPTIONAL_ARRAYS = ("dino_heads",)
 PLAN, MANIFEST = "plan.json", "manifest.json"
 
 META_SCHEMA = pa.schema([
@@ -55,10 +60,13 @@ def embeddings_tag(extract) -> str:
     so several backbone-teacher pairs live side by side over one download."""
     if extract.tag:
         return extract.tag
+    # a set with dino_heads is made by other models (its hash says so): it lives apart
+    heads = "-heads" if getattr(extract, "dino_heads", False) else ""
     if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
-        return f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
+        return (f"{Path(extract.dino_model).name}__"
+                f"{Path(extract.clip_model.partition(':')[2]).name}{heads}")
     pre = Path(extract.clip_pretrained).stem if extract.clip_pretrained else "random"
-    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}"
+    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}{heads}"
 
 
 class DoneMarkers:
@@ -177,7 +185,24 @@ class EmbeddingSet:
             problem = npy_problem(self.array_path(array, shard), expect[array])
             if problem:
                 return problem
+        for array in self._optional(record):
+            kept = record["files"][array]
+            problem = npy_problem(self.array_path(array, shard),
+                                  {"rows": kept["shape"][0], "tail": kept["shape"][1:],
+                                   "dtype": kept.get("dtype"), "bytes": kept.get("bytes")})
+            if problem:
+                return problem
         return parquet_problem(self.meta_path(shard), expect["meta"])
+
+    @staticmethod
+    def _optional(record: dict) -> list[str]:
+        return [a for a in OPTIONAL_ARRAYS if a in record.get("files", {})]
+
+    def optional_arrays(self) -> list[str]:
+        """The optional arrays every shard of the plan holds (a complete set)."""
+        shards = self.complete_shards()
+        held = [set(self._optional(self.markers.read(s) or {})) for s in shards]
+        return [a for a in OPTIONAL_ARRAYS if all(a in h for h in held)]
 
     def _expected(self, shard: str, record: dict) -> dict[str, dict]:
         """Per file, what it must be: the done-marker's record of it where one was kept (markers

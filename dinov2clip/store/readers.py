@@ -179,3 +179,39 @@ def _read_shard(store: EmbeddingSet, shard: str, pooling: str,
     img = torch.from_numpy(store.load("clip_image", shard)).to(torch.float16)
     txt = torch.from_numpy(store.load("clip_text", shard, rows=first_caption))
     return x, img, txt.to(torch.float16)
+
+
+@dataclass
+class HeadPairs:
+    """What a talk2dino head trains on: per image its attention-pooled heads and a caption."""
+
+    heads: torch.Tensor  # (N, heads, D_dino) float16
+    text: torch.Tensor  # (N, D_clip) float16, L2-normalised: each image's first caption
+
+    def __len__(self) -> int:
+        return self.heads.shape[0]
+
+
+def load_head_pairs(emb_dir: Path, val_fraction: float) -> tuple[HeadPairs, HeadPairs]:
+    """(train, val) of a complete set extracted with dino_heads, split by key hash exactly as
+    load_split splits it, so the dense head validates on the projector's held-out images."""
+    store = EmbeddingSet(emb_dir)
+    shards = store.verified_shards()
+    if "dino_heads" not in store.optional_arrays():
+        raise ConfigError(f"{emb_dir} holds no dino_heads (per-head attention-pooled patch "
+                          "tokens): set extract.dino_heads = true and run `pipeline extract`")
+    parts: dict[bool, list] = {False: [], True: []}
+    for s in shards:
+        is_val = _val_mask(store, s, val_fraction)
+        first = np.asarray(store.meta_column(s, "caption_start"), dtype=np.int64)
+        heads = torch.from_numpy(store.load("dino_heads", s))
+        text = torch.from_numpy(store.load("clip_text", s, rows=first))
+        for side in (False, True):
+            idx = torch.from_numpy(np.flatnonzero(is_val == side))
+            parts[side].append((heads.index_select(0, idx), text.index_select(0, idx)))
+    train, val = (HeadPairs(torch.cat([h for h, _ in parts[side]]),
+                            torch.cat([t for _, t in parts[side]])) for side in (False, True))
+    if not len(train) or not len(val):
+        raise ConfigError(f"train.val_fraction={val_fraction} leaves an empty split of "
+                          f"{len(train) + len(val)} images")
+    return train, val

@@ -27,7 +27,14 @@ from dinov2clip.io_utils import (
     remove_temps,
 )
 from dinov2clip.store.integrity import file_record
-from dinov2clip.store.layout import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
+from dinov2clip.store.layout import (
+    ARRAYS,
+    MANIFEST,
+    META_SCHEMA,
+    OPTIONAL_ARRAYS,
+    EmbeddingSet,
+    changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,11 @@ class Embeddings:
     dino_mean: np.ndarray  # (n, D_dino) float16, patch tokens only (no CLS, no registers)
     clip_image: np.ndarray  # (n, D_clip) float16, L2-normalised
     clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
+    dino_heads: np.ndarray | None = None  # (n, heads, D_dino) float16, when extract caches it
+
+    def arrays(self) -> list[str]:
+        """The arrays this shard writes: ARRAYS, and the optional ones it holds."""
+        return [*ARRAYS, *(a for a in OPTIONAL_ARRAYS if getattr(self, a) is not None)]
 
 
 class ShardWriter:
@@ -107,7 +119,7 @@ class ShardWriter:
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
         files = {}
-        for name in ARRAYS:
+        for name in emb.arrays():
             path = atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
             files[name] = file_record(path, getattr(emb, name))
         table = pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -124,7 +136,7 @@ class ShardWriter:
 
     def _remove_temps(self, shard: str) -> None:
         """Temp files a killed run left while writing this shard (this rank owns the shard)."""
-        for path in [*(self.store.array_path(a, shard) for a in ARRAYS),
+        for path in [*(self.store.array_path(a, shard) for a in (*ARRAYS, *OPTIONAL_ARRAYS)),
                      self.store.meta_path(shard), self.store.markers.path(shard)]:
             remove_temps(path.parent, path.name)
 
@@ -164,13 +176,16 @@ class ShardWriter:
         return manifest
 
 
-def empty_embeddings(d_dino: int, d_clip: int) -> Embeddings:
+def empty_embeddings(d_dino: int, d_clip: int, n_heads: int = 0) -> Embeddings:
+    """A shard of no images (every one skipped); n_heads > 0: it holds dino_heads too."""
     z = np.zeros
+    heads = z((0, n_heads, d_dino), np.float16) if n_heads else None
     return Embeddings(z((0, d_dino), np.float16), z((0, d_dino), np.float16),
-                      z((0, d_clip), np.float16), z((0, d_clip), np.float16))
+                      z((0, d_clip), np.float16), z((0, d_clip), np.float16), heads)
 
 
-def concat(parts: list[Embeddings], d_dino: int, d_clip: int) -> Embeddings:
+def concat(parts: list[Embeddings], d_dino: int, d_clip: int, n_heads: int = 0) -> Embeddings:
     if not parts:
-        return empty_embeddings(d_dino, d_clip)
-    return Embeddings(*(np.concatenate([getattr(p, a) for p in parts]) for a in ARRAYS))
+        return empty_embeddings(d_dino, d_clip, n_heads)
+    return Embeddings(**{a: np.concatenate([getattr(p, a) for p in parts])
+                         for a in parts[0].arrays()})

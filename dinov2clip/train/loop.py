@@ -55,6 +55,8 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
     _check_dims(cfg, emb_dir)
+    if t.dense.head:  # before any epoch: a set without the heads fails now, not after hours
+        _require_heads(emb_dir)
     cfg = with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
     t = cfg.train
     evalset = _load_evalset(cfg, tag)
@@ -94,6 +96,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         if start_epoch >= t.epochs:
             log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
                      "resume (--force starts it over)", run, t.epochs, best["epoch"])
+            _dense_head(cfg, run, emb_dir, device, dtype, only_missing=True)
             return run.path
     if start_epoch == 0:
         run.write_config(cfg, trained_on(emb_dir, tag, t.dataset))
@@ -155,7 +158,19 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
              t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
              run)
+    _dense_head(cfg, run, emb_dir, device, dtype)
     return run.path
+
+
+def _dense_head(cfg: Config, run: RunDir, emb_dir: Path, device, dtype,
+                only_missing: bool = False) -> None:
+    """train.dense.head after the projector; on --resume of a finished run, only if absent."""
+    head = cfg.train.dense.head
+    if not head or only_missing and run.dense_head_weights(head).is_file():
+        return
+    from dinov2clip.train.dense_head import train_dense_head
+
+    train_dense_head(cfg, run, emb_dir, device, dtype, _scheduler)
 
 
 def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
@@ -184,6 +199,12 @@ def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
                           "by an older version): set train.num_patch_tokens (256 for DINOv2 at "
                           "224 px) or re-run extract")
     return dataclasses.replace(cfg, train=dataclasses.replace(t, num_patch_tokens=n))
+
+
+def _require_heads(emb_dir: Path) -> None:
+    if "dino_heads" not in EmbeddingSet(emb_dir).optional_arrays():
+        raise ConfigError(f"train.dense.head needs dino_heads in {emb_dir}: set "
+                          "extract.dino_heads = true and run `pipeline extract`")
 
 
 def _check_dims(cfg: Config, emb_dir: Path) -> None:
