@@ -147,3 +147,16 @@ def test_eval_and_the_api_use_the_learned_head(demo_run, tmp_path):
     assert not torch.allclose(learned, baseline)  # another head, another map
     labels = model.segment(image, ["circle", "square"], head="talk2dino", bg_clean=True)
     assert set(labels.unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("name, backbone", [
+    ("dense-talk2dino-coco", "facebook/dinov2-with-registers-base"),
+    ("dense-talk2dino-dinov3-coco", "facebook/dinov3-vitb16-pretrain-lvd1689m")])
+def test_the_shipped_talk2dino_configs_read(name, backbone):
+    from dinov2clip.store import embeddings_tag
+    from tests.helpers import REPO
+
+    cfg = load_config(REPO / "configs" / f"{name}.toml")
+    assert cfg.extract.dino_model == backbone and cfg.extract.dino_heads
+    assert cfg.train.dense.head == "talk2dino" == cfg.eval.dense.head
+    assert embeddings_tag(cfg.extract).endswith("-heads")  # apart from a set without them
