@@ -2,7 +2,8 @@
 
     plan.json               written before the first shard: every shard the set must hold (from
                             the input shards), the models' description and hash, the libraries
-    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption
+    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption,
+                            and so has text_enc, in a set made with a text encoder
     meta/<shard>.parquet    META_SCHEMA, one row per image
     done/<shard>.json       the shard's done-marker, renamed in after its files: the shard exists
     manifest.json           once every planned shard is done: models, counts, skipped by reason
@@ -27,7 +28,11 @@ from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
 from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
 from dinov2clip.store.integrity import first_nonfinite_row, npy_problem, parquet_problem
 
-ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
+ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")  # in every set
+# In a set whose models description names a text encoder (extract.text_encoder): its caption
+# embeddings, float16, L2-normalised, one row per caption like clip_text.
+TEXT_ARRAY = "text_enc"
+CAPTION_ARRAYS = ("clip_text", TEXT_ARRAY)  # one row per caption; the others, one per image
 PLAN, MANIFEST = "plan.json", "manifest.json"
 
 META_SCHEMA = pa.schema([
@@ -55,10 +60,13 @@ def embeddings_tag(extract) -> str:
     so several backbone-teacher pairs live side by side over one download."""
     if extract.tag:
         return extract.tag
+    # a text encoder adds an array: its sets live beside (not inside) the ones without it
+    text = f"__{Path(extract.text_encoder).name}" if extract.text_encoder else ""
     if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
-        return f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
+        pair = f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
+        return pair + text
     pre = Path(extract.clip_pretrained).stem if extract.clip_pretrained else "random"
-    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}"
+    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}{text}"
 
 
 class DoneMarkers:
@@ -112,6 +120,15 @@ class EmbeddingSet:
         atomic_write_json(self.path / PLAN, {"shards": dict(sorted(shards.items())),
                                              "models_hash": models_hash, "models": models,
                                              "runtime": runtime})
+
+    def arrays(self) -> tuple[str, ...]:
+        """The arrays every shard of this set holds: ARRAYS, and text_enc when its plan names
+        a text encoder."""
+        models = (self.read_plan() or {}).get("models") or {}
+        return ARRAYS + ((TEXT_ARRAY,) if models.get("text_encoder") else ())
+
+    def has_text_encoder(self) -> bool:
+        return TEXT_ARRAY in self.arrays()
 
     def complete_shards(self) -> list[str]:
         """The plan's shards in shard order (0, 1, ..., 10); one line naming what is missing
@@ -173,7 +190,7 @@ class EmbeddingSet:
         except ValueError as err:
             return f"{self.markers.path(shard)} does not parse as JSON ({err})"
         expect = self._expected(shard, record)
-        for array in ARRAYS:
+        for array in self.arrays():
             problem = npy_problem(self.array_path(array, shard), expect[array])
             if problem:
                 return problem
@@ -186,11 +203,11 @@ class EmbeddingSet:
         counts = {**manifest.get("shards", {}).get(shard, {}), **record}
         files, dims = record.get("files", {}), manifest.get("dims", {})
         out = {"meta": {"rows": counts.get("n_images"), **files.get("meta", {})}}
-        for array in ARRAYS:
+        for array in self.arrays():
             kept = files.get(array, {})
             rows, cols = kept.get("shape") or (
-                counts.get("n_captions" if array == "clip_text" else "n_images"),
-                dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d}
+                counts.get("n_captions" if array in CAPTION_ARRAYS else "n_images"),
+                dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d, "text": d_t}
             dtype = kept.get("dtype") or manifest.get("dtypes", {}).get(array, "float16")
             out[array] = {"rows": rows, "cols": cols, "dtype": dtype, "bytes": kept.get("bytes")}
         return out
@@ -230,6 +247,14 @@ class EmbeddingSet:
         first = self.complete_shards()[0]
         self.check(first)
         return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
+
+    def text_dim(self) -> int:
+        """The text encoder's dim from the first shard's text_enc header; 0 without one."""
+        if not self.has_text_encoder():
+            return 0
+        first = self.complete_shards()[0]
+        self.check(first)
+        return self.mmap(TEXT_ARRAY, first).shape[1]
 
 
 def _redo(shard: str) -> str:

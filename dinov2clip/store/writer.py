@@ -27,7 +27,14 @@ from dinov2clip.io_utils import (
     remove_temps,
 )
 from dinov2clip.store.integrity import file_record
-from dinov2clip.store.layout import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
+from dinov2clip.store.layout import (
+    ARRAYS,
+    MANIFEST,
+    META_SCHEMA,
+    TEXT_ARRAY,
+    EmbeddingSet,
+    changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class Embeddings:
     dino_mean: np.ndarray  # (n, D_dino) float16, patch tokens only (no CLS, no registers)
     clip_image: np.ndarray  # (n, D_clip) float16, L2-normalised
     clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
+    text_enc: np.ndarray | None = None  # (m, D_text) float16, L2-normalised; with a text encoder
 
 
 class ShardWriter:
@@ -106,8 +114,12 @@ class ShardWriter:
         self._remove_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
+        arrays = self.store.arrays()  # the plan's: text_enc when it names a text encoder
+        if TEXT_ARRAY in arrays:
+            assert emb.text_enc is not None and \
+                emb.text_enc.shape[0] == emb.clip_text.shape[0], "one text_enc row per caption"
         files = {}
-        for name in ARRAYS:
+        for name in arrays:
             path = atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
             files[name] = file_record(path, getattr(emb, name))
         table = pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -124,7 +136,7 @@ class ShardWriter:
 
     def _remove_temps(self, shard: str) -> None:
         """Temp files a killed run left while writing this shard (this rank owns the shard)."""
-        for path in [*(self.store.array_path(a, shard) for a in ARRAYS),
+        for path in [*(self.store.array_path(a, shard) for a in self.store.arrays()),
                      self.store.meta_path(shard), self.store.markers.path(shard)]:
             remove_temps(path.parent, path.name)
 
@@ -149,9 +161,9 @@ class ShardWriter:
             "models_hash": self.models_hash,
             "runtime": self.runtime,
             "provenance": provenance,
-            "dtypes": {name: "float16" for name in ARRAYS},
-            "normalised": {"dino_cls": False, "dino_mean": False, "clip_image": True,
-                           "clip_text": True},
+            "dtypes": {name: "float16" for name in self.store.arrays()},
+            "normalised": {name: name not in ("dino_cls", "dino_mean")
+                           for name in self.store.arrays()},
             "shards": {r["shard"]: {"n_images": r["n_images"], "n_captions": r["n_captions"],
                                     "skipped": r["skipped"], "source": r["source"]}
                        for r in records},
@@ -164,13 +176,16 @@ class ShardWriter:
         return manifest
 
 
-def empty_embeddings(d_dino: int, d_clip: int) -> Embeddings:
+def empty_embeddings(d_dino: int, d_clip: int, d_text: int = 0) -> Embeddings:
+    """d_text: the text encoder's dim, 0 without one."""
     z = np.zeros
     return Embeddings(z((0, d_dino), np.float16), z((0, d_dino), np.float16),
-                      z((0, d_clip), np.float16), z((0, d_clip), np.float16))
+                      z((0, d_clip), np.float16), z((0, d_clip), np.float16),
+                      z((0, d_text), np.float16) if d_text else None)
 
 
-def concat(parts: list[Embeddings], d_dino: int, d_clip: int) -> Embeddings:
+def concat(parts: list[Embeddings], d_dino: int, d_clip: int, d_text: int = 0) -> Embeddings:
     if not parts:
-        return empty_embeddings(d_dino, d_clip)
-    return Embeddings(*(np.concatenate([getattr(p, a) for p in parts]) for a in ARRAYS))
+        return empty_embeddings(d_dino, d_clip, d_text)
+    arrays = ARRAYS + ((TEXT_ARRAY,) if parts[0].text_enc is not None else ())
+    return Embeddings(*(np.concatenate([getattr(p, a) for p in parts]) for a in arrays))
