@@ -96,6 +96,8 @@ class SyntheticConfig:
     zeroshot_per_class: int = 0  # >0: a folder-per-class set, <artifacts>/zeroshot/shapes
     seed: int = 0
     tiny_models: bool = True  # also build tiny random DINOv2 and CLIP under <artifacts>/models
+    # also a tiny random BERT as a sentence-transformers folder, <artifacts>/models/tiny-text
+    tiny_text_encoder: bool = False
 
 
 @dataclass(frozen=True)
