@@ -7,7 +7,9 @@ an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C i
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -219,11 +221,16 @@ def eval_(
     all_epochs: Annotated[bool, typer.Option(
         "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
         "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Segmentation: write the predicted label maps of eval.dense.sets "
+        "as PNGs (value = class index, 255 = ignored) beside each set's JSON.")] = False,
     search: Annotated[str | None, typer.Option(hidden=True)] = None,  # removed: a clear error
 ) -> None:
-    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
+    """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP;
+    open-vocabulary segmentation on eval.dense.sets."""
     extra = [f"eval.run={run_name!r}"] if run_name else []
     extra += ["eval.allow_other_embeddings=true"] if allow_other_embeddings else []
+    extra += ["eval.dense.save_masks=true"] if save_masks else []
 
     def go() -> None:
         if search is not None:
@@ -281,6 +288,28 @@ def zeroshot(
 
 
 @app.command()
+def segment(
+    run: RunOpt,
+    images: Annotated[Path, typer.Option("--images", help="An image folder (recursive).")],
+    classes: Annotated[str, typer.Option(help='Comma-separated class names: "cat,dog,grass".')],
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder. Default: <run>/segment/<images folder name>")] = None,
+    background: Annotated[float | None, typer.Option(
+        help="A cosine threshold: pixels whose best class scores below it are background "
+             "(label 0). Default: no background class.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "bf16",
+    artifacts: ArtifactsOpt = Path("artifacts"),
+) -> None:
+    """Open-vocabulary segmentation of a folder: label maps and overlays, the eval's protocol."""
+    from dinov2clip.segment import segment_folder
+
+    _guarded(lambda: segment_folder(run=run, images=images, classes=classes, out=out,
+                                    background=background, root=artifacts,
+                                    options=UseOptions(device=device, dtype=dtype)))
+
+
+@app.command()
 def index(
     run: RunOpt,
     images: Annotated[Path, typer.Option(
@@ -324,15 +353,29 @@ def search(
         "--run", help="Run whose text tower encodes the query (a name, directory or "
                       "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the hits as one JSON document on stdout, and nothing else there "
+                       "(for scripts): {\"query\", \"results\": [{\"rank\", \"score\", \"id\", "
+                       "\"key\", \"path\", ...}]}.")] = False,
     device: DeviceOpt = "auto",
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Search an index with a text query: rank, score, path or URL, caption."""
     from dinov2clip.index import search as search_index
 
-    _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run=run, root=artifacts, options=UseOptions(device=device),
-                                  nprobe=nprobe))
+    def find(table: bool) -> list[dict]:
+        return search_index(index_dir=index_dir, query=query, k=k, html_out=html, run=run,
+                            root=artifacts, options=UseOptions(device=device), nprobe=nprobe,
+                            table=table)
+
+    _guarded(lambda: _print_json(query, find) if as_json else find(True))
+
+
+def _print_json(query: str, search_fn: Callable[[bool], list[dict]]) -> None:
+    # Whatever a library prints goes to stderr: a script reads stdout as one JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        hits = search_fn(False)
+    typer.echo(json.dumps({"query": query, "results": hits}, ensure_ascii=False))
 
 
 @app.command()
@@ -368,10 +411,12 @@ def serve(
     artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
     _guarded(lambda: serve_index(index_dir=index_dir, run=run, root=artifacts, host=host,
-                                 port=port, device=device, max_batch=max_batch))
+                                 port=port, device=device, max_batch=max_batch),
+             interrupted=STOPPED)
 
 
 @app.command()

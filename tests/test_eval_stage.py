@@ -72,7 +72,9 @@ def scratch(demo_run, tmp_path):
     shutil.copytree(art / "runs" / "demo", root / "runs" / "demo",
                     ignore=shutil.ignore_patterns("eval"))
     shutil.copytree(art / "embeddings" / SET, root / "embeddings" / SET)
-    return write_config(tmp_path / "c.toml", {"artifacts": str(root)}, base=config), root
+    # retrieval only: the demo's segmentation set is not copied (tests/test_dense_eval.py)
+    return write_config(tmp_path / "c.toml", {"artifacts": str(root), "eval.dense.sets": []},
+                        base=config), root
 
 
 def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> None:

@@ -236,6 +236,22 @@ def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
     assert bad_kind.exit_code == 2 and "unknown index kind 'lsh'" in bad_kind.output
 
 
+def test_cli_search_json_prints_one_document_and_nothing_else(flat_index):
+    out, _ = flat_index
+    runner = CliRunner()
+    result = runner.invoke(app, ["search", "--index", str(out), "a red circle", "-k", "3",
+                                 "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)  # the whole of stdout: no table, no log line
+    table = search(index_dir=out, query="a red circle", k=3, options=CPU, table=False)
+    assert body == {"query": "a red circle", "results": table}
+    assert [h["rank"] for h in body["results"]] == [1, 2, 3]
+    assert set(body["results"][0]) >= {"score", "id", "key", "path", "caption", "size"}
+    empty = runner.invoke(app, ["search", "--index", str(out), " ", "--json"])
+    assert empty.exit_code == 2 and empty.stdout == ""
+    assert empty.stderr == "error: empty query: give the text to search for\n"
+
+
 def _centroids(index_file) -> np.ndarray:
     import faiss
 
@@ -315,6 +331,8 @@ def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"].count("circle/0.png") == 1
     row = meta["key"].index("circle/0.png")
+    # What the server checks before showing the file: the new file's size and mtime.
+    assert [meta["size"][row], meta["mtime_ns"][row]] == [changed.stat().st_size, later]
     stored = faiss.read_index(str(out / "index.faiss")).reconstruct(row)
     want = demo_model.encode_image([changed])[0]
     assert float(torch.from_numpy(stored) @ want) > 0.999  # the new picture's embedding

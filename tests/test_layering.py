@@ -9,8 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dinov2clip"
 STAGES = {"data", "extract", "train", "evaluate"}
-USE = {"compare", "hub", "pipeline"}  # commands over finished runs, and the CLI
-FLOOR = {"models", "formats", "terminal", "io_utils", "device", "retrieval"}
+USE = {"compare", "hub", "pipeline", "segment"}  # commands over finished runs, and the CLI
+FLOOR = {"models", "formats", "terminal", "io_utils", "device", "retrieval", "dense"}
 LOW = FLOOR | {"store", "config"}
 # part -> the parts it must never import (itself aside)
 FORBIDDEN = {

@@ -32,7 +32,8 @@ def other_tag(demo_run, tmp_path):
     assert payload["embeddings"]["tag"] == "tiny"  # what train recorded
     payload["embeddings"]["tag"] = "other"
     run.config.write_text(json.dumps(payload))
-    cfg = write_config(tmp_path / "c.toml", {"artifacts": str(root), "eval.zeroshot": ""},
+    cfg = write_config(tmp_path / "c.toml", {"artifacts": str(root), "eval.zeroshot": "",
+                                                "eval.dense.sets": []},
                        base=config)
     return cfg, root
 

@@ -39,6 +39,7 @@ RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop
 EVALSET_SOURCES = ("hf", "local", "karpathy")
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 TEMPLATE_SETS = ("imagenet80", "short", "plain")
+DENSE_HEADS = ("projector",)  # dense/heads.py builds each
 VAL_KS = (1, 5)  # the recalls validation logs per epoch
 VAL_RECALLS = tuple(f"{d}_R@{k}" for d in ("t2i", "i2t") for k in VAL_KS)
 
@@ -94,6 +95,9 @@ class SyntheticConfig:
     captions_per_eval_image: int = 5
     eval_name: str = "shapes-test"  # evalsets/<eval_name>
     zeroshot_per_class: int = 0  # >0: a folder-per-class set, <artifacts>/zeroshot/shapes
+    # >0: a segmentation set of this many shapes with ground-truth masks, segsets/<seg_name>
+    num_segmentation: int = 0
+    segmentation_name: str = "shapes-seg"
     seed: int = 0
     tiny_models: bool = True  # also build tiny random DINOv2 and CLIP under <artifacts>/models
     # also a tiny random BERT as a sentence-transformers folder, <artifacts>/models/tiny-text
@@ -279,6 +283,39 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DenseEvalConfig:
+    """Open-vocabulary segmentation under the protocol of GroupViT, TCL, FreeDA, Talk2DINO."""
+
+    sets: list[str] = field(default_factory=list)  # <artifacts>/segsets/<name>; empty: none
+    head: str = "projector"  # projector: the run's projector on every patch token
+    short_side: int = 448  # the image is resized so its short side is this
+    window: int = 448  # sliding window side, pixels
+    stride: int = 224
+    # Sets with a background class: a pixel whose best class cosine is below this is
+    # background (a constant channel). Heads differ in their cosine range: set it per head.
+    bg_threshold: float = 0.55
+    max_images: int = 0  # 0: every image of a set
+    overlays: int = 4  # image | ground truth | prediction pictures per set
+    save_masks: bool = False  # predicted label maps as PNGs beside the set's JSON
+
+    def __post_init__(self):
+        _check_one_of("head", self.head, DENSE_HEADS)
+        for key in ("short_side", "window", "stride"):
+            _check_at_least(key, getattr(self, key), 1)
+        if self.stride > self.window:
+            raise InvalidValue("stride", f"must not exceed window ({self.window}): pixels "
+                               f"between windows would never be scored, got {self.stride}")
+        if not -1.0 <= self.bg_threshold <= 1.0:
+            raise InvalidValue("bg_threshold", f"is a cosine: must be in [-1, 1], got "
+                                               f"{self.bg_threshold}")
+        _check_at_least("max_images", self.max_images, 0)
+        _check_at_least("overlays", self.overlays, 0)
+        for name in self.sets:
+            if not name or "/" in name or name.startswith("."):
+                raise InvalidValue("sets", f"holds {name!r}, not a plain set name")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     sets: list[str] = field(default_factory=lambda: ["mscoco", "flickr30k", "flickr8k"])
     run: str = ""  # empty: train.run
@@ -293,6 +330,7 @@ class EvalConfig:
     # Evaluate eval sets whose embeddings were made by other models (backbone or teacher
     # weights, preprocessing) than the run's training embeddings; recorded in results.json.
     allow_other_embeddings: bool = False
+    dense: DenseEvalConfig = field(default_factory=DenseEvalConfig)
 
     def __post_init__(self):
         _check_device("device", self.device)

@@ -23,8 +23,8 @@ def run(cfg: Config) -> None:
     root.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, root, "data_config.json")
     s = d.synthetic
-    if s.num_train or s.num_eval or s.zeroshot_per_class or s.tiny_models or \
-            s.tiny_text_encoder:
+    if s.num_train or s.num_eval or s.zeroshot_per_class or s.num_segmentation or \
+            s.tiny_models or s.tiny_text_encoder:
         _make_synthetic(cfg)
     for name, src in d.webdatasets.items():
         from dinov2clip.data.webdatasets import link_webdataset
@@ -74,6 +74,13 @@ def _make_synthetic(cfg: Config) -> None:
         n = synthetic.write_class_folders(root / "zeroshot" / "shapes", s.zeroshot_per_class,
                                           s.image_size, s.seed)
         log.info("synthetic zero-shot set: %d images in %d classes", n, len(synthetic.SHAPES))
+    if s.num_segmentation:
+        from dinov2clip.formats.segsets import segset_dir
+
+        synthetic.write_segmentation_set(segset_dir(root, s.segmentation_name),
+                                         s.num_segmentation, s.image_size, s.seed)
+        log.info("synthetic segmentation set %s: %d images with masks", s.segmentation_name,
+                 s.num_segmentation)
     if s.tiny_models:
         tiny_models.build_tiny_dinov2(root / "models" / "tiny-dinov2", seed=s.seed)
         tiny_models.build_tiny_clip(root / "models" / "tiny-clip", seed=s.seed)

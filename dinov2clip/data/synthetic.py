@@ -68,23 +68,38 @@ def random_scene(rng: random.Random) -> Scene:
 
 
 def draw(scene: Scene, size: int, rng: random.Random) -> Image.Image:
+    return draw_with_mask(scene, size, rng)[0]
+
+
+def draw_with_mask(scene: Scene, size: int, rng: random.Random,
+                   label: int = 1) -> tuple[Image.Image, Image.Image]:
+    """The picture and its ground truth ("L": 0 background, `label` under the shape), drawn
+    with the same geometry; PIL draws without anti-aliasing, so every pixel is one or the
+    other. Draws from rng exactly as the picture alone always has."""
     # Non-square canvases so resizing and centre-cropping are exercised as on real photos.
     w, h = (size, int(size * rng.uniform(0.75, 1.0))) if rng.random() < 0.5 else (
         int(size * rng.uniform(0.75, 1.0)), size)
     img = Image.new("RGB", (w, h), COLOURS[scene.bg])
-    d = ImageDraw.Draw(img)
+    mask = Image.new("L", (w, h), 0)
     r = SIZES[scene.size] * min(w, h)
     cx, cy = scene.cx * w, scene.cy * h
-    fill = COLOURS[scene.colour]
-    if scene.shape == "circle":
+    rotation = rng.uniform(0, 72) if scene.shape == "star" else 0.0
+    for canvas, fill in ((img, COLOURS[scene.colour]), (mask, label)):
+        paint(ImageDraw.Draw(canvas), scene.shape, cx, cy, r, fill, rotation)
+    return img, mask
+
+
+def paint(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill,
+          rotation: float = 0.0) -> None:
+    """One shape of radius r centred at (cx, cy) in pixels."""
+    if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif scene.shape == "square":
+    elif shape == "square":
         d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif scene.shape == "triangle":
+    elif shape == "triangle":
         d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
     else:
-        d.regular_polygon((cx, cy, r), n_sides=5, rotation=rng.uniform(0, 72), fill=fill)
-    return img
+        d.regular_polygon((cx, cy, r), n_sides=5, rotation=rotation, fill=fill)
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
@@ -154,3 +169,25 @@ def write_class_folders(out_dir: Path, per_class: int, image_size: int, seed: in
             image = draw(Scene(shape, s.colour, s.bg, s.size, s.cx, s.cy), image_size, rng)
             atomic_write(out_dir / shape / f"{i}.png", lambda tmp, im=image: im.save(tmp, "PNG"))
     return per_class * len(classes)
+
+
+def write_segmentation_set(out_dir: Path, num: int, image_size: int, seed: int) -> int:
+    """A segmentation eval set of shapes (formats/segsets.py): background is class 0, each
+    shape its index in SHAPES + 1; a 2-pixel band along each shape's edge is 255, ignored, as
+    VOC marks its object borders."""
+    import numpy as np
+    from PIL import ImageFilter
+
+    from dinov2clip.formats.segsets import SegSet
+
+    rng = random.Random(seed + 3_000_003)  # disjoint from the other streams
+    seg = SegSet(out_dir)
+    for i in range(num):
+        scene = random_scene(rng)
+        image, mask = draw_with_mask(scene, image_size, rng, SHAPES.index(scene.shape) + 1)
+        inside = np.asarray(mask.filter(ImageFilter.MinFilter(5)))  # 2 px in from the edge
+        outside = np.asarray(mask.filter(ImageFilter.MaxFilter(5)))  # 2 px out
+        label = np.where(inside == outside, np.asarray(mask), 255).astype(np.uint8)
+        seg.write_sample(f"{i:05d}", image, Image.fromarray(label, "L"))
+    seg.write_classes(["background", *SHAPES], background=True, source="synthetic shapes")
+    return num

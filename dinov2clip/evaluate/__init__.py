@@ -13,13 +13,18 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, all_epochs: bool = False) -> dict:
-    """Write runs/<run>/eval/: results.json, report.md, recall.png (and epochs.* if asked, and
-    zeroshot.json where eval.zeroshot names a folder-per-class set)."""
+    """Write runs/<run>/eval/: results.json, report.md, recall.png (and epochs.* if asked,
+    zeroshot.json where eval.zeroshot names a folder-per-class set, and segmentation/ for the
+    eval.dense sets)."""
     from dinov2clip.evaluate.plots import epochs_chart, recall_chart
     from dinov2clip.evaluate.report import markdown, print_table, without_nan
     from dinov2clip.evaluate.stage import evaluate_epochs, evaluate_run
 
     check_zeroshot(cfg)  # a bad zero-shot setting fails before the retrieval work
+    if cfg.eval.dense.sets:
+        from dinov2clip.evaluate.segmentation import check_segmentation
+
+        check_segmentation(cfg)
     results = evaluate_run(cfg)
     run = RunDir(results["run_info"]["run_dir"])
     write_resolved(cfg, run.eval_dir)
@@ -38,6 +43,11 @@ def run(cfg: Config, all_epochs: bool = False) -> dict:
         atomic_write(run.epochs_plot, lambda tmp: epochs_chart(epochs, tmp))
     if cfg.eval.zeroshot:  # last: the retrieval reports are already safe on disk
         results["zeroshot"] = zeroshot_for(cfg, run)
+        write_reports()
+    if cfg.eval.dense.sets:  # after zero-shot, for the same reason
+        from dinov2clip.evaluate.segmentation import segmentation_for
+
+        results["segmentation"] = segmentation_for(cfg, run)
         write_reports()
     if epochs is not None:  # returned, not in results.json: epochs.json holds them
         results["epochs"] = epochs

@@ -92,6 +92,10 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "zeroshot" in results:
         lines += _zeroshot_lines(results["zeroshot"])
+    if "segmentation" in results:
+        from dinov2clip.evaluate.seg_report import markdown_lines
+
+        lines += markdown_lines(results["segmentation"])
     lines += ["Ensemble: normalize(CLIP image + projected DINOv2), a free row that needs both "
               "models at query time.", ""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ that notebook found by greedy selection to do about as well.
 from __future__ import annotations
 
 from dinov2clip.config import ConfigError
+from dinov2clip.dense.prompts import SUB_IMAGENET
 
 # Photographs, qualified by quality or by the object's state; "a" and "the" forms.
 _PHOTO = (
@@ -62,15 +63,7 @@ _OBJECTS = (
 
 IMAGENET_80 = _PHOTO + _ART + _OBJECTS
 
-SHORT = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
+SHORT = SUB_IMAGENET  # one list: the segmentation protocol prompts with it too
 
 TEMPLATE_SETS = {"imagenet80": IMAGENET_80, "short": SHORT, "plain": ("a photo of a {}.",)}
 

@@ -256,8 +256,18 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
                                                             rows["key"], strict=True)],
                                 dtype=bool)
         t = t.filter(pa.array(keep[c.name], pa.bool_()))
-        tables.append(t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string())))
+        t = t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string()))
+        tables.append(_with_stamps(t, stamps))
     return pa.concat_tables(tables), keep
+
+
+def _with_stamps(t: pa.Table, stamps: dict[str, list[int] | None]) -> pa.Table:
+    """t with each file's size and mtime_ns as embedded (null: a shard sample, or a marker
+    from before stamps were kept)."""
+    kept = [stamps.get(key) for key in t.column("key").to_pylist()]
+    for i, name in enumerate(("size", "mtime_ns")):
+        t = t.append_column(name, pa.array([s[i] if s else None for s in kept], pa.int64()))
+    return t
 
 
 def _unchanged(path: str, stamp: list[int] | None) -> bool:

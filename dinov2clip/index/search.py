@@ -56,8 +56,10 @@ def load_dino_index(index_dir: Path, summary: dict):
 
 def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
            run: str | Path | None = None, root: Path | None = None,
-           options: UseOptions = UseOptions(), nprobe: int = 0
+           options: UseOptions = UseOptions(), nprobe: int = 0, table: bool = True
            ) -> list[dict]:
+    """The k hits for query, each its rank, score, id and meta.parquet row; printed as a table
+    unless table is False."""
     from dinov2clip.models.inference import DinoV2Clip
 
     if not query or not query.strip():
@@ -80,7 +82,8 @@ def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = 
             continue
         row = {c: meta.column(c)[int(i)].as_py() for c in meta.column_names}
         hits.append({"rank": rank, "score": float(score), "id": int(i), **row})
-    print_hits(query, hits)
+    if table:
+        print_hits(query, hits)
     if html_out:
         write_html(Path(html_out), query, hits)
         log.info("wrote %s", html_out)
@@ -130,12 +133,11 @@ def write_html(path: Path, query: str, hits: list[dict]) -> None:
 
 
 def _thumbnail_uri(hit: dict) -> str:
-    data = original_bytes(hit["kind"], hit["path"], hit["key"])
     link = Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
-    if data is None:
-        return link
-    try:
+    try:  # size, mtime_ns: absent from an index written before meta.parquet kept them
+        data = original_bytes(hit["kind"], hit["path"], hit["key"], hit.get("size"),
+                              hit.get("mtime_ns"))
         jpeg = thumbnail_jpeg(data, THUMBNAIL_PX)
-    except Exception:  # noqa: BLE001 - a hit whose image no longer decodes keeps its link
+    except Exception:  # noqa: BLE001 - a hit whose image changed or no longer decodes keeps its link
         return link
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()

@@ -218,6 +218,79 @@ class DinoV2Clip:
             yield normalise(torch.from_numpy(np.stack(crops)).to(self.device), spec)
 
 
+    # --- dense: patches, heatmaps, segmentation ------------------------------------------
+
+    def dense_head(self):
+        """The head that maps patch tokens into the text space (the run's projector)."""
+        from dinov2clip.dense.heads import ProjectorHead
+
+        return ProjectorHead(self.projector, self.pooling)
+
+    def _patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, dim) per-patch features in the teacher's space, not normalised, for a
+        normalised (B, 3, H, W) input; H and W are cut down to whole patches."""
+        from dinov2clip.dense.heads import split_tokens
+
+        if self.dino is None:
+            raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
+        p = _patch_size(self.dino)
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        with autocast(self.device, self.dtype):
+            hidden = self.dino(pixel_values=x[..., :h * p, :w * p].to(self.device)
+                               ).last_hidden_state
+        cls, patches = split_tokens(hidden, self.n_registers, (h, w))
+        return self.dense_head()(cls, patches)
+
+    @torch.inference_mode()
+    def encode_patches(self, images: ImageInput) -> torch.Tensor:
+        """(n, h, w, dim) float32 on CPU, L2-normalised: each patch of DINOv2's crop (as
+        encode_image cuts it) in the teacher's space; registers are left out."""
+        outs = [F.normalize(self._patch_features(x), dim=-1).cpu()
+                for x in self._batches(images, self.dino_spec)]
+        return torch.cat(outs) if outs else torch.zeros(0, 0, 0, self.dim)
+
+    def image_tensor(self, image: Image.Image | str | Path) -> torch.Tensor:
+        """(1, 3, H, W) float at the image's own size, normalised for DINOv2: what the
+        segmentation protocol resizes and slides over."""
+        from dinov2clip.models.preprocess import rgb_on_white
+
+        rgb = np.asarray(rgb_on_white(_open(image)), dtype=np.float32)
+        return normalise(torch.from_numpy(rgb)[None], self.dino_spec)
+
+    def dense_scorer(self, text: torch.Tensor):
+        """The protocol's scorer: a window -> (C, h, w) cosines with text (C, dim)."""
+        from dinov2clip.dense.protocol import patch_scorer
+
+        return patch_scorer(lambda x: self._patch_features(x)[0], text.to(self.device))
+
+    @torch.inference_mode()
+    def heatmap(self, image: Image.Image | str | Path, text: str, protocol=None) -> torch.Tensor:
+        """(H, W) float32 cosine between text and each pixel's patch, at the image's size,
+        under the segmentation protocol (short side 448, sliding windows, bilinear)."""
+        from dinov2clip.dense.protocol import Protocol, segment_logits
+
+        x = self.image_tensor(image)
+        return segment_logits(x, self.dense_scorer(self.encode_text([text])),
+                              protocol or Protocol(), tuple(x.shape[-2:]))[0].cpu()
+
+    @torch.inference_mode()
+    def segment(self, image: Image.Image | str | Path, classes: Sequence[str],
+                background: float | None = None, protocol=None) -> torch.Tensor:
+        """(H, W) int64 label map at the image's size: the index of the best class in classes;
+        with background (a cosine threshold), 0 is background and classes[i] is i + 1."""
+        from dataclasses import replace
+
+        from dinov2clip.dense.prompts import class_embeddings
+        from dinov2clip.dense.protocol import Protocol, predict
+
+        if not classes:
+            raise ConfigError("segment: no classes given")
+        proto = replace(protocol or Protocol(), bg_threshold=background)
+        x = self.image_tensor(image)
+        text = class_embeddings(self.encode_text, list(classes))
+        return predict(x, self.dense_scorer(text), proto, tuple(x.shape[-2:]))
+
+
 def _checked(texts: Sequence[str] | str) -> list[str]:
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or any(not t or not t.strip() for t in texts):
@@ -260,3 +333,8 @@ def _check_tensor(x: torch.Tensor, spec: PreprocessSpec) -> None:
 
 def _is_embedding(x, dim: int) -> bool:
     return isinstance(x, torch.Tensor) and x.ndim == 2 and x.shape[1] == dim
+
+
+def _patch_size(dino) -> int:
+    patch = dino.config.patch_size
+    return int(patch[0] if isinstance(patch, list | tuple) else patch)

@@ -8,7 +8,9 @@
                                 and each file's [size, mtime_ns] as embedded
     index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
     dino.faiss                  the same rows' backbone features, the same ids
-    meta.parquet                key, path, url, caption, kind, chunk
+    meta.parquet                key, path, url, caption, kind, chunk, and a file's size and
+                                mtime_ns as embedded (null for shards): what the server checks
+                                before showing a file
     index.json                  written last: run, models, kind, counts, chunks, skipped files
 
 IndexDir is the only place that knows these names: build, search and serve go through it.

@@ -9,7 +9,9 @@
     metrics.jsonl           one JSON line per logged step and per epoch
     loss.png, val.png       training curves
     eval/                   results.json, report.md, recall.png, epochs.json/png, zeroshot.json
+    eval/segmentation/      <set>.json, <set>_iou.png, <set>_overlays/, <set>_masks/
     zeroshot/<folder>-<hash of its path>.json   `pipeline zeroshot` results
+    segment/<folder>-<hash of its path>/        `pipeline segment` output
     index/<name>/           indexes of image collections (IndexDir)
 
 RunDir is the only place that knows these names; nothing else builds a path inside a run.
@@ -199,6 +201,32 @@ class RunDir:
     def eval_zeroshot(self) -> Path:
         """The eval stage's zero-shot results (eval.zeroshot)."""
         return self.eval_dir / "zeroshot.json"
+
+    @property
+    def segmentation_dir(self) -> Path:
+        """eval/segmentation/: per set <set>.json, <set>_iou.png, <set>_overlays/,
+        <set>_masks/ (--save-masks)."""
+        return self.eval_dir / "segmentation"
+
+    def segmentation_results(self, set_name: str) -> Path:
+        return self.segmentation_dir / f"{set_name}.json"
+
+    def segmentation_plot(self, set_name: str) -> Path:
+        """The per-class IoU bars of one set."""
+        return self.segmentation_dir / f"{set_name}_iou.png"
+
+    def segmentation_overlay(self, set_name: str, key: str) -> Path:
+        """image | ground truth | prediction, with a legend, for one image of a set."""
+        return self.segmentation_dir / f"{set_name}_overlays" / f"{key}.png"
+
+    def segmentation_mask(self, set_name: str, key: str) -> Path:
+        """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
+        return self.segmentation_dir / f"{set_name}_masks" / f"{key}.png"
+
+    def segment_dir(self, images: str | Path) -> Path:
+        """`pipeline segment`'s default output for an image folder, named as zeroshot_results
+        names its file."""
+        return self.path / "segment" / self.zeroshot_results(images).stem
 
     def zeroshot_results(self, data_dir: str | Path) -> Path:
         """zeroshot/<folder name>-<8 hex>.json: the hex is of the folder's absolute path, so

@@ -1,0 +1,100 @@
+"""Segmentation's share of the reports: report.md's table beside Talk2DINO's published
+numbers, the per-class IoU bars, and overlay pictures (image | ground truth | prediction)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dinov2clip.dense.metrics import IGNORE
+from dinov2clip.evaluate.report import fmt
+
+
+def markdown_lines(segmentation: dict) -> list[str]:
+    lines = ["## Open-vocabulary segmentation", "",
+             "Protocol of GroupViT, TCL, FreeDA and Talk2DINO: short side, sliding window "
+             "averaged, bilinear to the label's size, argmax; dataset-level mIoU with label 255 "
+             "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16).", "",
+             "| set | head | images | mIoU | pixel acc. | mAcc | Talk2DINO ViT-B mIoU | "
+             "window / stride / short side | bg threshold |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for name, r in segmentation.items():
+        p = r["protocol"]
+        lines.append(f"| {name} | {r['head']} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
+                     f"{fmt(r['pixel_accuracy'], 2)} | {fmt(r['mAcc'], 2)} | "
+                     f"{fmt(r['published']['talk2dino_vitb'], 1)} | {p['window']} / "
+                     f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} |")
+    return [*lines, ""]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def iou_chart(res: dict, path) -> None:
+    """Per-class IoU bars, classes in the set's order; a class never seen is drawn empty."""
+    plt = _plt()
+    names = list(res["per_class_iou"])
+    values = [v if v is not None else 0.0 for v in res["per_class_iou"].values()]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 2), 3.6))
+    bars = ax.bar(range(len(names)), values, color="C0")
+    ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+    ax.axhline(res["mIoU"] or 0.0, color="C1", lw=1, ls="--", label=f"mIoU {fmt(res['mIoU'], 1)}")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set(ylim=(0, 105), ylabel="IoU (%)", title=f"{res['set']}: per-class IoU ({res['head']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def palette(n: int) -> np.ndarray:
+    """(n + 1, 3) uint8 colours: tab20 by class, and grey for the ignored label last."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    colours = [tuple(int(255 * c) for c in cmap(i % 20)[:3]) for i in range(n)]
+    return np.array([*colours, (128, 128, 128)], dtype=np.uint8)
+
+
+def colourise(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    index = np.where(labels == IGNORE, len(colours) - 1, np.minimum(labels, len(colours) - 2))
+    return colours[index]
+
+
+def overlay_picture(image_path: Path, label: np.ndarray | None, pred: np.ndarray,
+                    classes: list[str], path) -> None:
+    """image | ground truth | prediction side by side (no ground truth: image | prediction),
+    with a legend of the classes shown."""
+    plt = _plt()
+    from matplotlib.patches import Patch
+
+    colours = palette(len(classes))
+    with Image.open(image_path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    panels = [("image", rgb)]
+    if label is not None:
+        panels.append(("ground truth", colourise(label, colours)))
+    panels.append(("prediction", colourise(pred, colours)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.4))
+    for ax, (title, picture) in zip(axes, panels, strict=True):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    maps = [pred.ravel()] + ([label.ravel()] if label is not None else [])
+    shown = sorted({int(v) for v in np.unique(np.concatenate(maps))
+                    if v != IGNORE and v < len(classes)})
+    handles = [Patch(color=colours[c] / 255, label=classes[c]) for c in shown]
+    if label is not None:
+        handles.append(Patch(color=colours[-1] / 255, label="ignored (255)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,109 @@
+"""Open-vocabulary segmentation in the eval stage: each eval.dense set scored under the
+protocol (dense/protocol.py) with the run's dense head, into eval/segmentation/<set>.json, a
+per-class IoU plot, overlay pictures and, with --save-masks, the predicted label maps."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from PIL import Image
+
+from dinov2clip.config import Config, ConfigError
+from dinov2clip.dense.metrics import IGNORE, SegmentationMeter
+from dinov2clip.dense.prompts import SUB_IMAGENET, class_embeddings
+from dinov2clip.dense.protocol import Protocol, predict
+from dinov2clip.formats.segsets import SegSet, segset_dir
+from dinov2clip.io_utils import atomic_write, atomic_write_json
+from dinov2clip.store import RunDir
+
+log = logging.getLogger(__name__)
+
+# Talk2DINO (DINOv2 ViT-B/14-reg + CLIP ViT-B/16) mIoU as issue 19 quotes the paper, by the
+# protocol's usual set names; a set called so gets the number beside ours in report.md.
+TALK2DINO_VITB = {"voc20": 87.1, "context59": 39.8, "coco-stuff": 28.1, "cityscapes": 36.6,
+                  "ade20k": 21.1, "voc21": 61.5, "context60": 35.1, "coco-object": 41.0}
+
+
+def check_segmentation(cfg: Config) -> None:
+    """Every eval.dense set is there and finished: one line up front, not after retrieval."""
+    for name in cfg.eval.dense.sets:
+        path = segset_dir(cfg.root, name)
+        if not path.is_dir():
+            raise ConfigError(f"eval.dense.sets: no segmentation set {name!r} at {path} (the "
+                              "data stage writes one with data.synthetic.num_segmentation)")
+        SegSet(path).read_classes()
+
+
+def segmentation_for(cfg: Config, run: RunDir) -> dict:
+    """{set: its results} for every eval.dense set, each also written to its JSON."""
+    from dinov2clip.models.inference import DinoV2Clip
+
+    model = DinoV2Clip.from_pretrained(run.path, device=cfg.eval.device,
+                                       dtype=cfg.extract.compute_dtype)
+    return {name: evaluate_set(cfg, run, model, name) for name in cfg.eval.dense.sets}
+
+
+def evaluate_set(cfg: Config, run: RunDir, model, name: str) -> dict:
+    from dinov2clip.evaluate.seg_report import iou_chart, overlay_picture
+
+    d = cfg.eval.dense
+    seg = SegSet(segset_dir(cfg.root, name))
+    classes, background = seg.read_classes()
+    protocol = Protocol(d.short_side, d.window, d.stride,
+                        d.bg_threshold if background else None)
+    prompted = classes[1:] if background else classes  # background gets no prompt
+    scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET))
+    meter, started = SegmentationMeter(len(classes)), time.perf_counter()
+    for i, sample in enumerate(seg.samples(d.max_images)):
+        label = sample.read_label()
+        pred = predict(model.image_tensor(sample.image), scorer, protocol, label.shape).numpy()
+        pred = np.where(label == IGNORE, IGNORE, pred).astype(np.uint8)
+        meter.update(pred, label)
+        if d.save_masks:
+            _save_png(run.segmentation_mask(name, sample.key), pred)
+        if i < d.overlays:
+            path = run.segmentation_overlay(name, sample.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp, s=sample, p=pred, lb=label: overlay_picture(
+                s.image, lb, p, classes, tmp))
+    res = _results(cfg, run, name, classes, protocol, meter.result())
+    res["seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_json(run.segmentation_results(name), res)
+    atomic_write(run.segmentation_plot(name), lambda tmp: iou_chart(res, tmp))
+    log.info("segmentation %s: mIoU %.2f, pixel accuracy %.2f over %d images (%s head) in "
+             "%.1fs", name, res["mIoU"], res["pixel_accuracy"], res["n_images"], d.head,
+             res["seconds"])
+    return res
+
+
+def _results(cfg: Config, run: RunDir, name: str, classes: list[str], protocol: Protocol,
+             scores: dict) -> dict:
+    from dinov2clip.evaluate.report import without_nan
+
+    models = run.trained_models()
+    per_class = dict(zip(classes, scores.pop("per_class_iou"), strict=True))
+    return without_nan({
+        "set": name, **scores, "per_class_iou": per_class, "classes": classes,
+        "head": cfg.eval.dense.head, "backbone": models.dino_model,
+        "teacher": f"{models.clip_model} {models.clip_pretrained}".strip(),
+        "protocol": {**protocol.to_dict(), "prompts": list(SUB_IMAGENET),
+                     "upsampling": "bilinear", "ignore_label": IGNORE,
+                     "miou": "dataset level: intersection and union summed over images"},
+        "published": {"talk2dino_vitb": TALK2DINO_VITB.get(name.lower())},
+        "device": str(model_device(cfg)),
+    })
+
+
+def model_device(cfg: Config) -> str:
+    from dinov2clip.device import resolve_device
+
+    return str(resolve_device(cfg.eval.device, "eval.device"))
+
+
+def _save_png(path, labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(labels.astype(np.uint8), "L")
+    atomic_write(path, lambda tmp: image.save(tmp, "PNG"))
+
