@@ -178,7 +178,8 @@ def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monk
     config = copy_of(finished, tmp_path)
     (emb_dir(config) / "done" / "00001.json").unlink()
     monkeypatch.setattr(runner, "runtime",
-                        lambda dino: {**identity.runtime(dino), "transformers": "0.0.1"})
+                        lambda dino, *text: {**identity.runtime(dino, *text),
+                                             "transformers": "0.0.1"})
     with pytest.raises(ConfigError, match=r"other library versions \(transformers \S+ -> "
                                           r"0\.0\.1\)"):
         run(load_config(config))

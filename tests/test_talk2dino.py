@@ -109,7 +109,7 @@ def test_the_store_checks_dino_heads(demo_run, tmp_path):
     copy = tmp_path / "set"
     shutil.copytree(art / "embeddings" / "shapes" / "tiny", copy)
     store = EmbeddingSet(copy)
-    assert store.optional_arrays() == ["dino_heads"]
+    assert store.has_dino_heads() and "dino_heads" in store.arrays()
     train, val = load_head_pairs(copy, 0.1)
     assert train.heads.shape[1:] == (4, 48) and train.heads.dtype == torch.float16
     assert len(train) + len(val) == 384 and len(train) == len(train.text)

@@ -18,8 +18,15 @@ class ConfigError(ValueError):
 # train/losses.py's registry, device.py's dtypes and models/projector.py's PROJECTORS must match
 # these (tests/test_config.py checks).
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+# into_teacher: one projector into the teacher's space; two_tower: an image and a text projector
+# into a shared space, the text side fed by extract.text_encoder's caption embeddings.
+RUN_KINDS = ("into_teacher", "two_tower")
+TWO_TOWER_LOSSES = ("infonce", "sigmoid")  # CLIP's InfoNCE, SigLIP's sigmoid loss
 LOSS_NAMES = ("unit_mse", "cosine", "cos_smoothl1", "text_infonce", "image_infonce",
-              "retrieval_kd")
+              "retrieval_kd", *TWO_TOWER_LOSSES)
+# auto: a sentence-transformers model with its own modules (pooling, normalisation); the others
+# load a plain transformers model and pool its last hidden state, padding excluded.
+TEXT_POOLINGS = ("auto", "mean", "cls", "last_token")
 POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
 SCHEDULERS = ("onecycle", "cosine", "constant")
 PLACEMENTS = ("auto", "device", "pinned")  # where the training split lives
@@ -94,6 +101,8 @@ class SyntheticConfig:
     segmentation_name: str = "shapes-seg"
     seed: int = 0
     tiny_models: bool = True  # also build tiny random DINOv2 and CLIP under <artifacts>/models
+    # also a tiny random BERT as a sentence-transformers folder, <artifacts>/models/tiny-text
+    tiny_text_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,12 @@ class ExtractConfig:
     # cpu: workers decode and resize | gpu: workers read bytes, JPEGs are decoded and resized in
     # batches on the extract device (also works on a CPU device) | auto: gpu on CUDA, else cpu
     decode: str = "auto"
+    # A frozen text-embedding model whose caption embeddings are cached as `text_enc` beside
+    # the teacher's (two-tower training): HF hub id or local directory; empty: none.
+    text_encoder: str = ""
+    text_revision: str = ""  # hub branch, tag or commit to pin; empty: the default branch
+    text_pooling: str = "auto"  # auto (sentence-transformers) | mean | cls | last_token
+    text_max_length: int = 0  # tokens per caption; 0: the model's own limit
     # Also cache, per image, the last block's per-head CLS-attention-pooled patch tokens
     # (dino_heads, (n, heads, D) float16), what train.dense.head = "talk2dino" trains on. The
     # last block runs its attention eagerly to form the weights; the default tag gains "-heads".
@@ -170,6 +185,8 @@ class ExtractConfig:
         _check_at_least("batch_size", self.batch_size, 1)
         _check_at_least("num_workers", self.num_workers, 0)
         _check_one_of("decode", self.decode, DECODE_MODES)
+        _check_one_of("text_pooling", self.text_pooling, TEXT_POOLINGS)
+        _check_at_least("text_max_length", self.text_max_length, 0)
 
 
 @dataclass(frozen=True)
@@ -215,11 +232,15 @@ class TrainConfig:
     dataset: str = "cc12m"  # embeddings/<dataset>/<tag> is read
     tag: str = ""  # empty: the extract stage's tag
     run: str = "seed"  # runs/<run>
+    kind: str = "into_teacher"  # into_teacher | two_tower (needs extract.text_encoder)
     pooling: str = "token_mean"  # cls | patch_mean | token_mean | concat
     # token_mean weighs the patch mean by this many tokens; 0: the count extract recorded in
     # the manifest (256 for DINOv2 at 224 px, 196 for DINOv3)
     num_patch_tokens: int = 0
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    # two_tower: text_enc -> the shared space; its out_dim must equal projector.out_dim. Its
+    # defaults are a ProjectorConfig's, as a partly given [train.text_projector] table gets them.
+    text_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"unit_mse": 1.0})
     epochs: int = 16
     batch_size: int = 4096
@@ -270,6 +291,23 @@ class TrainConfig:
                 raise InvalidValue(f"loss.{name}", f"is not a loss (known: "
                                                    f"{', '.join(LOSS_NAMES)})")
             _check_at_least(f"loss.{name}", weight, 0.0)
+        _check_one_of("kind", self.kind, RUN_KINDS)
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        """A two-tower run trains with the two-tower losses only, and an into-teacher run
+        without them: each kind's losses need the other kind's outputs."""
+        two = self.kind == "two_tower"
+        wrong = [n for n in self.loss if (n in TWO_TOWER_LOSSES) != two]
+        if wrong:
+            allowed = TWO_TOWER_LOSSES if two else tuple(n for n in LOSS_NAMES
+                                                         if n not in TWO_TOWER_LOSSES)
+            raise InvalidValue(f"loss.{wrong[0]}", f"is not a {self.kind} loss (those are: "
+                                                   f"{', '.join(allowed)})")
+        if two and self.text_projector.out_dim != self.projector.out_dim:
+            raise InvalidValue("text_projector.out_dim", f"must equal projector.out_dim "
+                               f"({self.projector.out_dim}): both towers land in one space, "
+                               f"got {self.text_projector.out_dim}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ def run(cfg: Config) -> None:
     root.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, root, "data_config.json")
     s = d.synthetic
-    if s.num_train or s.num_eval or s.zeroshot_per_class or s.num_segmentation or s.tiny_models:
+    if s.num_train or s.num_eval or s.zeroshot_per_class or s.num_segmentation or \
+            s.tiny_models or s.tiny_text_encoder:
         _make_synthetic(cfg)
     for name, src in d.webdatasets.items():
         from dinov2clip.data.webdatasets import link_webdataset
@@ -84,3 +85,6 @@ def _make_synthetic(cfg: Config) -> None:
         tiny_models.build_tiny_dinov2(root / "models" / "tiny-dinov2", seed=s.seed)
         tiny_models.build_tiny_clip(root / "models" / "tiny-clip", seed=s.seed)
         log.info("tiny random models written to %s", root / "models")
+    if s.tiny_text_encoder:
+        tiny_models.build_tiny_sentence_transformer(root / "models" / "tiny-text", seed=s.seed)
+        log.info("tiny random text encoder written to %s", root / "models" / "tiny-text")

@@ -4,6 +4,8 @@ A shared latent z drives both "models": DINO-like features are one fixed random 
 part of z plus noise; CLIP-like image and caption embeddings are another map of all of z, the
 captions shifted by a fixed modality offset and each with its own noise. Latent dimensions DINO
 never sees cap what any projector can reach, so "% of CLIP" stays below 100, as with real models.
+The text-encoder view (sample(with_text=True)) is a third fixed map of all of z, one noisy row per
+caption, in its own d_text-d space: what a frozen text encoder would give, for two-tower runs.
 Tests and bench/synthetic_alignment.py use it; no weights needed.
 """
 
@@ -19,7 +21,7 @@ from dinov2clip.store import Embeddings, ShardWriter
 
 class AlignmentTask:
     def __init__(self, d_dino: int = 64, d_clip: int = 32, latent: int = 24,
-                 clip_only_dims: int = 2, noise: float = 0.1, seed: int = 0):
+                 clip_only_dims: int = 2, noise: float = 0.1, seed: int = 0, d_text: int = 40):
         rng = np.random.default_rng(seed)  # the fixed "world": the same maps for every sample
         self.latent, self.seen, self.noise = latent, latent - clip_only_dims, noise
         self.dino_in = rng.normal(size=(self.seen, 2 * d_dino)) / np.sqrt(self.seen)
@@ -28,9 +30,15 @@ class AlignmentTask:
         self.clip_in = rng.normal(size=(latent, 2 * d_clip)) / np.sqrt(latent)
         self.clip_out = rng.normal(size=(2 * d_clip, d_clip)) / np.sqrt(d_clip)
         self.text_offset = 0.5 * rng.normal(size=d_clip) / np.sqrt(d_clip)  # a modality gap
+        # its own stream, so the maps above (and every set drawn before it) stay as they were
+        text_rng = np.random.default_rng([seed, 1])
+        self.text_in = text_rng.normal(size=(latent, 2 * d_text)) / np.sqrt(latent)
+        self.text_out = text_rng.normal(size=(2 * d_text, d_text)) / np.sqrt(d_text)
 
-    def sample(self, n: int, captions_per_image: int = 1, seed: int = 1) -> Embeddings:
-        """n images; clip_text holds captions_per_image rows per image, image after image."""
+    def sample(self, n: int, captions_per_image: int = 1, seed: int = 1,
+               with_text: bool = False) -> Embeddings:
+        """n images; clip_text (and with_text, text_enc) holds captions_per_image rows per image,
+        image after image."""
         rng = np.random.default_rng(seed)
         z = rng.normal(size=(n, self.latent))
         h = np.tanh(3.0 * z[:, :self.seen] @ self.dino_in)  # (n, 2 * d_dino)
@@ -42,7 +50,15 @@ class AlignmentTask:
         text = np.repeat(g + self.text_offset, captions_per_image, axis=0)
         text = _unit(text + 3 * self.noise * rng.normal(size=text.shape))
         f16 = np.float16
-        return Embeddings(cls.astype(f16), patch.astype(f16), image.astype(f16), text.astype(f16))
+        enc = None
+        if with_text:  # drawn last: the arrays above are those of a sample without it
+            zc = np.repeat(z, captions_per_image, axis=0)
+            t = np.tanh(2.0 * zc @ self.text_in) @ self.text_out
+            # as noisy as CLIP's captions: the same noise norm, spread over d_text dims
+            spread = 3 * self.noise * np.sqrt(self.clip_out.shape[1] / t.shape[1])
+            enc = _unit(_unit(t) + spread * rng.normal(size=t.shape)).astype(f16)
+        return Embeddings(cls.astype(f16), patch.astype(f16), image.astype(f16),
+                          text.astype(f16), enc)
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -57,13 +73,17 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
     description = {"models": "synthetic alignment task",
                    "dino_patch_tokens": 256,  # token_mean weighs as for DINOv2 at 224
                    "dims": {"dino": emb.dino_cls.shape[1], "clip": emb.clip_image.shape[1]}}
+    if emb.text_enc is not None:  # the set then holds text_enc (store/layout.py)
+        description["text_encoder"] = {"name": "synthetic text view"}
+        description["dims"]["text"] = emb.text_enc.shape[1]
     starts = range(0, n, shard_size)
     writer.start({f"{i:05d}": "synthetic" for i in range(len(starts))}, description)
     for i, start in enumerate(starts):
         stop = min(n, start + shard_size)
         name = f"{i:05d}"
         part = Embeddings(emb.dino_cls[start:stop], emb.dino_mean[start:stop],
-                          emb.clip_image[start:stop], emb.clip_text[start * k:stop * k])
+                          emb.clip_image[start:stop], emb.clip_text[start * k:stop * k],
+                          None if emb.text_enc is None else emb.text_enc[start * k:stop * k])
         meta = [{"key": f"{prefix}{i:08d}", "captions": [f"caption {j}" for j in range(k)],
                  "url": "", "row": i - start, "caption_start": (i - start) * k, "n_captions": k}
                 for i in range(start, stop)]

@@ -186,3 +186,42 @@ def build_tiny_siglip(out_dir: Path, seed: int = 0) -> str:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
     return f"local-dir:{out_dir}"
+
+
+def build_tiny_bert(out_dir: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random BERT and a WordPiece tokenizer over TOKENIZER_WORDS: a plain transformers
+    text encoder (load with AutoModel.from_pretrained, pool it yourself)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = out_dir / "vocab.txt"
+    vocab.write_text("\n".join([*special, *TOKENIZER_WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True,
+                      model_max_length=64).save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(vocab_size=len(special) + len(TOKENIZER_WORDS),
+                                 hidden_size=hidden, num_hidden_layers=layers,
+                                 num_attention_heads=4, intermediate_size=2 * hidden,
+                                 max_position_embeddings=64))
+    with quiet_model_bars():
+        model.eval().save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_sentence_transformer(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random BERT saved as a sentence-transformers folder (modules.json: the
+    transformer, mean pooling, normalisation), as all-roberta-large-v1 or gte-large are laid out;
+    load with SentenceTransformer(path)."""
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bert = build_tiny_bert(Path(tmp) / "bert", seed=seed)
+        # A folder without modules.json gets sentence-transformers' default stack: the
+        # transformer and mean pooling; saving writes that stack as the folder's modules.
+        with _quiet_root_warning("No sentence-transformers model found"):
+            model = SentenceTransformer(str(bert), device="cpu")
+        model.save(str(out_dir))
+    return out_dir

@@ -118,3 +118,16 @@ def talk2dino_scorer(tokens, mapped: torch.Tensor, clean: bool = False):
         return cleaned(logits, text, pooled, attention) if clean else logits
 
     return score
+
+
+def window_tokens(dino, n_registers: int, cls_attention, hidden: torch.Tensor, grid):
+    """For one window's forward (last_hidden_state (1, 1+R+h*w, D), with cls_attention, a
+    ClsAttention on dino, holding its weights): (patches (h, w, D), per-head pooled
+    (heads, D), the CLS attention over patches (heads, h, w)), float32."""
+    from dinov2clip.dense.attention import head_pooled, patch_attention
+    from dinov2clip.dense.heads import split_tokens
+
+    weights = cls_attention.take()
+    _, patches = split_tokens(hidden, n_registers, grid)
+    attention = patch_attention(weights, n_registers)[0].reshape(-1, *grid)
+    return patches[0], head_pooled(weights, hidden, n_registers)[0], attention

@@ -4,6 +4,11 @@ Every number is ranked by dinov2clip.retrieval, on the eval device. CLIP's own r
 depend on the projector, so a SetEval computes it once and reuses it for every checkpoint
 (--all-epochs). The ensemble's scores come from the two products already made, by linearity:
 t . normalize(u + p) = (t . u + t . p) / |u + p|, so an eval costs two products, not three.
+
+A two-tower run brings its own text side (its text encoder's captions through its text
+projector), in a space CLIP's images are not in: its row ranks its texts against its images,
+and its ensemble is the mean of the two score matrices, (CLIP's + its own) / 2, score fusion of
+two dual encoders. "% of CLIP" is against the same CLIP row in both kinds of run.
 """
 
 from __future__ import annotations
@@ -31,17 +36,27 @@ class SetEval:
         self.clip_scores = score_matrix(text, clip_image, device)  # (n_captions, n_images)
         self.clip = recall_of(self.clip_scores, self.c2i, self.ks)
 
-    def rows(self, projected: torch.Tensor) -> dict[str, dict[str, float]]:
-        """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows."""
+    def rows(self, projected: torch.Tensor, text: torch.Tensor | None = None
+             ) -> dict[str, dict[str, float]]:
+        """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows.
+        text: a two-tower run's projected captions (n_captions, D); None: CLIP's."""
         _check_finite("projected", projected)
-        if projected.shape != self.clip_image.shape:
+        if text is not None:
+            _check_finite("projected text", text)
+        own = text is not None
+        if projected.shape[0] != self.clip_image.shape[0] or (
+                not own and projected.shape != self.clip_image.shape):
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "
                               f"images {tuple(self.clip_image.shape)}")
-        scores = score_matrix(self.text, projected, self.device)
+        scores = score_matrix(text if own else self.text, projected, self.device)
         out = {"clip": self.clip, "projected": recall_of(scores, self.c2i, self.ks)}
-        mixed = unit_float32(self.clip_image, self.device) + unit_float32(projected, self.device)
         scores += self.clip_scores  # in place: COCO's matrix is 500 MB
-        scores /= mixed.norm(dim=-1).clamp_min(NORM_EPS)
+        if own:
+            scores /= 2
+        else:
+            mixed = unit_float32(self.clip_image, self.device) + unit_float32(projected,
+                                                                              self.device)
+            scores /= mixed.norm(dim=-1).clamp_min(NORM_EPS)
         out["ensemble"] = recall_of(scores, self.c2i, self.ks)
         out["projected_pct"] = percent_of(self.clip, out["projected"])
         out["ensemble_pct"] = percent_of(self.clip, out["ensemble"])

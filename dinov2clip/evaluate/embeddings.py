@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dinov2clip.config import ConfigError
-from dinov2clip.models.projector import Projector
+from dinov2clip.models.projector import Projector, text_tower
 from dinov2clip.store import EvalEmbeddings, pool
 
 
@@ -29,3 +29,17 @@ def project_pooled(projector: Projector, x: torch.Tensor, pooling: str = "",
     out = [projector(x[s:s + batch].to(device, torch.float32)).float().cpu()
            for s in range(0, x.shape[0], batch)]
     return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def project_text(projector, emb: EvalEmbeddings, batch: int = 8192) -> torch.Tensor | None:
+    """A two-tower run's captions: the set's text_enc through its text projector, (n_captions,
+    D) float32 on the CPU, L2-normalised; None for a run into CLIP's space."""
+    tower = text_tower(projector)
+    if tower is None:
+        return None
+    if emb.text_enc is None:
+        raise ConfigError("this two-tower run needs the eval set's text encoder embeddings "
+                          "(text_enc), and the set has none: extract it with the run's "
+                          "extract.text_encoder")
+    return project_pooled(tower, emb.text_enc, "text_enc", batch)

@@ -11,9 +11,9 @@ import torch
 from dinov2clip.config import Config, ConfigError, git_sha, to_dict
 from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval
-from dinov2clip.evaluate.embeddings import project_pooled
+from dinov2clip.evaluate.embeddings import project_pooled, project_text
 from dinov2clip.evaluate.report import seed_comparison, summary
-from dinov2clip.models.projector import Projector
+from dinov2clip.models.projector import Projector, TwoTower, load_projector
 from dinov2clip.store import (
     EmbeddingSet,
     EvalEmbeddings,
@@ -46,9 +46,9 @@ class EvalInputs:
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
         self.device = resolve_device(e.device, "eval.device")  # where the projector runs and ranks
 
-    def projector(self, weights: Path | None = None) -> Projector:
-        """The run's chosen projector, or the one in another weights file of the run."""
-        return Projector.from_pretrained(self.run.path, weights=weights, device=self.device)
+    def projector(self, weights: Path | None = None) -> Projector | TwoTower:
+        """The run's chosen projector (either kind), or the one in another weights file."""
+        return load_projector(self.run.path, weights=weights, device=self.device)
 
     def _set_dir(self, cfg: Config, name: str) -> Path:
         emb_dir = embeddings_dir(cfg.root, name, self.tag)
@@ -99,7 +99,7 @@ def evaluate_run(cfg: Config) -> dict:
         projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg.pooling)
         ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.device)
         res = {"n_images": emb.clip_image.shape[0], "n_captions": emb.clip_text.shape[0],
-               **ev.rows(projected)}
+               **ev.rows(projected, project_text(projector, emb))}
         res["summary"] = summary(res, inp.ks)
         comparison = seed_comparison(name, res, inp.ks)
         if comparison:
@@ -120,15 +120,16 @@ def evaluate_epochs(cfg: Config) -> dict:
     sets = {}
     for name, emb_dir in inp.set_dirs.items():
         emb = load_eval_embeddings(emb_dir)
-        sets[name] = (inp.pooled(emb), SetEval(emb.clip_text, emb.clip_image,
-                                               emb.caption_to_image, inp.ks, inp.device))
+        sets[name] = (emb, SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image,
+                                   inp.ks, inp.device))
     out = _header(cfg, inp, checkpoint=RunDir.CHECKPOINTS_GLOB)
     out["epochs"] = [epoch for epoch, _ in checkpoints]
     out["sets"] = {name: {"clip": ev.clip, "per_epoch": []} for name, (_, ev) in sets.items()}
     for epoch, weights in checkpoints:
         projector = inp.projector(weights)
-        for name, (x, ev) in sets.items():
-            rows = ev.rows(project_pooled(projector, x, inp.train_cfg.pooling))
+        for name, (emb, ev) in sets.items():
+            rows = ev.rows(project_pooled(projector, inp.pooled(emb), inp.train_cfg.pooling),
+                           project_text(projector, emb))
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
@@ -141,7 +142,8 @@ def evaluate_epochs(cfg: Config) -> dict:
 
 def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
     return {
-        "run": inp.run_name, "ks": inp.ks, "sets": {}, "note": _note(cfg),
+        "run": inp.run_name, "kind": inp.train_cfg.kind, "ks": inp.ks, "sets": {},
+        "note": _note(cfg),
         "config": to_dict(cfg),
         "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run), "tag": inp.tag,
                      "trained_on": inp.trained_on.to_dict(),

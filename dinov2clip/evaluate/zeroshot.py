@@ -168,13 +168,15 @@ def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | Non
     model = DinoV2Clip.from_pretrained(run_dir.path, **options.model_args(), clip_image=True)
     log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
              len(data.classnames), len(prompts))
-    classifier = build_classifier(model.encode_text, data.classnames, prompts)
+    classifiers = _classifiers(model, data.classnames, prompts)
     emb, labels, skipped = _embed(model, data, options)
     if not labels:
         raise ConfigError(f"{data_dir}: no readable images (skipped: {dict(skipped)})")
     y = torch.tensor(labels)
     images = {"clip": emb["clip"], "projected": emb["projected"],
               "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
+    if model.two_tower:  # [u, p] / sqrt 2 . [t_clip, t_own] / sqrt 2 = the two cosines' mean
+        images["ensemble"] = torch.cat([emb["clip"], emb["projected"]], dim=1) / 2 ** 0.5
     results = {"run_dir": str(run_dir), "tag": run_dir.trained_on().tag,
                "data_dir": str(data_dir), "templates": templates,
                "n_templates": len(prompts), "n_classes": len(data.classnames),
@@ -184,7 +186,8 @@ def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | Non
                "device": str(model.device)}
     per_class = {}
     for row in ROWS:
-        results[row], per_class[row] = class_scores(images[row], classifier, y, model.device)
+        results[row], per_class[row] = class_scores(images[row], classifiers[row], y,
+                                                    model.device)
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
     results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
     results["per_class"] = per_class_table(data, y, per_class)
@@ -193,6 +196,18 @@ def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | Non
     print_zeroshot(results)
     log.info("zero-shot results in %s", out)
     return results
+
+
+def _classifiers(model, classnames: list[str], prompts) -> dict[str, torch.Tensor]:
+    """Each row's class embeddings. Into CLIP's space, one classifier serves all three rows; a
+    two-tower run's own text side serves its images, CLIP's text CLIP's, and their
+    concatenation the ensemble (score fusion: the mean of the two cosines)."""
+    own = build_classifier(model.encode_text, classnames, prompts)
+    if not model.two_tower:
+        return dict.fromkeys(ROWS, own)
+    clip = build_classifier(model.encode_clip_text, classnames, prompts)
+    return {"clip": clip, "projected": own,
+            "ensemble": torch.cat([clip, own], dim=1) / 2 ** 0.5}
 
 
 def per_class_table(data: FolderDataset, labels: torch.Tensor, per_class: dict) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The only place models run in extract: the DINO backbone and the teacher; batch in, arrays out."""
+"""The only place models run in extract: the DINO backbone, the teacher and an optional text
+encoder; batch in, arrays out."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from dinov2clip.store import Embeddings
 
 class Mapper:
     def __init__(self, dino, dino_spec: PreprocessSpec, clip, clip_spec: PreprocessSpec,
-                 device: torch.device, dtype: torch.dtype, dino_heads: bool = False):
+                 device: torch.device, dtype: torch.dtype, text_encoder=None,
+                 dino_heads: bool = False):
         self.dino, self.clip = dino, clip
+        self.text_encoder = text_encoder  # a models.text_encoders.TextEncoder, or None
         # extract.dino_heads: the last block's CLS attention, kept by a hook on each forward
         self.cls_attention = ClsAttention(dino) if dino_heads else None
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
@@ -46,19 +49,21 @@ class Mapper:
 
     @property
     def dims(self) -> dict:
-        dims = {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim}
+        text = {"text": self.text_encoder.dim} if self.text_encoder is not None else {}
         if self.cls_attention is not None:
-            dims["heads"] = int(self.dino.config.num_attention_heads)
-        return dims
+            text["heads"] = int(self.dino.config.num_attention_heads)
+        return {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim, **text}
 
     def __call__(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
-                 tokens: torch.Tensor) -> Embeddings:
-        return self.submit(dino_u8, clip_u8, tokens).result()
+                 tokens: torch.Tensor, captions: list[str] | None = None) -> Embeddings:
+        return self.submit(dino_u8, clip_u8, tokens, captions).result()
 
     @torch.inference_mode()
     def submit(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
-               tokens: torch.Tensor) -> Pending:
-        """Queue one batch on the device; .result() waits for it (GPU work stays queued)."""
+               tokens: torch.Tensor, captions: list[str] | None = None) -> Pending:
+        """Queue one batch on the device; .result() waits for it (GPU work stays queued).
+        captions: the batch's caption strings, in tokens' row order (for the text encoder,
+        which tokenises with its own tokenizer)."""
         dev = self.device
         dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec,
                            out=self._input_buffer("dino", dino_u8.shape))
@@ -75,6 +80,9 @@ class Mapper:
             "clip_image": F.normalize(img.float(), dim=-1),
             "clip_text": F.normalize(txt.float(), dim=-1),
         }
+        if self.text_encoder is not None:
+            with autocast(dev, self.dtype):
+                out["text_enc"] = self.text_encoder.encode(captions)  # (m, D_text), unit
         if self.cls_attention is not None:  # (B, heads, D): what talk2dino trains against
             out["dino_heads"] = head_pooled(self.cls_attention.take(), hidden, self.n_registers)
         # fp16 on the device halves the copy; non_blocking lands it in pinned host memory.
@@ -99,7 +107,11 @@ class Pending:
 
 def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str,
              tokenizer=None, dino_revision: str = "") -> dict:
-    """What identifies the models, weights and preprocessing (hashed into the done-markers)."""
+    """What identifies the models, weights and preprocessing (hashed into the done-markers).
+    The text encoder's entry is there only with one, so the hash of a set without it is as
+    before."""
+    text = {} if mapper.text_encoder is None else {
+        "text_encoder": mapper.text_encoder.describe()}  # name, pooling, max length, weights
     heads = {}
     if mapper.cls_attention is not None:  # part of the hash: a set with them is another set
         heads = {"dino_heads": {"layer": "last", "pooling": "per-head CLS attention, softmax "
@@ -120,6 +132,7 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
         "weights": {"dino": dino_weights(mapper.dino, dino_name, dino_revision),
                     "clip": clip_weights(clip_name, clip_pretrained)},
         "clip_tokenizer": tokenizer_info(tokenizer),  # context length, HF source, cleaning
+        **text,
     }
 
 

@@ -31,6 +31,7 @@ from dinov2clip.extract.mapper import Mapper, describe
 from dinov2clip.io_utils import shard_order
 from dinov2clip.models.identity import provenance, runtime
 from dinov2clip.models.loaders import load_clip, load_dino
+from dinov2clip.models.text_encoders import TextEncoder
 from dinov2clip.store import ShardWriter, concat, embeddings_dir, embeddings_tag, writer_locks
 from dinov2clip.terminal import progress
 
@@ -90,11 +91,13 @@ def _extract(cfg: Config, sources: list[Source], shards: dict[str, list[Path]]) 
     rank, world = rank_and_world()
     dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
     clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
-    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, e.dino_heads)
+    text = (TextEncoder(e.text_encoder, e.text_pooling, device, e.text_revision,
+                        e.text_max_length) if e.text_encoder else None)
+    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, text, e.dino_heads)
     info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer,
                     e.dino_revision)
     models_hash = config_hash(info)
-    env, made_by = runtime(dino), provenance(device)
+    env, made_by = runtime(dino, text is not None), provenance(device)
     tag = embeddings_tag(cfg.extract)
     log.info("extract rank %d/%d on %s (%s), tag %s", rank, world, device, dtype, tag)
     jobs, writers = [], []
@@ -205,7 +208,8 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,
             t = timer.add("read", t)
             current.skipped.update(batch.failures)
             if batch.rows:  # queue this batch, then collect the previous one
-                handle = mapper.submit(batch.dino_u8, batch.clip_u8, batch.tokens)
+                captions = [c for row in batch.rows for c in row["captions"]]
+                handle = mapper.submit(batch.dino_u8, batch.clip_u8, batch.tokens, captions)
                 _collect(pending)
                 pending = (current, batch.rows, handle)
             if batch.end is not None:
@@ -245,7 +249,8 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    emb = concat(shard.parts, dims["dino"], dims["clip"], dims.get("heads", 0))
+    emb = concat(shard.parts, dims["dino"], dims["clip"], dims.get("text", 0),
+                 dims.get("heads", 0))
     writer.write(job.path.stem, emb, shard.meta, shard.skipped, _source(job.path, root),
                  shard.dropped)
     timer.add("write", t)

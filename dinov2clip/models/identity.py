@@ -35,6 +35,17 @@ def dino_weights(model, name: str, revision: str = "") -> dict:
     return {"commit": getattr(model.config, "_commit_hash", None) or _hub_commit(name, revision)}
 
 
+def text_encoder_weights(name: str, revision: str = "", commit: str | None = None) -> dict:
+    """A local text encoder's weight files (subfolders too: sentence-transformers keeps dense
+    layers in 2_Dense/), each by sha256; for a hub id, the commit it was loaded from."""
+    root = Path(name)
+    if root.is_dir():
+        return {"sha256": {str(p.relative_to(root)): file_sha256(p)
+                           for p in sorted(root.rglob("*"))
+                           if p.suffix in WEIGHT_SUFFIXES and p.is_file()}}
+    return {"commit": commit or _hub_commit(name, revision)}
+
+
 def _hub_commit(repo: str, revision: str) -> str | None:
     """The snapshot from_pretrained read (transformers 5 keeps no _commit_hash): the local hub
     cache's folder for this revision is named by its commit. No network."""
@@ -107,10 +118,13 @@ def tokenizer_info(tokenizer) -> dict:
     return info
 
 
-def runtime(dino) -> dict:
-    """Compared on resume: library versions and DINOv2's attention implementation."""
+def runtime(dino, text_encoder: bool = False) -> dict:
+    """Compared on resume: library versions and DINOv2's attention implementation; with a text
+    encoder, sentence-transformers' too (only then, so older sets resume as before)."""
     versions = {}
-    for key, dist in LIBRARIES.items():
+    libraries = {**LIBRARIES, **({"sentence_transformers": "sentence-transformers"}
+                                 if text_encoder else {})}
+    for key, dist in libraries.items():
         try:
             versions[key] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

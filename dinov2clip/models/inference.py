@@ -1,8 +1,10 @@
 """DinoV2Clip: a trained run as one model, for inference in CLIP's image-text space.
 
 Images go through the frozen DINOv2 backbone and the run's projector; text goes through CLIP's
-text tower. Preprocessing, pooling and the forward pass are the extract stage's own building
-blocks, so an image embedded here equals the same image embedded by extract + projector.
+text tower, or for a two-tower run through its frozen text encoder and text projector, into the
+space the run learnt (encode_clip_text is then CLIP's own text, for comparisons). Preprocessing,
+pooling and the forward pass are the extract stage's own building blocks, so an image embedded
+here equals the same image embedded by extract + projector.
 
     m = DinoV2Clip.from_pretrained("artifacts/runs/seed")
     img = m.encode_image([Image.open("dog.jpg")])      # (1, 512), L2-normalised
@@ -29,7 +31,8 @@ from dinov2clip.models.loaders import (
     register_count,
 )
 from dinov2clip.models.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
-from dinov2clip.models.projector import Projector
+from dinov2clip.models.projector import Projector, TwoTower, load_projector
+from dinov2clip.models.text_encoders import TextEncoder, load_text_encoder
 from dinov2clip.store import RunDir, pool, pooled_dim
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -37,11 +40,13 @@ ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
 
 
 class DinoV2Clip:
-    def __init__(self, *, projector: Projector, clip, tokenizer, clip_spec: PreprocessSpec,
-                 dino=None, dino_spec: PreprocessSpec | None = None, pooling: str = "token_mean",
-                 num_patch_tokens: int = 256, device: torch.device | None = None,
-                 dtype: torch.dtype = torch.float32, batch_size: int = 64):
+    def __init__(self, *, projector: Projector | TwoTower, clip, tokenizer,
+                 clip_spec: PreprocessSpec, dino=None, dino_spec: PreprocessSpec | None = None,
+                 pooling: str = "token_mean", num_patch_tokens: int = 256,
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 batch_size: int = 64, text_encoder: TextEncoder | None = None):
         self.projector, self.clip, self.tokenizer = projector, clip, tokenizer
+        self.text_encoder = text_encoder  # a two-tower run's; None: CLIP's text tower
         self.dino, self.dino_spec, self.clip_spec = dino, dino_spec, clip_spec
         self.pooling, self.num_patch_tokens = pooling, num_patch_tokens
         self.device = device or torch.device("cpu")
@@ -75,12 +80,13 @@ class DinoV2Clip:
             amp = compute_dtype(_DTYPE_NAMES.get(dtype, dtype), dev)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        projector = Projector.from_pretrained(run_dir.path, device=dev)  # raises if weights gone
+        projector = load_projector(run_dir.path, device=dev)  # raises if weights gone
         projector.requires_grad_(False)
         tr = cfg.train
+        text_encoder = _text_encoder(run_dir, projector, dev)
         clip, tokenizer, clip_spec = load_clip(models.clip_model, models.clip_pretrained, dev)
         clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a tower that hides it
-        if clip_dim and clip_dim != projector.cfg.out_dim:
+        if clip_dim and text_encoder is None and clip_dim != projector.cfg.out_dim:
             raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}-d "
                               f"embeddings but CLIP {models.clip_model!r} is {clip_dim}-d")
         if not clip_image:
@@ -95,7 +101,7 @@ class DinoV2Clip:
         model = cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                     dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
                     num_patch_tokens=tr.num_patch_tokens, device=dev,
-                    dtype=amp, batch_size=batch_size)
+                    dtype=amp, batch_size=batch_size, text_encoder=text_encoder)
         model.run = run_dir
         return model
 
@@ -153,12 +159,29 @@ class DinoV2Clip:
             outs.append(F.normalize(img.float(), dim=-1).cpu())
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 
+    @property
+    def two_tower(self) -> bool:
+        return self.text_encoder is not None
+
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """(m, dim) float32 on CPU: CLIP text embeddings, L2-normalised."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts or any(not t or not t.strip() for t in texts):
-            raise ConfigError("empty text query")
+        """(m, dim) float32 on CPU, L2-normalised, in the space encode_image gives: CLIP's text
+        embeddings, or a two-tower run's text encoder through its text projector."""
+        if self.text_encoder is None:
+            return self.encode_clip_text(texts)
+        texts = _checked(texts)
+        outs = []
+        for i in range(0, len(texts), self.batch_size):
+            with autocast(self.device, self.dtype):
+                feats = self.text_encoder.encode(texts[i:i + self.batch_size])
+            outs.append(F.normalize(self.projector.encode_text(feats.float()).float(),
+                                    dim=-1).cpu())
+        return torch.cat(outs)
+
+    @torch.inference_mode()
+    def encode_clip_text(self, texts: Sequence[str] | str) -> torch.Tensor:
+        """(m, D_clip) float32 on CPU: CLIP's own text embeddings, L2-normalised."""
+        texts = _checked(texts)
         outs = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[i:i + self.batch_size]).to(self.device)
@@ -245,33 +268,26 @@ class DinoV2Clip:
         "talk2dino" (the patch tokens against the text mapped by the run's talk2dino head;
         bg_clean: its background cleaning from the last block's head attention)."""
         from dinov2clip.dense.protocol import patch_scorer
-        from dinov2clip.dense.talk2dino import talk2dino_scorer
+        from dinov2clip.dense.talk2dino import Talk2DinoMap, talk2dino_scorer
 
-        if head == "talk2dino":
-            mapped = self.dense_map(head)(text.to(self.device).float())
-            return talk2dino_scorer(self._window_tokens, mapped, bg_clean)
-        if head != "projector":
+        if head == "projector":
+            return patch_scorer(lambda x: self._patch_features(x)[0], text.to(self.device))
+        if head != "talk2dino":
             raise ConfigError(f"unknown dense head {head!r} (known: projector, talk2dino)")
-        return patch_scorer(lambda x: self._patch_features(x)[0], text.to(self.device))
-
-    def dense_map(self, head: str):
-        """The run's trained text map of a dense head, loaded strictly on first use."""
-        from dinov2clip.dense.talk2dino import Talk2DinoMap
-
-        if head not in self._dense_maps:
-            if self.run is None:
-                raise ConfigError(f"the {head} head is read from a run: load the model with "
-                                  "DinoV2Clip.from_pretrained")
+        if self.run is None:
+            raise ConfigError(f"the {head} head is read from a run: load the model with "
+                              "DinoV2Clip.from_pretrained")
+        if head not in self._dense_maps:  # loaded strictly on first use
             self._dense_maps[head] = Talk2DinoMap.load(
                 self.run.dense_head_config(head), self.run.dense_head_weights(head),
                 self.device).requires_grad_(False)
-        return self._dense_maps[head]
+        mapped = self._dense_maps[head](text.to(self.device).float())
+        return talk2dino_scorer(self._window_tokens, mapped, bg_clean)
 
     def _window_tokens(self, x: torch.Tensor):
-        """One normalised window (1, 3, H, W) -> (patches (h, w, D), per-head pooled
-        (heads, D), the CLS attention over patches (heads, h, w)), float32."""
-        from dinov2clip.dense.attention import ClsAttention, head_pooled, patch_attention
-        from dinov2clip.dense.heads import split_tokens
+        """One normalised window -> dense.talk2dino.window_tokens' (patches, pooled, attention)."""
+        from dinov2clip.dense.attention import ClsAttention
+        from dinov2clip.dense.talk2dino import window_tokens
 
         if self.dino is None:
             raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
@@ -282,10 +298,7 @@ class DinoV2Clip:
         with autocast(self.device, self.dtype):
             hidden = self.dino(pixel_values=x[..., :h * p, :w * p].to(self.device)
                                ).last_hidden_state
-        weights = self._cls_attention.take()
-        _, patches = split_tokens(hidden, self.n_registers, (h, w))
-        attention = patch_attention(weights, self.n_registers)[0].reshape(-1, h, w)
-        return patches[0], head_pooled(weights, hidden, self.n_registers)[0], attention
+        return window_tokens(self.dino, self.n_registers, self._cls_attention, hidden, (h, w))
 
     @torch.inference_mode()
     def heatmap(self, image: Image.Image | str | Path, text: str, protocol=None,
@@ -315,6 +328,26 @@ class DinoV2Clip:
         x = self.image_tensor(image)
         text = class_embeddings(self.encode_text, list(classes))
         return predict(x, self.dense_scorer(text, head, bg_clean), proto, tuple(x.shape[-2:]))
+
+
+def _checked(texts: Sequence[str] | str) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or any(not t or not t.strip() for t in texts):
+        raise ConfigError("empty text query")
+    return texts
+
+
+def _text_encoder(run_dir: RunDir, projector, device: torch.device) -> TextEncoder | None:
+    """A two-tower run's text encoder, as its training embeddings' models record it (name,
+    pooling, max length, the hub commit); None for a run into CLIP's space."""
+    if not isinstance(projector, TwoTower):
+        return None
+    described = run_dir.trained_on().models.get("text_encoder")
+    if not described or not described.get("pooling"):
+        raise ConfigError(f"two-tower run {run_dir} does not record a loadable text encoder "
+                          "(its embeddings' models name none)")
+    return load_text_encoder(described, device)
+
 
 def _open(image: Image.Image | str | Path) -> Image.Image:
     # Not converted here: resize_and_crop makes it RGB where the reference processor does.

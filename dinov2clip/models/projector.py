@@ -1,7 +1,10 @@
-"""Projectors from pooled DINOv2 features into CLIP's embedding space.
+"""Projectors from pooled DINOv2 features into CLIP's embedding space, and the two-tower pair.
 
 Each is built from a ProjectorConfig alone, and saves as projector.json + model.safetensors (a
-plain state_dict, no pickle); from_pretrained loads strictly, so a mismatch is an error.
+plain state_dict, no pickle); from_pretrained loads strictly, so a mismatch is an error. A
+two-tower run's projector.json holds both configs ({"kind": "two_tower", "image": ...,
+"text": ...}) and its safetensors both towers' weights, keys prefixed image. and text.; so
+checkpoints, EMA and weight averaging treat it as one module. load_projector reads either.
 """
 
 from __future__ import annotations
@@ -90,6 +93,66 @@ class Projector(nn.Module):
         model = cls(cfg)
         model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
         return model.to(device).eval()
+
+
+TWO_TOWER = "two_tower"  # projector.json's kind for the pair (no single projector is so named)
+
+
+class TwoTower(nn.Module):
+    """An image projector (pooled DINO -> shared space) and a text projector (a frozen text
+    encoder's caption embedding -> the same space). forward(x) is the image side, as a
+    Projector's, so code that projects images takes either."""
+
+    def __init__(self, image: ProjectorConfig, text: ProjectorConfig):
+        super().__init__()
+        self.image, self.text = Projector(image), Projector(text)
+
+    @property
+    def cfg(self) -> ProjectorConfig:
+        """The image side's config: in_dim is DINO's pooled dim, out_dim the shared space's."""
+        return self.image.cfg
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor | None = None):
+        """(B, out_dim) image outputs, or with text (B, D_text) both sides' (not normalised)."""
+        img = self.image(x)
+        return img if text is None else (img, self.text(text))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text(text)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        atomic_write_json(out_dir / CONFIG_NAME, {"kind": TWO_TOWER,
+                                                  "image": asdict(self.image.cfg),
+                                                  "text": asdict(self.text.cfg)})
+        save_weights(self, out_dir / WEIGHTS_NAME)
+
+
+def text_tower(model: nn.Module) -> Projector | None:
+    """The text projector of a two-tower model (compiled or not); None for a single projector."""
+    model = unwrap(model)
+    return model.text if isinstance(model, TwoTower) else None
+
+
+def load_projector(run_dir: str | Path, weights: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> Projector | TwoTower:
+    """The projector saved in run_dir, whichever kind; weights: another file of its weights."""
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / CONFIG_NAME, Path(weights or run_dir / WEIGHTS_NAME)
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise ConfigError(f"no projector at {run_dir}: {p.name} missing")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{cfg_path} does not parse as JSON ({err})") from None
+    if raw.get("kind") == TWO_TOWER:
+        model = TwoTower(*(parse(ProjectorConfig, raw.get(side) or {}, str(cfg_path), side)
+                           for side in ("image", "text")))
+    else:
+        model = Projector(parse(ProjectorConfig, raw, str(cfg_path), ""))
+    model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+    return model.to(device).eval()
 
 
 def _seed_residual(cfg: ProjectorConfig) -> nn.Module:

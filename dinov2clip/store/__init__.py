@@ -14,6 +14,7 @@ from dinov2clip.store.layout import (
     MANIFEST,
     META_SCHEMA,
     PLAN,
+    TEXT_ARRAY,
     DoneMarkers,
     EmbeddingSet,
     changes,
@@ -48,4 +49,5 @@ __all__ = ["ARRAYS", "MANIFEST", "META_SCHEMA", "PLAN", "POOLINGS", "changes", "
            "IndexDir", "is_val_key", "load_eval_embeddings", "load_eval_pairs", "load_head_pairs",
            "load_split", "lock_path",
            "on_cpu", "Placer", "pool", "pooled_dim", "recorded_patch_tokens", "RunDir",
-           "runs_root", "ShardWriter", "Split", "TrainedOn", "WriterLock", "writer_locks"]
+           "runs_root", "ShardWriter", "Split", "TEXT_ARRAY", "TrainedOn", "WriterLock",
+           "writer_locks"]

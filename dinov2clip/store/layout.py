@@ -2,7 +2,8 @@
 
     plan.json               written before the first shard: every shard the set must hold (from
                             the input shards), the models' description and hash, the libraries
-    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption
+    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption,
+                            and so has text_enc, in a set made with a text encoder
     meta/<shard>.parquet    META_SCHEMA, one row per image
     done/<shard>.json       the shard's done-marker, renamed in after its files: the shard exists
     manifest.json           once every planned shard is done: models, counts, skipped by reason
@@ -27,12 +28,15 @@ from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
 from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
 from dinov2clip.store.integrity import first_nonfinite_row, npy_problem, parquet_problem
 
-ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
-# Arrays a set holds only when extract was asked for them (extract.dino_heads): a shard's
-# done-marker lists each file it wrote, so a set holds one exactly when its markers say so.
-#   dino_heads/<shard>.npy  float16 (n, heads, D): per head of the last block, the patch tokens
-#                           averaged with that head's CLS attention (dense/attention.py)
-OPTIONAL_ARRAYS = ("dino_heads",)
+ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")  # in every set
+# In a set whose models description names a text encoder (extract.text_encoder): its caption
+# embeddings, float16, L2-normalised, one row per caption like clip_text.
+TEXT_ARRAY = "text_enc"
+# In a set extracted with extract.dino_heads (its models description names dino_heads): per
+# image, per head of the last block, the patch tokens averaged by that head's CLS attention,
+# float16 (n, heads, D) (dense/attention.py).
+HEADS_ARRAY = "dino_heads"
+CAPTION_ARRAYS = ("clip_text", TEXT_ARRAY)  # one row per caption; the others, one per image
 PLAN, MANIFEST = "plan.json", "manifest.json"
 
 META_SCHEMA = pa.schema([
@@ -60,13 +64,15 @@ def embeddings_tag(extract) -> str:
     so several backbone-teacher pairs live side by side over one download."""
     if extract.tag:
         return extract.tag
+    # a text encoder adds an array: its sets live beside (not inside) the ones without it
+    text = f"__{Path(extract.text_encoder).name}" if extract.text_encoder else ""
     # a set with dino_heads is made by other models (its hash says so): it lives apart
-    heads = "-heads" if getattr(extract, "dino_heads", False) else ""
+    text += "-heads" if getattr(extract, "dino_heads", False) else ""
     if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
-        return (f"{Path(extract.dino_model).name}__"
-                f"{Path(extract.clip_model.partition(':')[2]).name}{heads}")
+        pair = f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
+        return pair + text
     pre = Path(extract.clip_pretrained).stem if extract.clip_pretrained else "random"
-    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}{heads}"
+    return f"{Path(extract.dino_model).name}__{Path(extract.clip_model).stem}-{pre}{text}"
 
 
 class DoneMarkers:
@@ -120,6 +126,19 @@ class EmbeddingSet:
         atomic_write_json(self.path / PLAN, {"shards": dict(sorted(shards.items())),
                                              "models_hash": models_hash, "models": models,
                                              "runtime": runtime})
+
+    def arrays(self) -> tuple[str, ...]:
+        """The arrays every shard of this set holds: ARRAYS, and text_enc when its plan names
+        a text encoder."""
+        models = (self.read_plan() or {}).get("models") or {}
+        return ARRAYS + ((TEXT_ARRAY,) if models.get("text_encoder") else ()) + (
+            (HEADS_ARRAY,) if models.get(HEADS_ARRAY) else ())
+
+    def has_dino_heads(self) -> bool:
+        return HEADS_ARRAY in self.arrays()
+
+    def has_text_encoder(self) -> bool:
+        return TEXT_ARRAY in self.arrays()
 
     def complete_shards(self) -> list[str]:
         """The plan's shards in shard order (0, 1, ..., 10); one line naming what is missing
@@ -181,28 +200,11 @@ class EmbeddingSet:
         except ValueError as err:
             return f"{self.markers.path(shard)} does not parse as JSON ({err})"
         expect = self._expected(shard, record)
-        for array in ARRAYS:
+        for array in self.arrays():
             problem = npy_problem(self.array_path(array, shard), expect[array])
             if problem:
                 return problem
-        for array in self._optional(record):
-            kept = record["files"][array]
-            problem = npy_problem(self.array_path(array, shard),
-                                  {"rows": kept["shape"][0], "tail": kept["shape"][1:],
-                                   "dtype": kept.get("dtype"), "bytes": kept.get("bytes")})
-            if problem:
-                return problem
         return parquet_problem(self.meta_path(shard), expect["meta"])
-
-    @staticmethod
-    def _optional(record: dict) -> list[str]:
-        return [a for a in OPTIONAL_ARRAYS if a in record.get("files", {})]
-
-    def optional_arrays(self) -> list[str]:
-        """The optional arrays every shard of the plan holds (a complete set)."""
-        shards = self.complete_shards()
-        held = [set(self._optional(self.markers.read(s) or {})) for s in shards]
-        return [a for a in OPTIONAL_ARRAYS if all(a in h for h in held)]
 
     def _expected(self, shard: str, record: dict) -> dict[str, dict]:
         """Per file, what it must be: the done-marker's record of it where one was kept (markers
@@ -211,11 +213,16 @@ class EmbeddingSet:
         counts = {**manifest.get("shards", {}).get(shard, {}), **record}
         files, dims = record.get("files", {}), manifest.get("dims", {})
         out = {"meta": {"rows": counts.get("n_images"), **files.get("meta", {})}}
-        for array in ARRAYS:
+        for array in self.arrays():
             kept = files.get(array, {})
+            if array == HEADS_ARRAY:  # 3-d: its marker's record is the whole check
+                shape = kept.get("shape") or [counts.get("n_images"), None, None]
+                out[array] = {"rows": shape[0], "tail": shape[1:], "dtype": kept.get("dtype"),
+                              "bytes": kept.get("bytes")}
+                continue
             rows, cols = kept.get("shape") or (
-                counts.get("n_captions" if array == "clip_text" else "n_images"),
-                dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d}
+                counts.get("n_captions" if array in CAPTION_ARRAYS else "n_images"),
+                dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d, "text": d_t}
             dtype = kept.get("dtype") or manifest.get("dtypes", {}).get(array, "float16")
             out[array] = {"rows": rows, "cols": cols, "dtype": dtype, "bytes": kept.get("bytes")}
         return out
@@ -255,6 +262,14 @@ class EmbeddingSet:
         first = self.complete_shards()[0]
         self.check(first)
         return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
+
+    def text_dim(self) -> int:
+        """The text encoder's dim from the first shard's text_enc header; 0 without one."""
+        if not self.has_text_encoder():
+            return 0
+        first = self.complete_shards()[0]
+        self.check(first)
+        return self.mmap(TEXT_ARRAY, first).shape[1]
 
 
 def _redo(shard: str) -> str:

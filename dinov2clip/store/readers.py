@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dinov2clip.config import POOLINGS, ConfigError
-from dinov2clip.store.layout import ARRAYS, EmbeddingSet
+from dinov2clip.store.layout import ARRAYS, HEADS_ARRAY, TEXT_ARRAY, EmbeddingSet
 
 
 @dataclass
@@ -25,9 +25,14 @@ class Split:
     x: torch.Tensor  # (N, in_dim) pooled DINOv2 features, float16
     clip_img: torch.Tensor  # (N, D_clip) float16, L2-normalised
     clip_txt: torch.Tensor  # (N, D_clip) float16, L2-normalised: each image's first caption
+    text: torch.Tensor | None = None  # (N, D_text) float16: text_enc of the same caption
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def fields(self) -> tuple[str, ...]:
+        """The tensors a batch holds, in order: x, clip_img, clip_txt[, text]."""
+        return ("x", "clip_img", "clip_txt") + (("text",) if self.text is not None else ())
 
 
 @dataclass
@@ -38,6 +43,7 @@ class EvalPairs:
     clip_image: torch.Tensor  # (n_images, D_clip) float32, L2-normalised
     clip_text: torch.Tensor  # (n_captions, D_clip) float32, L2-normalised
     caption_to_image: torch.Tensor  # (n_captions,) int64 image row of each caption
+    text_enc: torch.Tensor | None = None  # (n_captions, D_text) float32, with a text encoder
 
 
 def pool(cls: torch.Tensor, patch_mean: torch.Tensor, pooling: str,
@@ -83,10 +89,15 @@ def on_cpu(n_bytes: int) -> tuple[torch.device, bool]:
 
 
 def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_tokens: int = 256,
-               place_train: Placer = on_cpu, place_val: Placer = on_cpu) -> tuple[Split, Split]:
+               place_train: Placer = on_cpu, place_val: Placer = on_cpu,
+               with_text: bool = False) -> tuple[Split, Split]:
     """All shards of a complete set, pooled and split into (train, val) by key hash, placed as
-    asked. Every file is checked before the first is loaded; values as each is loaded."""
+    asked. Every file is checked before the first is loaded; values as each is loaded.
+    with_text: also each first caption's text_enc row (a two-tower run)."""
     store = EmbeddingSet(emb_dir)
+    if with_text and not store.has_text_encoder():
+        raise ConfigError(f"{emb_dir} holds no {TEXT_ARRAY} (it was extracted without "
+                          "extract.text_encoder); set one and extract again under a new tag")
     shards = store.verified_shards()
     masks = [_val_mask(store, s, val_fraction) for s in shards]
     n_val = sum(int(m.sum()) for m in masks)
@@ -95,16 +106,16 @@ def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_token
         raise ConfigError(f"train.val_fraction={val_fraction} leaves an empty split "
                           f"of {n_all} pairs")
     d_dino, d_clip = store.dims()
-    d_in = pooled_dim(d_dino, pooling)
-    train = _empty_split(n_all - n_val, d_in, d_clip, place_train)
-    val = _empty_split(n_val, d_in, d_clip, place_val)
+    d_in, d_text = pooled_dim(d_dino, pooling), store.text_dim() if with_text else 0
+    train = _empty_split(n_all - n_val, d_in, d_clip, place_train, d_text)
+    val = _empty_split(n_val, d_in, d_clip, place_val, d_text)
     at = {"train": 0, "val": 0}
     for shard, is_val in zip(shards, masks, strict=True):
-        part = _read_shard(store, shard, pooling, num_patch_tokens)
+        part = _read_shard(store, shard, pooling, num_patch_tokens, with_text)
         for name, dest, rows in (("train", train, ~is_val), ("val", val, is_val)):
             idx = torch.from_numpy(np.flatnonzero(rows))
             s, e = at[name], at[name] + len(idx)
-            for field, src in zip(("x", "clip_img", "clip_txt"), part, strict=True):
+            for field, src in zip(dest.fields(), part, strict=True):
                 getattr(dest, field)[s:e].copy_(src.index_select(0, idx))
             at[name] = e
     return train, val
@@ -117,21 +128,24 @@ class EvalEmbeddings:
     clip_image: torch.Tensor  # (n_images, D_clip), L2-normalised
     clip_text: torch.Tensor  # (n_captions, D_clip), L2-normalised
     caption_to_image: torch.Tensor  # (n_captions,) image row of each caption
+    text_enc: torch.Tensor | None = None  # (n_captions, D_text), L2-normalised; or none
 
 
 def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
     """A complete eval set, every caption of every image, as float32 tensors; every file is
     checked before the first is loaded, and values as each is loaded."""
     store = EmbeddingSet(emb_dir)
-    arrays = {n: [] for n in ARRAYS}
+    # dino_heads (a dense head's training data) is no part of a retrieval eval: not loaded
+    arrays = {n: [] for n in store.arrays() if n != HEADS_ARRAY}
     owners, n_images = [], 0
     for s in store.verified_shards():
         for n in arrays:
             arrays[n].append(store.load(n, s))
         counts = np.asarray(store.meta_column(s, "n_captions"), dtype=np.int64)
-        if counts.sum() != arrays["clip_text"][-1].shape[0]:
-            raise ConfigError(f"{emb_dir} shard {s}: meta lists {counts.sum()} captions but "
-                              f"clip_text has {arrays['clip_text'][-1].shape[0]} rows")
+        for n in {"clip_text", TEXT_ARRAY} & set(arrays):
+            if counts.sum() != arrays[n][-1].shape[0]:
+                raise ConfigError(f"{emb_dir} shard {s}: meta lists {counts.sum()} captions "
+                                  f"but {n} has {arrays[n][-1].shape[0]} rows")
         owners.append(np.repeat(np.arange(len(counts)) + n_images, counts))
         n_images += len(counts)
     cat = {n: torch.from_numpy(np.concatenate(v)).float() for n, v in arrays.items()}
@@ -146,7 +160,7 @@ def load_eval_pairs(emb_dir: Path, pooling: str, num_patch_tokens: int = 256) ->
     """An eval set's embeddings, pooled, read exactly as the eval stage reads them."""
     emb = load_eval_embeddings(emb_dir)
     x = pool(emb.dino_cls, emb.dino_mean, pooling, num_patch_tokens).float()
-    return EvalPairs(x, emb.clip_image, emb.clip_text, emb.caption_to_image)
+    return EvalPairs(x, emb.clip_image, emb.clip_text, emb.caption_to_image, emb.text_enc)
 
 
 def _val_mask(store: EmbeddingSet, shard: str, val_fraction: float) -> np.ndarray:
@@ -154,19 +168,20 @@ def _val_mask(store: EmbeddingSet, shard: str, val_fraction: float) -> np.ndarra
     return np.fromiter((is_val_key(k, val_fraction) for k in keys), dtype=bool)
 
 
-def _empty_split(n: int, d_in: int, d_clip: int, place: Placer) -> Split:
-    n_bytes = n * (d_in + 2 * d_clip) * 2  # float16
+def _empty_split(n: int, d_in: int, d_clip: int, place: Placer, d_text: int = 0) -> Split:
+    n_bytes = n * (d_in + 2 * d_clip + d_text) * 2  # float16
     device, pin = place(n_bytes)
 
     def empty(d: int) -> torch.Tensor:
         return torch.empty((n, d), dtype=torch.float16, device=device, pin_memory=pin)
 
-    return Split(empty(d_in), empty(d_clip), empty(d_clip))
+    return Split(empty(d_in), empty(d_clip), empty(d_clip), empty(d_text) if d_text else None)
 
 
-def _read_shard(store: EmbeddingSet, shard: str, pooling: str,
-                num_patch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, clip_img, clip_txt) of one shard in host memory: pooled, first caption per image."""
+def _read_shard(store: EmbeddingSet, shard: str, pooling: str, num_patch_tokens: int,
+                with_text: bool = False) -> tuple[torch.Tensor, ...]:
+    """(x, clip_img, clip_txt[, text]) of one shard in host memory: pooled, first caption per
+    image."""
     first_caption = np.asarray(store.meta_column(shard, "caption_start"), dtype=np.int64)
     arr = {a: store.mmap(a, shard) for a in ARRAYS}
     n = len(first_caption)
@@ -178,7 +193,10 @@ def _read_shard(store: EmbeddingSet, shard: str, pooling: str,
     x = pool(cls, mean, pooling, num_patch_tokens).to(torch.float16)
     img = torch.from_numpy(store.load("clip_image", shard)).to(torch.float16)
     txt = torch.from_numpy(store.load("clip_text", shard, rows=first_caption))
-    return x, img, txt.to(torch.float16)
+    if not with_text:
+        return x, img, txt.to(torch.float16)
+    text = torch.from_numpy(store.load(TEXT_ARRAY, shard, rows=first_caption))
+    return x, img, txt.to(torch.float16), text.to(torch.float16)
 
 
 @dataclass
@@ -197,7 +215,7 @@ def load_head_pairs(emb_dir: Path, val_fraction: float) -> tuple[HeadPairs, Head
     load_split splits it, so the dense head validates on the projector's held-out images."""
     store = EmbeddingSet(emb_dir)
     shards = store.verified_shards()
-    if "dino_heads" not in store.optional_arrays():
+    if not store.has_dino_heads():
         raise ConfigError(f"{emb_dir} holds no dino_heads (per-head attention-pooled patch "
                           "tokens): set extract.dino_heads = true and run `pipeline extract`")
     parts: dict[bool, list] = {False: [], True: []}

@@ -29,9 +29,10 @@ from dinov2clip.io_utils import (
 from dinov2clip.store.integrity import file_record
 from dinov2clip.store.layout import (
     ARRAYS,
+    HEADS_ARRAY,
     MANIFEST,
     META_SCHEMA,
-    OPTIONAL_ARRAYS,
+    TEXT_ARRAY,
     EmbeddingSet,
     changes,
 )
@@ -45,11 +46,8 @@ class Embeddings:
     dino_mean: np.ndarray  # (n, D_dino) float16, patch tokens only (no CLS, no registers)
     clip_image: np.ndarray  # (n, D_clip) float16, L2-normalised
     clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
-    dino_heads: np.ndarray | None = None  # (n, heads, D_dino) float16, when extract caches it
-
-    def arrays(self) -> list[str]:
-        """The arrays this shard writes: ARRAYS, and the optional ones it holds."""
-        return [*ARRAYS, *(a for a in OPTIONAL_ARRAYS if getattr(self, a) is not None)]
+    text_enc: np.ndarray | None = None  # (m, D_text) float16, L2-normalised; with a text encoder
+    dino_heads: np.ndarray | None = None  # (n, heads, D_dino) float16; with extract.dino_heads
 
 
 class ShardWriter:
@@ -118,8 +116,12 @@ class ShardWriter:
         self._remove_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
+        arrays = self.store.arrays()  # the plan's: text_enc when it names a text encoder
+        if TEXT_ARRAY in arrays:
+            assert emb.text_enc is not None and \
+                emb.text_enc.shape[0] == emb.clip_text.shape[0], "one text_enc row per caption"
         files = {}
-        for name in emb.arrays():
+        for name in arrays:
             path = atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
             files[name] = file_record(path, getattr(emb, name))
         table = pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -136,7 +138,7 @@ class ShardWriter:
 
     def _remove_temps(self, shard: str) -> None:
         """Temp files a killed run left while writing this shard (this rank owns the shard)."""
-        for path in [*(self.store.array_path(a, shard) for a in (*ARRAYS, *OPTIONAL_ARRAYS)),
+        for path in [*(self.store.array_path(a, shard) for a in self.store.arrays()),
                      self.store.meta_path(shard), self.store.markers.path(shard)]:
             remove_temps(path.parent, path.name)
 
@@ -161,9 +163,9 @@ class ShardWriter:
             "models_hash": self.models_hash,
             "runtime": self.runtime,
             "provenance": provenance,
-            "dtypes": {name: "float16" for name in ARRAYS},
-            "normalised": {"dino_cls": False, "dino_mean": False, "clip_image": True,
-                           "clip_text": True},
+            "dtypes": {name: "float16" for name in self.store.arrays()},
+            "normalised": {name: name not in ("dino_cls", "dino_mean", HEADS_ARRAY)
+                           for name in self.store.arrays()},
             "shards": {r["shard"]: {"n_images": r["n_images"], "n_captions": r["n_captions"],
                                     "skipped": r["skipped"], "source": r["source"]}
                        for r in records},
@@ -176,16 +178,20 @@ class ShardWriter:
         return manifest
 
 
-def empty_embeddings(d_dino: int, d_clip: int, n_heads: int = 0) -> Embeddings:
-    """A shard of no images (every one skipped); n_heads > 0: it holds dino_heads too."""
+def empty_embeddings(d_dino: int, d_clip: int, d_text: int = 0, n_heads: int = 0
+                     ) -> Embeddings:
+    """d_text: the text encoder's dim, 0 without one; n_heads > 0: with dino_heads."""
     z = np.zeros
-    heads = z((0, n_heads, d_dino), np.float16) if n_heads else None
     return Embeddings(z((0, d_dino), np.float16), z((0, d_dino), np.float16),
-                      z((0, d_clip), np.float16), z((0, d_clip), np.float16), heads)
+                      z((0, d_clip), np.float16), z((0, d_clip), np.float16),
+                      z((0, d_text), np.float16) if d_text else None,
+                      z((0, n_heads, d_dino), np.float16) if n_heads else None)
 
 
-def concat(parts: list[Embeddings], d_dino: int, d_clip: int, n_heads: int = 0) -> Embeddings:
+def concat(parts: list[Embeddings], d_dino: int, d_clip: int, d_text: int = 0,
+           n_heads: int = 0) -> Embeddings:
     if not parts:
-        return empty_embeddings(d_dino, d_clip, n_heads)
-    return Embeddings(**{a: np.concatenate([getattr(p, a) for p in parts])
-                         for a in parts[0].arrays()})
+        return empty_embeddings(d_dino, d_clip, d_text, n_heads)
+    arrays = ARRAYS + tuple(a for a in (TEXT_ARRAY, HEADS_ARRAY)
+                            if getattr(parts[0], a) is not None)
+    return Embeddings(**{a: np.concatenate([getattr(p, a) for p in parts]) for a in arrays})

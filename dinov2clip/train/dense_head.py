@@ -17,15 +17,31 @@ import time
 
 import torch
 
-from dinov2clip.config import Config
+from dinov2clip.config import Config, ConfigError
 from dinov2clip.dense.talk2dino import Talk2DinoConfig, Talk2DinoMap, best_head_similarity, infonce
 from dinov2clip.device import autocast
 from dinov2clip.retrieval import recall_of
-from dinov2clip.store import HeadPairs, RunDir, Split, load_head_pairs
+from dinov2clip.store import EmbeddingSet, HeadPairs, RunDir, Split, load_head_pairs
 from dinov2clip.terminal import progress
 from dinov2clip.train.feed import Feed
 
 log = logging.getLogger(__name__)
+
+
+def require_heads(cfg: Config, emb_dir) -> None:
+    """Before any projector epoch: a set without the heads fails now, not after hours."""
+    if cfg.train.dense.head and not EmbeddingSet(emb_dir).has_dino_heads():
+        raise ConfigError(f"train.dense.head needs dino_heads in {emb_dir}: set "
+                          "extract.dino_heads = true and run `pipeline extract`")
+
+
+def after_projector(cfg: Config, run: RunDir, emb_dir, device, dtype, scheduler,
+                    only_missing: bool = False) -> None:
+    """train.dense.head once the projector is trained; on --resume of a finished run, only
+    when the run has none yet."""
+    head = cfg.train.dense.head
+    if head and not (only_missing and run.dense_head_weights(head).is_file()):
+        train_dense_head(cfg, run, emb_dir, device, dtype, scheduler)
 
 
 def train_dense_head(cfg: Config, run: RunDir, emb_dir, device: torch.device,

@@ -18,7 +18,8 @@ from dinov2clip.store import Placer, Split
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, clip_img, clip_txt: float32
+# x, clip_img, clip_txt[, text_enc for a two-tower run]: float32
+Batch = tuple[torch.Tensor, ...]
 
 
 def placer(placement: str, device: torch.device, reserve_bytes: int) -> Placer:
@@ -75,8 +76,7 @@ class Feed:
             idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
             if self.on_device:
                 d = self.data
-                batch = (d.x.index_select(0, idx), d.clip_img.index_select(0, idx),
-                         d.clip_txt.index_select(0, idx))
+                batch = tuple(getattr(d, f).index_select(0, idx) for f in d.fields())
             else:
                 batch = self._from_host(i % 2, idx)
             yield tuple(t.float() for t in batch)
@@ -88,10 +88,10 @@ class Feed:
         if self.copied[slot] is not None:
             self.copied[slot].synchronize()  # the previous copy out of this buffer is done
         buf, n = self.staging[slot], len(idx)
-        for field in ("x", "clip_img", "clip_txt"):
+        for field in self.data.fields():
             torch.index_select(getattr(self.data, field), 0, idx, out=getattr(buf, field)[:n])
         out = tuple(getattr(buf, f)[:n].to(self.device, non_blocking=pin)
-                    for f in ("x", "clip_img", "clip_txt"))
+                    for f in self.data.fields())
         if pin:
             self.copied[slot] = torch.cuda.Event()
             self.copied[slot].record()
@@ -102,4 +102,5 @@ class Feed:
             return torch.empty((self.batch_size, d), dtype=self.data.x.dtype, pin_memory=pin)
 
         d = self.data
-        return Split(empty(d.x.shape[1]), empty(d.clip_img.shape[1]), empty(d.clip_txt.shape[1]))
+        return Split(empty(d.x.shape[1]), empty(d.clip_img.shape[1]), empty(d.clip_txt.shape[1]),
+                     empty(d.text.shape[1]) if d.text is not None else None)

@@ -21,7 +21,13 @@ import torch
 from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.io_utils import remove_dead_temps
-from dinov2clip.models.projector import Projector, count_parameters, save_weights, unwrap
+from dinov2clip.models.projector import (
+    Projector,
+    TwoTower,
+    count_parameters,
+    save_weights,
+    unwrap,
+)
 from dinov2clip.store import (
     MANIFEST,
     EmbeddingSet,
@@ -36,6 +42,7 @@ from dinov2clip.store import (
 )
 from dinov2clip.terminal import progress
 from dinov2clip.train import validate as V
+from dinov2clip.train.dense_head import after_projector, require_heads
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
@@ -55,13 +62,13 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
     _check_dims(cfg, emb_dir)
-    if t.dense.head:  # before any epoch: a set without the heads fails now, not after hours
-        _require_heads(emb_dir)
+    require_heads(cfg, emb_dir)
     cfg = with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
     t = cfg.train
     evalset = _load_evalset(cfg, tag)
     torch.manual_seed(t.seed)
-    model = Projector(pcfg)
+    two = t.kind == "two_tower"
+    model = TwoTower(pcfg, t.text_projector) if two else Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
     _refuse_existing_run(run, resume, force)
     if device.type == "cuda":
@@ -71,13 +78,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
                             t.ema_decay > 0)
     place = placer(t.placement, device, reserve)
     train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
-                                    place_train=place, place_val=place)
+                                    place_train=place, place_val=place, with_text=two)
     _prepare_run_dir(run, resume, force)  # after the data passed its checks: a damaged set
     # leaves no empty run directory, and --force keeps the old run
-    if pcfg.standardize:
-        mean, std = _feature_stats(train_set.x)
-        model.input_norm.mean.copy_(mean)
-        model.input_norm.std.copy_(std)
+    _standardize(model, train_set)
     model.to(device)
     step_model = torch.compile(model) if t.compile else model  # saved unwrapped, see unwrap()
     loss_fn.to(device)
@@ -96,7 +100,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         if start_epoch >= t.epochs:
             log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
                      "resume (--force starts it over)", run, t.epochs, best["epoch"])
-            _dense_head(cfg, run, emb_dir, device, dtype, only_missing=True)
+            after_projector(cfg, run, emb_dir, device, dtype, _scheduler, only_missing=True)
             return run.path
     if start_epoch == 0:
         run.write_config(cfg, trained_on(emb_dir, tag, t.dataset))
@@ -111,10 +115,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         bar = progress(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit="step")
         t0 = time.perf_counter()
-        for i, (x, img, txt) in enumerate(bar):
+        for i, batch in enumerate(bar):
             with autocast(device, dtype):
-                pred = step_model(x)
-            loss, parts = loss_fn(pred.float(), img, txt)
+                pred, target = _outputs(step_model, batch)
+            loss, parts = loss_fn(pred.float(), batch[1], target.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -158,19 +162,28 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
              t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
              run)
-    _dense_head(cfg, run, emb_dir, device, dtype)
+    after_projector(cfg, run, emb_dir, device, dtype, _scheduler)  # train.dense.head, if any
     return run.path
 
 
-def _dense_head(cfg: Config, run: RunDir, emb_dir: Path, device, dtype,
-                only_missing: bool = False) -> None:
-    """train.dense.head after the projector; on --resume of a finished run, only if absent."""
-    head = cfg.train.dense.head
-    if not head or only_missing and run.dense_head_weights(head).is_file():
-        return
-    from dinov2clip.train.dense_head import train_dense_head
+def _outputs(model, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image side's output, what the loss compares it with): CLIP's captions for a batch
+    (x, clip_img, clip_txt); the text projector's output for a two-tower batch, which carries
+    text_enc fourth."""
+    if len(batch) == 4:
+        return model(batch[0], batch[3])
+    return model(batch[0]), batch[2]
 
-    train_dense_head(cfg, run, emb_dir, device, dtype, _scheduler)
+
+def _standardize(model, split) -> None:
+    """Fix each tower's input standardisation (projector.standardize) from the train split."""
+    towers = [(model.image, split.x), (model.text, split.text)] if isinstance(
+        model, TwoTower) else [(model, split.x)]
+    for tower, x in towers:
+        if tower.cfg.standardize:
+            mean, std = _feature_stats(x)
+            tower.input_norm.mean.copy_(mean)
+            tower.input_norm.std.copy_(std)
 
 
 def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
@@ -201,17 +214,24 @@ def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(t, num_patch_tokens=n))
 
 
-def _require_heads(emb_dir: Path) -> None:
-    if "dino_heads" not in EmbeddingSet(emb_dir).optional_arrays():
-        raise ConfigError(f"train.dense.head needs dino_heads in {emb_dir}: set "
-                          "extract.dino_heads = true and run `pipeline extract`")
-
-
 def _check_dims(cfg: Config, emb_dir: Path) -> None:
     """The projector's dims against the cached embeddings' npy headers (read, not loaded)."""
     t, p = cfg.train, cfg.train.projector
-    d_dino, d_clip = EmbeddingSet(emb_dir).dims()
+    store = EmbeddingSet(emb_dir)
+    d_dino, d_clip = store.dims()
     d_in = pooled_dim(d_dino, t.pooling)
+    if t.kind == "two_tower":  # the shared space's dim is the projectors' own choice
+        d_text = store.text_dim()
+        if not d_text:
+            raise ConfigError(f"train.kind = two_tower needs caption embeddings of a text "
+                              f"encoder, but {emb_dir} has none: set extract.text_encoder and "
+                              "extract again (under a new extract.tag)")
+        for key, want, got in (("projector.in_dim", d_in, p.in_dim),
+                               ("text_projector.in_dim", d_text, t.text_projector.in_dim)):
+            if want != got:
+                raise ConfigError(f"train.{key} = {got} does not match the embeddings in "
+                                  f"{emb_dir}, which give {want}-d inputs")
+        return
     if (p.in_dim, p.out_dim) != (d_in, d_clip):
         raise ConfigError(
             f"train.projector dims {p.in_dim}->{p.out_dim} do not match the embeddings in "
@@ -232,7 +252,12 @@ def _load_evalset(cfg: Config, tag: str):
     emb_dir = embeddings_dir(cfg.root, name, tag)
     pairs = load_eval_pairs(emb_dir, cfg.train.pooling, cfg.train.num_patch_tokens)
     p = cfg.train.projector
-    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, p.out_dim):
+    if cfg.train.kind == "two_tower" and pairs.text_enc is None:
+        raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} has no text encoder "
+                          "embeddings for the two-tower run's text side; extract it with the "
+                          "run's extract.text_encoder")
+    out_dim = p.out_dim if cfg.train.kind != "two_tower" else pairs.clip_image.shape[1]
+    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, out_dim):
         raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}-d "
                           f"inputs and {pairs.clip_image.shape[1]}-d CLIP, the projector is "
                           f"{p.in_dim}->{p.out_dim}")
@@ -256,9 +281,11 @@ def _feature_stats(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor,
 def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
     """What must not change under --resume, by part, so a refusal can say which part changed."""
     t = cfg.train
+    two = {"kind": t.kind, "text_projector": to_dict(t.text_projector)} \
+        if t.kind == "two_tower" else {}  # into_teacher runs resume as before
     return {
         "architecture": {"projector": to_dict(t.projector), "pooling": t.pooling,
-                         "num_patch_tokens": t.num_patch_tokens},
+                         "num_patch_tokens": t.num_patch_tokens, **two},
         "data": {"dir": str(emb_dir), "shards": EmbeddingSet(emb_dir).fingerprint(),
                  "val_fraction": t.val_fraction, "n_train": n_train, "n_val": n_val},
         "loss": dict(t.loss),

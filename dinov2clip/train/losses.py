@@ -1,8 +1,10 @@
 """Loss registry. The config names a weighted sum, e.g. loss = {unit_mse = 1.0, text_infonce = 0.2}.
 
 Every loss takes the raw projector output (B, D) and the batch's CLIP image and caption embeddings
-(B, D each, L2-normalised) and returns a scalar. Losses with parameters (a learnable temperature)
-are modules, so the optimiser trains them with the projector.
+(B, D each, L2-normalised) and returns a scalar. The two-tower losses (infonce, sigmoid) take the
+image projector's output, CLIP's images (unused) and the text projector's raw output instead.
+Losses with parameters (a learnable temperature, a bias) are modules, so the optimiser trains
+them with the projector.
 """
 
 from __future__ import annotations
@@ -60,6 +62,31 @@ class ImageInfoNCE(_InfoNCE):
         return self.contrast(pred, clip_img)
 
 
+class InfoNCE(_InfoNCE):
+    """Two-tower: CLIP's symmetric InfoNCE between the image and the text projector's outputs
+    (clip_txt is the projected text here), both L2-normalised, learned temperature."""
+
+    def forward(self, pred, clip_img, text):
+        return self.contrast(pred, F.normalize(text, dim=-1))
+
+
+class Sigmoid(nn.Module):
+    """Two-tower: SigLIP's pairwise sigmoid loss, -mean over images of sum over texts of
+    log sigmoid(label * (t * cos + b)), label +1 on the diagonal, -1 elsewhere; temperature and
+    bias learned from SigLIP's start (t = 10, b = -10), which the many negatives need."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward(self, pred, clip_img, text):
+        a, b = F.normalize(pred, dim=-1), F.normalize(text, dim=-1)
+        logits = self.log_scale.exp() * a @ b.T + self.bias  # (B, B)
+        labels = 2 * torch.eye(a.shape[0], device=a.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(labels * logits).sum() / a.shape[0]
+
+
 class RetrievalKD(nn.Module):
     """KL(CLIP's image->text softmax over the batch || the projector's), at CLIP's scale of 100."""
 
@@ -80,6 +107,8 @@ LOSSES = {
     "text_infonce": TextInfoNCE,
     "image_infonce": ImageInfoNCE,
     "retrieval_kd": RetrievalKD,
+    "infonce": InfoNCE,
+    "sigmoid": Sigmoid,
 }
 
 
@@ -91,6 +120,8 @@ LABELS = {
     "text_infonce": "text InfoNCE",
     "image_infonce": "image InfoNCE",
     "retrieval_kd": "retrieval KD",
+    "infonce": "two-tower InfoNCE",
+    "sigmoid": "two-tower sigmoid (SigLIP)",
 }
 
 

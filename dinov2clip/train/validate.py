@@ -2,7 +2,9 @@
 
 Recalls come from the one ranking function the eval uses (dinov2clip.retrieval.recall_at_k), on
 the training device; CLIP's own image embeddings on the same pairs give the reference for
-"% of CLIP".
+"% of CLIP". A two-tower run ranks its projected images against its projected captions (the text
+encoder's, through the text projector); CLIP's row is still CLIP's, so "% of CLIP" compares the
+two recipes on one scale, and val_cosine is the mean cosine of matched image and text outputs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 from dinov2clip.config import VAL_KS as KS
 from dinov2clip.device import autocast
+from dinov2clip.models.projector import text_tower
 from dinov2clip.retrieval import percent_of, recall_at_k
 from dinov2clip.store import EvalPairs, Split
 
@@ -33,7 +36,8 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
     """Val loss (in training-size batches, as contrastive terms see them), cosine to CLIP, and
     R@1/5 of projected images against their own captions, also as % of CLIP's own recalls."""
     pred = predict(model, val.x, device, dtype)
-    img, txt = val.clip_img.to(device).float(), val.clip_txt.to(device).float()  # may be on host
+    img, clip_txt = val.clip_img.to(device).float(), val.clip_txt.to(device).float()  # or host
+    txt = _text_side(model, clip_txt, val.text, device, dtype)
     total = 0.0
     for s in range(0, len(val), batch_size):
         loss, _ = loss_fn(pred[s:s + batch_size], img[s:s + batch_size], txt[s:s + batch_size])
@@ -41,10 +45,11 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
     n = min(len(val), max_retrieval)
     pairs = torch.arange(n)  # one caption per image
     ours = recall_at_k(txt[:n], pred[:n], pairs, KS, device)
-    clip = recall_at_k(txt[:n], img[:n], pairs, KS, device)
+    clip = recall_at_k(clip_txt[:n], img[:n], pairs, KS, device)
+    partner = img if val.text is None else txt  # two-tower: its own text, not CLIP's image
     return {
         "val_loss": total / len(val),
-        "val_cosine": F.cosine_similarity(pred, img, dim=-1).mean().item(),
+        "val_cosine": F.cosine_similarity(pred, partner, dim=-1).mean().item(),
         **{f"val_{k}": v for k, v in ours.items()},
         **{f"val_clip_{k}": v for k, v in clip.items()},
         "val_pct_clip": mean_pct_r1(clip, ours),
@@ -59,10 +64,23 @@ def clip_recalls(pairs: EvalPairs, device="cpu") -> dict:
 def validate_evalset(model, pairs: EvalPairs, clip: dict, device, dtype) -> dict:
     """Retrieval of projected images against an eval set's captions (e.g. COCO Karpathy val)."""
     proj = predict(model, pairs.x, device, dtype)  # (n_images, D_clip), raw
-    ours = recall_at_k(pairs.clip_text, proj, pairs.caption_to_image, KS, device)
+    text = _text_side(model, pairs.clip_text, pairs.text_enc, device, dtype)
+    ours = recall_at_k(text, proj, pairs.caption_to_image, KS, device)
     return {**{f"evalset_{k}": v for k, v in ours.items()},
             **{f"evalset_clip_{k}": v for k, v in clip.items()},
             "evalset_pct_clip": mean_pct_r1(clip, ours)}
+
+
+def _text_side(model, clip_text: torch.Tensor, text_enc: torch.Tensor | None, device,
+               dtype) -> torch.Tensor:
+    """What the projected images are ranked against: CLIP's captions, or for a two-tower run
+    its text projector's outputs for the text encoder's captions."""
+    tower = text_tower(model)
+    if tower is None:
+        return clip_text
+    if text_enc is None:
+        raise ValueError("a two-tower model needs the text encoder's embeddings (text_enc)")
+    return predict(tower, text_enc, device, dtype)
 
 
 def mean_pct_r1(clip: dict, ours: dict) -> float:
