@@ -79,7 +79,8 @@ def first_nonfinite_row(data: np.ndarray) -> tuple[int, int] | None:
 
 def _shape_problem(path: Path, shape: tuple, expect: dict) -> str | None:
     tail = expect.get("tail")
-    if tail is not None and tuple(shape[1:]) != tuple(tail):
+    if tail is not None and (len(shape) != 1 + len(tail) or any(
+            t is not None and s != t for s, t in zip(shape[1:], tail, strict=True))):
         return f"{path} has shape {shape}, its done-marker says (rows, {', '.join(map(str, tail))})"
     if tail is None and len(shape) != 2:
         return f"{path} has shape {shape}, not (rows, dim)"
