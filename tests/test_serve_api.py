@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -100,6 +101,101 @@ def test_images_and_thumbnails(served):
     original = client.get("/api/image/2?size=0")
     assert original.content == open(meta["path"][2], "rb").read()
     assert original.headers["content-type"] == "image/png"
+
+
+def heatmap_of(client, **params):
+    r = client.get("/api/heatmap", params=params)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    return r, Image.open(io.BytesIO(r.content)).convert("RGB")
+
+
+def test_a_heatmap_is_the_image_with_the_query_s_cosines_over_it(served, demo_model):
+    client, engine, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    image = Image.open(meta["path"][4]).convert("RGB")
+    r, overlay = heatmap_of(client, id=4, q="a red circle")
+    assert overlay.size == image.size and max(image.size) < 512  # the image's own size
+    # what the colours stretch over is the model's own heatmap of that image and text
+    heat = demo_model.heatmap(image, "a red circle")
+    assert float(r.headers["x-heatmap-min"]) == pytest.approx(float(heat.min()), abs=1e-3)
+    assert float(r.headers["x-heatmap-max"]) == pytest.approx(float(heat.max()), abs=1e-3)
+    assert float(r.headers["x-heatmap-min"]) < float(r.headers["x-heatmap-max"])
+    pixels = np.asarray(overlay, dtype=float)
+    assert np.abs(pixels - np.asarray(image, dtype=float)).mean() > 20  # drawn over, not copied
+    _, other = heatmap_of(client, id=4, q="a blue triangle")
+    assert np.abs(pixels - np.asarray(other, dtype=float)).mean() > 1  # the query matters
+    _, learned = heatmap_of(client, id=4, q="a red circle", head="talk2dino")
+    assert np.abs(pixels - np.asarray(learned, dtype=float)).mean() > 1  # and the head
+    assert client.get("/api/info").json()["heads"] == ["projector", "talk2dino"]
+
+
+def test_a_large_image_s_heatmap_is_at_most_512_px(served, demo_run, tmp_path):
+    _, art = demo_run
+    photos = tmp_path / "wide"
+    photos.mkdir()
+    Image.new("RGB", (1500, 600), (200, 40, 40)).save(photos / "wide.jpg", quality=90)
+    out = tmp_path / "index"
+    build_index(run=art / "runs" / "demo", images=photos, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
+    with TestClient(create_app(SearchEngine(out, device="cpu")),
+                    raise_server_exceptions=False) as client:
+        _, overlay = heatmap_of(client, id=0, q="a red wall")
+    assert overlay.size == (512, 205)
+
+
+def test_a_panorama_s_heatmap_keeps_its_windows_few():
+    from dinov2clip.dense.protocol import resize_short_side, window_boxes
+    from dinov2clip.serve.engine import heatmap_protocol
+
+    assert heatmap_protocol(512, 384).short_side == 448  # an ordinary photo: the protocol's
+    for w, h in ((512, 128), (512, 20), (8, 512)):
+        proto = heatmap_protocol(w, h)
+        x = resize_short_side(torch.zeros(1, 3, h, w), proto.short_side)
+        assert max(x.shape[-2:]) <= 1792 + 1
+        assert len(window_boxes(*x.shape[-2:], proto.window, proto.stride)) <= 7
+
+
+def test_the_talk2dino_head_of_a_run_without_one_is_a_409(demo_run, served, tmp_path):
+    _, art = demo_run
+    _, _, out = served
+    run = tmp_path / "runs" / "no-head"
+    shutil.copytree(art / "runs" / "demo", run)
+    for f in run.glob("talk2dino.*"):
+        f.unlink()
+    engine = SearchEngine(out, run=run, device="cpu")
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        r = client.get("/api/heatmap", params={"id": 1, "q": "a dog", "head": "talk2dino"})
+        assert r.status_code == 409 and r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == (f"the run {run} has no talk2dino head (it has: projector); "
+                                     "train one with train.dense.head")
+        assert client.get("/api/info").json()["heads"] == ["projector"]
+        heatmap_of(client, id=1, q="a dog")  # the projector head is always there
+
+
+def test_at_most_two_heatmaps_are_drawn_at_once(served, monkeypatch):
+    client, engine, _ = served
+    running, most, lock = [0], [0], threading.Lock()
+    real = engine.heatmap
+
+    def slow_heatmap(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(engine, "heatmap", slow_heatmap)
+    codes = []
+    threads = [threading.Thread(target=lambda i=i: codes.append(client.get(
+        "/api/heatmap", params={"id": i, "q": "a shape"}).status_code)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 6 and most[0] == 2
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +340,8 @@ def test_a_file_changed_since_it_was_indexed_is_not_served(changing, tmp_path):
             assert r.status_code == 404 and r.headers["content-type"] == "application/json"
             assert r.json()["error"] == (f"image {i} (circle/{i}.png) has changed since it was "
                                          f"indexed ({meta['path'][i]})")
+        r = client.get("/api/heatmap", params={"id": i, "q": "a circle"})
+        assert r.status_code == 404 and "has changed since it was indexed" in r.json()["error"]
     # `pipeline search --html` reads them through the same check: links, no inlined images.
     page = search(index_dir=out, query="a circle", k=3, html_out=tmp_path / "hits.html",
                   options=UseOptions(device="cpu"))
@@ -300,6 +398,13 @@ def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, ca
      "no file in the form field 'image'"),
     ("post", "/api/search_image", {"content": b"\xff" * 50_000}, 413, "upload too large"),
     ("get", "/api/search_image", {}, 405, "Method Not Allowed"),
+    ("get", "/api/heatmap?q=dog", {}, 400, "missing parameter 'id'"),
+    ("get", "/api/heatmap?id=12&q=dog", {}, 404, "unknown image id 12"),
+    ("get", "/api/heatmap?id=1", {}, 400, "empty query"),
+    ("get", "/api/heatmap?id=1&q=" + "x" * 1001, {}, 400,
+     "query too long: at most 1000 characters, got 1001"),
+    ("get", "/api/heatmap?id=1&q=dog&head=clip", {}, 400,
+     "head must be one of projector, talk2dino, got 'clip'"),
     ("get", "/nowhere", {}, 404, "Not Found"),
 ])
 def test_bad_input_is_a_4xx_with_a_json_error(served, method, url, kwargs, status, message):

@@ -176,3 +176,56 @@ def test_the_url_keeps_each_search_so_back_and_a_shared_link_show_it_again(site,
     assert tile_ids(page) == [hit["id"] for hit in answer["results"]]
     page.goto(f"{url}/?similar={clicked}")
     expect(status).to_contain_text(f"results for image {clicked}")
+
+
+PIXELS = """img => {  // the tile's image as the browser decoded it, at its natural size
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    return {src: img.src, size: [c.width, c.height],
+            data: Array.from(ctx.getImageData(0, 0, c.width, c.height).data)};
+}"""
+
+
+def wait_loaded(page, index: int, src_part: str) -> None:
+    page.wait_for_function(
+        """([i, part]) => { const img = document.querySelectorAll('figure.tile img')[i];
+                            return img.src.includes(part) && img.complete &&
+                                   img.naturalWidth > 0; }""", arg=[index, src_part])
+
+
+def test_where_shows_the_query_s_heatmap_over_a_text_result(site, page):
+    from playwright.sync_api import expect
+
+    page.fill("#k", "4")
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    expect(page.locator("figure.tile")).to_have_count(4)
+    expect(page.locator("#head")).to_be_visible()  # the demo run has a learned head too
+    wait_loaded(page, 0, "/api/image/")
+    tile_img = page.locator("figure.tile img").first
+    thumb = tile_img.evaluate(PIXELS)
+
+    toggle = page.locator("figure.tile button.where").first
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    wait_loaded(page, 0, "/api/heatmap")
+    heat = tile_img.evaluate(PIXELS)
+    image_id = page.locator("figure.tile").first.get_attribute("data-id")
+    assert f"id={image_id}" in heat["src"] and "q=a+red+circle" in heat["src"]
+    assert "head=projector" in heat["src"] and heat["size"] == thumb["size"]
+    diff = sum(abs(a - b) for a, b in zip(heat["data"], thumb["data"], strict=True))
+    assert diff / len(thumb["data"]) > 10, "the heatmap looks like the thumbnail"
+
+    toggle.click()  # and back to the thumbnail
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    wait_loaded(page, 0, "/api/image/")
+
+    page.select_option("#head", "talk2dino")
+    page.locator("figure.tile button.where").nth(1).click()
+    wait_loaded(page, 1, "head=talk2dino")
+
+    page.locator("figure.tile img").nth(2).click()  # similar images: no text, no "where?"
+    expect(page.locator("#status")).to_contain_text("results for image")
+    expect(page.locator("figure.tile button.where")).to_have_count(0)

@@ -1,6 +1,6 @@
 """`pipeline serve`: the HTTP API and the web page, on Starlette and uvicorn.
 
-Starlette rather than FastAPI: five routes whose input is a query string, a path id or an
+Starlette rather than FastAPI: six routes whose input is a query string, a path id or an
 uploaded file need no request models, and Starlette is what FastAPI runs on, with fewer
 dependencies (no pydantic). uvicorn is its standard server.
 
@@ -10,6 +10,8 @@ dependencies (no pydantic). uvicorn is its standard server.
                                      or the raw bytes as the body; 20 MiB, 40 M pixels)
     GET  /api/image/ID?size=PX       a JPEG thumbnail (size=0: the original bytes), while the
                                      file is still the one indexed
+    GET  /api/heatmap?id=ID&q=TEXT[&head=projector|talk2dino]
+                                     a PNG of the image (512 px) with where q matches over it
     GET  /api/info  /healthz  /      what is served; liveness; the page
 
 Bad input is a 4xx with {"error": "..."}; nothing a client sends produces a traceback.
@@ -32,7 +34,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dinov2clip.serve.engine import BadImage, ImageTooLarge, SearchEngine, UnknownImage
+from dinov2clip.config.schema import DENSE_HEADS
+from dinov2clip.serve.engine import (
+    BadImage,
+    ImageTooLarge,
+    NoDenseHead,
+    SearchEngine,
+    UnknownImage,
+)
 
 log = logging.getLogger(__name__)
 MAX_K = 200
@@ -41,12 +50,16 @@ MAX_QUERY_CHARS = 1000  # the text tower reads 77 tokens; a longer q is only ech
 # Uploads decoded at once: each may take a few hundred MB (engine.MAX_UPLOAD_PIXELS), so three
 # concurrent 156 M-pixel PNGs once took the server to 5.8 GB. Waiting uploads hold no thread.
 MAX_DECODES = 2
+# Heatmaps drawn at once (each a DINOv2 pass per window plus a 512 px image and its overlay;
+# the forwards themselves take turns on the engine's lock). Waiting requests hold no thread.
+MAX_HEATMAPS = 2
 THUMBNAIL_PX, MAX_THUMBNAIL_PX = 256, 1024
 
 
 def create_app(engine: SearchEngine, max_k: int = MAX_K,
                max_upload: int = MAX_UPLOAD_BYTES) -> Starlette:
     decode_slots = anyio.CapacityLimiter(MAX_DECODES)
+    heatmap_slots = anyio.CapacityLimiter(MAX_HEATMAPS)
 
     def int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int:
         raw = request.query_params.get(name)
@@ -67,12 +80,7 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
 
     async def search(request: Request) -> Response:
         t0 = time.perf_counter()
-        q = request.query_params.get("q", "").strip()
-        if not q:
-            raise HTTPException(400, "empty query: give the text to search for as ?q=")
-        if len(q) > MAX_QUERY_CHARS:
-            raise HTTPException(400, f"query too long: at most {MAX_QUERY_CHARS} characters, "
-                                     f"got {len(q)}")
+        q = _query(request)
         k = k_param(request)
         scores, ids = await asyncio.wrap_future(engine.search_text(q, k))
         return _results(engine.hits(scores, ids), t0, query=q)
@@ -110,6 +118,20 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         data = await run_in_threadpool(engine.thumbnail, image_id, size)
         return Response(data, media_type="image/jpeg", headers=_CACHE)
 
+    async def heatmap(request: Request) -> Response:
+        _require_dino(engine)
+        image_id = int_param(request, "id", None, 0, 2**62)
+        q = _query(request)
+        head = request.query_params.get("head") or "projector"
+        if head not in DENSE_HEADS:
+            raise HTTPException(400, f"head must be one of {', '.join(DENSE_HEADS)}, got {head!r}")
+        png, facts = await anyio.to_thread.run_sync(engine.heatmap, image_id, q, head,
+                                                    limiter=heatmap_slots)
+        # the cosines the colours stretch over: blue is min, red is max, per image
+        return Response(png, media_type="image/png",
+                        headers={**_CACHE, "X-Heatmap-Min": f"{facts['min']:.4f}",
+                                 "X-Heatmap-Max": f"{facts['max']:.4f}"})
+
     async def info(request: Request) -> Response:
         return JSONResponse({**engine.info(), "max_k": max_k, "max_upload_bytes": max_upload,
                              "max_upload_pixels": engine.max_upload_pixels,
@@ -130,11 +152,11 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         Route("/", page), Route("/healthz", healthz), Route("/api/info", info),
         Route("/api/search", search), Route("/api/similar", similar),
         Route("/api/search_image", search_image, methods=["POST"]),
-        Route("/api/image/{image_id}", image),
+        Route("/api/image/{image_id}", image), Route("/api/heatmap", heatmap),
         Mount("/static", StaticFiles(packages=[("dinov2clip.serve", "static")]), name="static"),
     ]
     handlers = {HTTPException: _http_error, UnknownImage: _not_found, BadImage: _bad_image,
-                ImageTooLarge: _too_large, Exception: _server_error}
+                ImageTooLarge: _too_large, NoDenseHead: _no_head, Exception: _server_error}
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
@@ -144,6 +166,16 @@ _CACHE = {"Cache-Control": "public, max-age=3600"}
 def _results(hits: list[dict], t0: float, **extra) -> JSONResponse:
     return JSONResponse({**extra, "results": hits,
                          "took_ms": round(1000 * (time.perf_counter() - t0), 2)})
+
+
+def _query(request: Request) -> str:
+    q = request.query_params.get("q", "").strip()
+    if not q:
+        raise HTTPException(400, "empty query: give the text to search for as ?q=")
+    if len(q) > MAX_QUERY_CHARS:
+        raise HTTPException(400, f"query too long: at most {MAX_QUERY_CHARS} characters, "
+                                 f"got {len(q)}")
+    return q
 
 
 def _require_dino(engine: SearchEngine) -> None:
@@ -194,6 +226,10 @@ async def _bad_image(request: Request, exc: Exception) -> Response:
 
 async def _too_large(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=413)
+
+
+async def _no_head(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=409)  # the run lacks it, not the URL
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

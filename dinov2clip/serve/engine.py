@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
+from dinov2clip.config.schema import DENSE_HEADS, TRAINED_DENSE_HEADS
 from dinov2clip.formats.images import ImageGone, original_bytes, thumbnail_jpeg
 from dinov2clip.index.search import load_dino_index, load_index
 
@@ -38,9 +39,19 @@ class ImageTooLarge(BadImage):
     """An upload whose header declares more pixels than the server decodes."""
 
 
+class NoDenseHead(LookupError):
+    """A dense head the served run has not trained (talk2dino), or one no code knows."""
+
+
 # 40 M pixels: an 8000 x 5000 photo. Decoded as RGB that is 120 MB, several times that while
 # converted and resized: the cap, with the app's bound on concurrent decodes, bounds memory.
 MAX_UPLOAD_PIXELS = 40_000_000
+# A heatmap is drawn on the image shrunk to this (the PNG's longest side): the protocol scores
+# it at short side 448 anyway, and a page tile shows a few hundred pixels.
+HEATMAP_PX = 512
+# The resized image's long side, at most: a panorama at short side 448 would be dozens of
+# windows; beyond this the short side shrinks instead (1,792 px: at most 7 windows of 448).
+HEATMAP_MAX_LONG_SIDE = 1792
 
 
 class Batcher:
@@ -106,6 +117,10 @@ class SearchEngine:
             raise ConfigError(f"dino.faiss holds {self.dino_index.d}-d features but the run's "
                               f"DINOv2 gives {self.model.dino_dim}-d")
         self.text_batcher = Batcher(self._search_texts, max_batch)
+        self.heads = _trained_heads(self.model)
+        # One DINOv2 forward at a time: the talk2dino head reads the last block's attention
+        # from a hook that any forward (an upload's too) overwrites between forward and read.
+        self.dino_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -114,7 +129,8 @@ class SearchEngine:
     def info(self) -> dict:
         return {"run": self.run, "index": str(self.index_dir.resolve()), "n_images": self.size,
                 "kind": self.summary.get("kind"), "dim": self.index.d,
-                "source": self.summary.get("source"), "similar": self.dino_index is not None}
+                "source": self.summary.get("source"), "similar": self.dino_index is not None,
+                "heads": self.heads if self.dino_index is not None else []}
 
     def close(self) -> None:
         self.text_batcher.close()
@@ -152,7 +168,8 @@ class SearchEngine:
         except Exception as err:  # noqa: BLE001 - whatever the decoder says, the upload is bad
             raise BadImage(f"not an image the server can read ({type(err).__name__})") from None
         crop = torch.from_numpy(resize_and_crop(img, spec)[None])
-        _, raw = self.model.encode_image_and_dino(crop)
+        with self.dino_lock:
+            _, raw = self.model.encode_image_and_dino(crop)
         return self.dino_index.search(raw.numpy(), min(k, self.size))
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[dict]:
@@ -191,6 +208,35 @@ class SearchEngine:
             raise UnknownImage(f"image {image_id} ({key}) {err}") from None
         return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
 
+    def heatmap(self, image_id: int, text: str, head: str = "projector") -> tuple[bytes, dict]:
+        """(PNG, facts) of an indexed image, at most HEATMAP_PX a side, with text's similarity
+        under head blended over it; facts: the cosine range the colours stretch over."""
+        from dinov2clip.dense.overlay import heatmap_overlay, png_bytes
+
+        if head not in self.heads:
+            raise NoDenseHead(f"the run {self.run} has no {head} head (it has: "
+                              f"{', '.join(self.heads)}); train one with train.dense.head")
+        img = self._shrunk(image_id, HEATMAP_PX)
+        with self.dino_lock:
+            heat = self.model.heatmap(img, text, protocol=heatmap_protocol(*img.size),
+                                      head=head).numpy()
+        facts = {"min": float(heat.min()), "max": float(heat.max())}
+        return png_bytes(heatmap_overlay(img, heat)), facts
+
+    def _shrunk(self, image_id: int, size: int):
+        """An indexed image as RGB, at most size a side."""
+        from PIL import Image
+
+        from dinov2clip.models.preprocess import decode, rgb_on_white
+
+        data, _ = self.original(image_id)
+        try:  # a JPEG larger than needed decodes at 1/2, 1/4 or 1/8 scale
+            img = rgb_on_white(decode(data, max_pixels=self.max_upload_pixels, min_side=size))
+        except Exception as err:  # noqa: BLE001 - an indexed file changed into garbage
+            raise UnknownImage(f"image {image_id} no longer decodes") from err
+        img.thumbnail((size, size), Image.BICUBIC)
+        return img
+
     @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
     def thumbnail(self, image_id: int, size: int) -> bytes:
         data, _ = self.original(image_id)
@@ -198,6 +244,27 @@ class SearchEngine:
             return thumbnail_jpeg(data, size)
         except Exception as err:  # noqa: BLE001 - an indexed file changed into garbage
             raise UnknownImage(f"image {image_id} no longer decodes") from err
+
+
+def heatmap_protocol(width: int, height: int):
+    """The segmentation protocol (short side 448, windows of 448 every 224), its short side
+    lowered for an image so long that its long side would pass HEATMAP_MAX_LONG_SIDE."""
+    from dinov2clip.dense.protocol import Protocol
+
+    base = Protocol()
+    long_side = base.short_side * max(width, height) / min(width, height)
+    if long_side <= HEATMAP_MAX_LONG_SIDE:
+        return base
+    return Protocol(short_side=max(28, int(base.short_side * HEATMAP_MAX_LONG_SIDE / long_side)))
+
+
+def _trained_heads(model) -> list[str]:
+    """The dense heads model's run can draw: the projector always, a learned one once its
+    files are there."""
+    run = model.run
+    return [h for h in DENSE_HEADS if h not in TRAINED_DENSE_HEADS or (
+        run is not None and run.dense_head_config(h).is_file()
+        and run.dense_head_weights(h).is_file())]
 
 
 def with_stamps(meta: dict[str, list], index_dir: Path) -> dict[str, list]:

@@ -1,4 +1,5 @@
-// The search page: text search, "more like this" on click, search by a dropped image.
+// The search page: text search, "more like this" on click, search by a dropped image, and on a
+// text result a toggle that shows where the query matches in it (/api/heatmap).
 // Plain DOM calls against the JSON API; nothing to build. The URL holds what is shown
 // (/?q=TEXT or /?similar=ID), so a search can be shared and Back runs the one before.
 "use strict";
@@ -41,7 +42,32 @@ function remember(params) {
   if (url !== location.pathname + location.search) history.pushState(null, "", url);
 }
 
-function tile(hit) {
+const heatmapURL = (id, q) =>
+  `/api/heatmap?${new URLSearchParams({ id, q, head: $("head").value || "projector" })}`;
+
+// "where?" swaps the tile's thumbnail for the query's heatmap over the image, and back.
+function whereToggle(hit, img, query) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "where";
+  button.textContent = "where?";
+  button.title = `where "${query}" matches in this image`;
+  button.setAttribute("aria-pressed", "false");
+  button.addEventListener("click", () => {
+    const on = button.getAttribute("aria-pressed") !== "true";
+    button.setAttribute("aria-pressed", String(on));
+    img.src = on ? heatmapURL(hit.id, query) : hit.image;
+  });
+  img.addEventListener("error", () => {  // an <img> hides the JSON error: fetch it to show it
+    if (!img.src.includes("/api/heatmap")) return;
+    fetch(img.src).then(getJSON).catch(failed);
+    button.setAttribute("aria-pressed", "false");
+    img.src = hit.image;
+  });
+  return button;
+}
+
+function tile(hit, query) {
   const fig = document.createElement("figure");
   fig.className = "tile";
   fig.dataset.id = hit.id;
@@ -61,13 +87,14 @@ function tile(hit) {
   link.rel = "noopener";
   link.textContent = hit.key;
   cap.append(score, " ", link);
+  if (query) cap.append(" ", whereToggle(hit, img, query));
   if (hit.caption) cap.append(document.createElement("br"), hit.caption);
   fig.append(img, cap);
   return fig;
 }
 
-function show(body, label) {
-  results.replaceChildren(...body.results.map(tile));
+function show(body, label, query = "") {  // query: the text, for a text search's heatmaps
+  results.replaceChildren(...body.results.map((hit) => tile(hit, query)));
   say(`${body.results.length} results for ${label} in ${body.took_ms} ms`);
 }
 
@@ -85,7 +112,7 @@ async function search(q, push = true) {
   queryImage.hidden = true;
   say("searching…");
   try {
-    show(await fetchLatest(`/api/search?q=${encodeURIComponent(q)}&k=${k()}`), `"${q}"`);
+    show(await fetchLatest(`/api/search?q=${encodeURIComponent(q)}&k=${k()}`), `"${q}"`, q);
   } catch (err) { failed(err); }
 }
 
@@ -156,4 +183,7 @@ fetch("/api/info").then(getJSON).then((info) => {
   $("serving").textContent = `run ${info.run} · index ${info.index} · ${info.n_images} images ` +
     `(${info.kind})` + (info.similar ? "" : " · similar-image search off (no DINOv2 vectors)");
   $("k").max = info.max_k;
+  const heads = info.heads || [];
+  $("head").replaceChildren(...heads.map((h) => new Option(`heatmap: ${h} head`, h)));
+  $("head").hidden = heads.length < 2;  // a choice only when the run has a learned head too
 }).catch((err) => say(err.message, "error"));
