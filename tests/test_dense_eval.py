@@ -25,28 +25,33 @@ def brute_miou(pairs: list[tuple[np.ndarray, np.ndarray]], n: int) -> float:
     return 100 * sum(ious) / len(ious)
 
 
-def test_the_demo_scores_its_shapes_set(demo_run):
+def test_the_demo_scores_its_shapes_set_with_both_heads(demo_run):
     _, art = demo_run
     run = RunDir(art / "runs" / "demo")
-    res = json.loads(run.segmentation_results("shapes-seg").read_text())
     classes, background = SegSet(segset_dir(art, "shapes-seg")).read_classes()
-    assert background and res["classes"] == classes == ["background", "circle", "square",
-                                                         "triangle", "star"]
-    assert res["n_images"] == 8 and 0.0 <= res["mIoU"] <= 100.0
-    assert res["protocol"]["window"] == 448 and res["protocol"]["stride"] == 224
-    assert res["protocol"]["short_side"] == 448 and res["protocol"]["bg_threshold"] == 0.3
-    assert len(res["protocol"]["prompts"]) == 7 and res["head"] == "projector"
-    assert res["backbone"].endswith("tiny-dinov2")
+    results = json.loads(run.results.read_text())
     report = run.report.read_text()
     assert "## Open-vocabulary segmentation" in report
-    assert "| shapes-seg | projector | 8 |" in report
-    results = json.loads(run.results.read_text())
-    assert results["segmentation"]["shapes-seg"]["mIoU"] == res["mIoU"]
-    for png in [run.segmentation_plot("shapes-seg"), run.segmentation_overlay("shapes-seg",
-                                                                              "00000")]:
-        with Image.open(png) as im:
-            assert im.format == "PNG" and im.width > 300
-    assert not run.segmentation_overlay("shapes-seg", "00002").exists()  # overlays = 2
+    by_head = {}
+    for head in ("projector", "talk2dino"):
+        res = by_head[head] = json.loads(run.segmentation_results("shapes-seg", head).read_text())
+        assert background and res["classes"] == classes == ["background", "circle", "square",
+                                                             "triangle", "star"]
+        assert res["n_images"] == 8 and 0.0 <= res["mIoU"] <= 100.0 and res["head"] == head
+        assert res["protocol"]["window"] == 448 and res["protocol"]["stride"] == 224
+        assert res["protocol"]["short_side"] == 448 and res["protocol"]["bg_threshold"] == 0.3
+        assert len(res["protocol"]["prompts"]) == 7 and res["seconds"] > 0
+        assert res["backbone"].endswith("tiny-dinov2") and res["bg_clean"] is False
+        assert results["segmentation"]["shapes-seg"][head] == res
+        row = f"| shapes-seg | {head} | 8 | {res['mIoU']:.2f} | {res['pixel_accuracy']:.2f} |"
+        assert row in report
+        for png in [run.segmentation_plot("shapes-seg", head),
+                    run.segmentation_overlay("shapes-seg", head, "00000")]:
+            with Image.open(png) as im:
+                assert im.format == "PNG" and im.width > 300
+        assert not run.segmentation_overlay("shapes-seg", head, "00002").exists()  # overlays=2
+    # two heads, two answers over the same images: the per-class IoU is the learned head's own
+    assert by_head["projector"]["per_class_iou"] != by_head["talk2dino"]["per_class_iou"]
 
 
 def test_saved_masks_score_what_the_json_says(demo_run, tmp_path):
@@ -56,10 +61,10 @@ def test_saved_masks_score_what_the_json_says(demo_run, tmp_path):
     run_cli("eval", "--config", str(config), "--run", str(copy), "--save-masks",
             "--set", "eval.zeroshot=''", env={"OMP_NUM_THREADS": "1"})
     run = RunDir(copy)
-    res = json.loads(run.segmentation_results("shapes-seg").read_text())
+    res = json.loads(run.segmentation_results("shapes-seg", "projector").read_text())
     pairs = []
     for sample in SegSet(segset_dir(art, "shapes-seg")).samples():
-        with Image.open(run.segmentation_mask("shapes-seg", sample.key)) as im:
+        with Image.open(run.segmentation_mask("shapes-seg", "projector", sample.key)) as im:
             mask = np.asarray(im)
         label = sample.read_label()
         assert mask.shape == label.shape and ((mask == 255) == (label == 255)).all()
@@ -70,6 +75,9 @@ def test_saved_masks_score_what_the_json_says(demo_run, tmp_path):
 
 @pytest.mark.parametrize("setting, words", [
     ("head = 'talk3dino'", "'eval.dense.head' must be one of projector"),
+    ("head = ['projector', 'talk3dino']", "'eval.dense.head' must be one of projector"),
+    ("head = []", "'eval.dense.head' names no head"),
+    ("head = ['projector', 'projector']", "'eval.dense.head' names a head twice"),
     ("stride = 500", "'eval.dense.stride' must not exceed window"),
     ("window = 0", "'eval.dense.window' must be at least 1"),
     ("bg_threshold = 1.5", "'eval.dense.bg_threshold' is a cosine"),

@@ -136,8 +136,13 @@ def test_eval_and_the_api_use_the_learned_head(demo_run, tmp_path):
     run_cli("eval", "--config", str(config), "--run", str(copy), "--set", "eval.zeroshot=''",
             "--set", "eval.dense.head='talk2dino'",
             "--set", "eval.dense.bg_clean=true", env={"OMP_NUM_THREADS": "1"})
-    res = json.loads(RunDir(copy).segmentation_results("shapes-seg").read_text())
+    run = RunDir(copy)
+    res = json.loads(run.segmentation_results("shapes-seg", "talk2dino").read_text())
     assert res["head"] == "talk2dino" and res["bg_clean"] is True
+    # one head asked for, one scored and reported
+    assert list(json.loads(run.results.read_text())["segmentation"]["shapes-seg"]) == ["talk2dino"]
+    report = run.report.read_text()
+    assert "| shapes-seg | talk2dino + bg clean | 8 |" in report and "| projector |" not in report
     assert 0.0 <= res["mIoU"] <= 100.0 and res["n_images"] == 8
     model = DinoV2Clip.from_pretrained(copy, device="cpu")
     image = next((art / "segsets" / "shapes-seg" / "images").iterdir())

@@ -315,7 +315,9 @@ class DenseEvalConfig:
     """Open-vocabulary segmentation under the protocol of GroupViT, TCL, FreeDA, Talk2DINO."""
 
     sets: list[str] = field(default_factory=list)  # <artifacts>/segsets/<name>; empty: none
-    head: str = "projector"  # projector: the run's projector on every patch token
+    # projector: the run's projector on every patch token; talk2dino: the learned head. A list
+    # scores each set with every head named, one result each, side by side in the report.
+    head: str | list[str] = "projector"
     short_side: int = 448  # the image is resized so its short side is this
     window: int = 448  # sliding window side, pixels
     stride: int = 224
@@ -330,7 +332,12 @@ class DenseEvalConfig:
     bg_clean: bool = False
 
     def __post_init__(self):
-        _check_one_of("head", self.head, DENSE_HEADS)
+        if not self.heads:
+            raise InvalidValue("head", "names no head: give one, or a list of them")
+        if len(set(self.heads)) != len(self.heads):
+            raise InvalidValue("head", f"names a head twice: {list(self.heads)}")
+        for head in self.heads:
+            _check_one_of("head", head, DENSE_HEADS)
         for key in ("short_side", "window", "stride"):
             _check_at_least(key, getattr(self, key), 1)
         if self.stride > self.window:
@@ -344,6 +351,11 @@ class DenseEvalConfig:
         for name in self.sets:
             if not name or "/" in name or name.startswith("."):
                 raise InvalidValue("sets", f"holds {name!r}, not a plain set name")
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads to score with, in the order given."""
+        return (self.head,) if isinstance(self.head, str) else tuple(self.head)
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,17 @@ def markdown_lines(segmentation: dict) -> list[str]:
              "averaged, bilinear to the label's size, argmax; dataset-level mIoU with label 255 "
              "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16).", "",
              "| set | head | images | mIoU | pixel acc. | mAcc | Talk2DINO ViT-B mIoU | "
-             "window / stride / short side | bg threshold |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    for name, r in segmentation.items():
+             "window / stride / short side | bg threshold | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    rows = [(name, r) for name, by_head in segmentation.items() for r in by_head.values()]
+    for name, r in rows:  # one row per set and head: the heads side by side
         p = r["protocol"]
-        lines.append(f"| {name} | {r['head']} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
+        head = r["head"] + (" + bg clean" if r.get("bg_clean") else "")
+        lines.append(f"| {name} | {head} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
                      f"{fmt(r['pixel_accuracy'], 2)} | {fmt(r['mAcc'], 2)} | "
                      f"{fmt(r['published']['talk2dino_vitb'], 1)} | {p['window']} / "
-                     f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} |")
+                     f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} | "
+                     f"{fmt(r.get('seconds'), 1)} |")
     return [*lines, ""]
 
 

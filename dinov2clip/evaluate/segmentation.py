@@ -1,6 +1,9 @@
 """Open-vocabulary segmentation in the eval stage: each eval.dense set scored under the
-protocol (dense/protocol.py) with the run's dense head, into eval/segmentation/<set>.json, a
-per-class IoU plot, overlay pictures and, with --save-masks, the predicted label maps."""
+protocol (dense/protocol.py) with each of eval.dense.head's dense heads, one JSON per set and
+head (RunDir.segmentation_results), a per-class IoU plot, overlay pictures and, with
+--save-masks, the predicted label maps. Every head sees the same images, prompts and protocol,
+so the report's rows compare the heads alone (issue 19: what the projector head costs against
+the learned one)."""
 
 from __future__ import annotations
 
@@ -37,15 +40,17 @@ def check_segmentation(cfg: Config) -> None:
 
 
 def segmentation_for(cfg: Config, run: RunDir) -> dict:
-    """{set: its results} for every eval.dense set, each also written to its JSON."""
+    """{set: {head: its results}} for every eval.dense set and head, each also written to its
+    JSON."""
     from dinov2clip.models.inference import DinoV2Clip
 
     model = DinoV2Clip.from_pretrained(run.path, device=cfg.eval.device,
                                        dtype=cfg.extract.compute_dtype)
-    return {name: evaluate_set(cfg, run, model, name) for name in cfg.eval.dense.sets}
+    return {name: {head: evaluate_set(cfg, run, model, name, head)
+                   for head in cfg.eval.dense.heads} for name in cfg.eval.dense.sets}
 
 
-def evaluate_set(cfg: Config, run: RunDir, model, name: str) -> dict:
+def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
     from dinov2clip.evaluate.seg_report import iou_chart, overlay_picture
 
     d = cfg.eval.dense
@@ -54,8 +59,9 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str) -> dict:
     protocol = Protocol(d.short_side, d.window, d.stride,
                         d.bg_threshold if background else None)
     prompted = classes[1:] if background else classes  # background gets no prompt
+    bg_clean = uses_bg_clean(cfg, head)
     scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET),
-                                d.head, d.bg_clean)
+                                head, bg_clean)
     meter, started = SegmentationMeter(len(classes)), time.perf_counter()
     for i, sample in enumerate(seg.samples(d.max_images)):
         label = sample.read_label()
@@ -63,31 +69,37 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str) -> dict:
         pred = np.where(label == IGNORE, IGNORE, pred).astype(np.uint8)
         meter.update(pred, label)
         if d.save_masks:
-            _save_png(run.segmentation_mask(name, sample.key), pred)
+            _save_png(run.segmentation_mask(name, head, sample.key), pred)
         if i < d.overlays:
-            path = run.segmentation_overlay(name, sample.key)
+            path = run.segmentation_overlay(name, head, sample.key)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp, s=sample, p=pred, lb=label: overlay_picture(
                 s.image, lb, p, classes, tmp))
-    res = _results(cfg, run, name, classes, protocol, meter.result())
+    res = _results(cfg, run, name, head, classes, protocol, meter.result())
     res["seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_json(run.segmentation_results(name), res)
-    atomic_write(run.segmentation_plot(name), lambda tmp: iou_chart(res, tmp))
+    atomic_write_json(run.segmentation_results(name, head), res)
+    atomic_write(run.segmentation_plot(name, head), lambda tmp: iou_chart(res, tmp))
     log.info("segmentation %s: mIoU %.2f, pixel accuracy %.2f over %d images (%s head) in "
-             "%.1fs", name, res["mIoU"], res["pixel_accuracy"], res["n_images"], d.head,
+             "%.1fs", name, res["mIoU"], res["pixel_accuracy"], res["n_images"], head,
              res["seconds"])
     return res
 
 
-def _results(cfg: Config, run: RunDir, name: str, classes: list[str], protocol: Protocol,
-             scores: dict) -> dict:
+def uses_bg_clean(cfg: Config, head: str) -> bool:
+    """Background cleaning reads the learned head's attention weighting: the projector head
+    has none, so its result records that it ran without."""
+    return cfg.eval.dense.bg_clean and head == "talk2dino"
+
+
+def _results(cfg: Config, run: RunDir, name: str, head: str, classes: list[str],
+             protocol: Protocol, scores: dict) -> dict:
     from dinov2clip.evaluate.report import without_nan
 
     models = run.trained_models()
     per_class = dict(zip(classes, scores.pop("per_class_iou"), strict=True))
     return without_nan({
         "set": name, **scores, "per_class_iou": per_class, "classes": classes,
-        "head": cfg.eval.dense.head, "bg_clean": cfg.eval.dense.bg_clean,
+        "head": head, "bg_clean": uses_bg_clean(cfg, head),
         "backbone": models.dino_model,
         "teacher": f"{models.clip_model} {models.clip_pretrained}".strip(),
         "protocol": {**protocol.to_dict(), "prompts": list(SUB_IMAGENET),

@@ -11,7 +11,7 @@
     metrics.jsonl           one JSON line per logged step and per epoch
     loss.png, val.png       training curves
     eval/                   results.json, report.md, recall.png, epochs.json/png, zeroshot.json
-    eval/segmentation/      <set>.json, <set>_iou.png, <set>_overlays/, <set>_masks/
+    eval/segmentation/      per set and dense head: <set>-<head>.json, _iou.png, _overlays/, _masks/
     zeroshot/<folder>-<hash of its path>.json   `pipeline zeroshot` results
     segment/<folder>-<hash of its path>/        `pipeline segment` output
     index/<name>/           indexes of image collections (IndexDir)
@@ -213,24 +213,25 @@ class RunDir:
 
     @property
     def segmentation_dir(self) -> Path:
-        """eval/segmentation/: per set <set>.json, <set>_iou.png, <set>_overlays/,
-        <set>_masks/ (--save-masks)."""
+        """eval/segmentation/: per set and dense head <set>-<head>.json, <set>-<head>_iou.png,
+        <set>-<head>_overlays/, <set>-<head>_masks/ (--save-masks)."""
         return self.eval_dir / "segmentation"
 
-    def segmentation_results(self, set_name: str) -> Path:
-        return self.segmentation_dir / f"{set_name}.json"
+    def segmentation_results(self, set_name: str, head: str) -> Path:
+        """One set scored with one dense head."""
+        return self.segmentation_dir / f"{set_name}-{head}.json"
 
-    def segmentation_plot(self, set_name: str) -> Path:
-        """The per-class IoU bars of one set."""
-        return self.segmentation_dir / f"{set_name}_iou.png"
+    def segmentation_plot(self, set_name: str, head: str) -> Path:
+        """The per-class IoU bars of one set under one head."""
+        return self.segmentation_dir / f"{set_name}-{head}_iou.png"
 
-    def segmentation_overlay(self, set_name: str, key: str) -> Path:
+    def segmentation_overlay(self, set_name: str, head: str, key: str) -> Path:
         """image | ground truth | prediction, with a legend, for one image of a set."""
-        return self.segmentation_dir / f"{set_name}_overlays" / f"{key}.png"
+        return self.segmentation_dir / f"{set_name}-{head}_overlays" / f"{key}.png"
 
-    def segmentation_mask(self, set_name: str, key: str) -> Path:
+    def segmentation_mask(self, set_name: str, head: str, key: str) -> Path:
         """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
-        return self.segmentation_dir / f"{set_name}_masks" / f"{key}.png"
+        return self.segmentation_dir / f"{set_name}-{head}_masks" / f"{key}.png"
 
     def segment_dir(self, images: str | Path) -> Path:
         """`pipeline segment`'s default output for an image folder, named as zeroshot_results
