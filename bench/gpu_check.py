@@ -16,6 +16,10 @@ JSON is rewritten after each, so a crash or a timeout still leaves what was meas
   eval's recalls from both.
 - eval: the three real-size sets (synthetic vectors), as `pipeline eval` ranks them here.
 - faiss: whether GPU FAISS runs on this device, or the CPU fallback did.
+- dense: open-vocabulary segmentation under the eval's protocol (short side 448, windows of 448
+  every 224, averaged, bilinear, argmax) with the `projector` head (the seed projector on every
+  patch token of dinov2-base): images/s at VOC's 500 x 375 (2 windows an image), windows/s, the
+  GPU memory it peaks at.
 
     python bench/gpu_check.py          # the GPU box, < 8 min: bench/results/gpu_check-<gpu>.json
     python bench/gpu_check.py --smoke  # CPU, tiny models, a few hundred images, < 3 min
@@ -55,11 +59,11 @@ from dinov2clip.models.loaders import load_clip, load_dino  # noqa: E402
 SIZES = {  # what each mode runs
     "full": dict(distinct_shards=4, per_shard=1000, copies=5, batch=256, rows=8_000_000,
                  train_batch=4096, train_steps=150, projector="seed", eval_scale=1,
-                 agree_batch=256,
+                 agree_batch=256, dense_images=48, dense_classes=21,
                  compile_backend="inductor"),
     "smoke": dict(distinct_shards=2, per_shard=100, copies=1, batch=32, rows=4096,
                   train_batch=512, train_steps=4, projector="small", eval_scale=10,
-                  agree_batch=32,
+                  agree_batch=32, dense_images=2, dense_classes=5,
                   # dynamo's tracing without inductor's C++ build, which takes minutes on a CPU
                   compile_backend="eager"),
 }
@@ -385,6 +389,53 @@ def check_faiss(device: torch.device, out: dict) -> None:
     out["self_is_top1"] = bool((ids[:, 0] == torch.arange(1000)).all())
 
 
+def check_dense(models: dict, device: torch.device, size: dict, out: dict) -> None:
+    """Sliding-window segmentation as `pipeline eval` runs it (DinoV2Clip.dense_scorer and
+    dense/protocol.py's predict), the projector head on the seed projector (smoke: the small
+    one), over random VOC-sized images against random class embeddings (VOC21: 21 classes)."""
+    from dinov2clip.dense.protocol import Protocol, predict, window_boxes
+    from dinov2clip.models.inference import DinoV2Clip
+    from dinov2clip.models.preprocess import normalise
+    from dinov2clip.models.projector import Projector, count_parameters
+
+    dino, dino_spec = load_dino(models["dino"], device)
+    dim = int(dino.config.hidden_size)
+    torch.manual_seed(0)
+    name = size["projector"]
+    projector = Projector(replace(load_config_projector(PROJECTORS[name]), in_dim=dim))
+    projector = projector.to(device).eval().requires_grad_(False)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = DinoV2Clip(projector=projector, clip=None, tokenizer=None, clip_spec=None,
+                       dino=dino, dino_spec=dino_spec, device=device, dtype=dtype)
+    text = F.normalize(torch.randn(size["dense_classes"], projector.cfg.out_dim), dim=-1)
+    scorer = model.dense_scorer(text, "projector")
+    protocol = Protocol(bg_threshold=0.5)
+    g = torch.Generator().manual_seed(0)
+    h, w = 375, 500  # a VOC image, resized to 448 x 597: 2 windows
+    images = [normalise(torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=g),
+                        dino_spec) for _ in range(size["dense_images"] + 1)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        predict(images[0], scorer, protocol, (h, w))  # warm-up: kernels, cuBLAS
+        _sync(device)
+        t = time.perf_counter()
+        for x in images[1:]:
+            labels = predict(x, scorer, protocol, (h, w))  # .cpu() inside: synchronises
+        seconds = time.perf_counter() - t
+    n = len(images) - 1
+    windows = len(window_boxes(448, 597, protocol.window, protocol.stride))
+    out.update(images=n, image_size=[w, h], windows_per_image=windows,
+               classes=size["dense_classes"], head="projector", projector=name,
+               projector_params=count_parameters(projector), compute_dtype=str(dtype),
+               images_per_s=round(n / seconds, 2), windows_per_s=round(n * windows / seconds, 2),
+               seconds=round(seconds, 3), labels_shape=list(labels.shape),
+               labels_in_range=bool(0 <= int(labels.min()) and
+                                    int(labels.max()) <= size["dense_classes"]))
+    if device.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+
 def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cpu_count": os.cpu_count()}
@@ -408,7 +459,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny models, a few hundred images")
     ap.add_argument("--device", default="", help="default: cuda if available (smoke: cpu)")
-    ap.add_argument("--only", default="extract,agreement,train,eval,faiss")
+    ap.add_argument("--only", default="extract,agreement,train,eval,faiss,dense")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke
@@ -431,6 +482,7 @@ def main() -> None:
         "train": lambda o: check_train(device, size, o),
         "eval": lambda o: check_eval(device, size, o),
         "faiss": lambda o: check_faiss(device, o),
+        "dense": lambda o: check_dense(models, device, size, o),
     }
     try:
         models = build_models(tmp / "models", args.smoke)

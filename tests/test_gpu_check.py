@@ -18,7 +18,7 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["mode"] == "smoke" and r["device"] == "cpu"
-    for section in ("extract", "agreement", "train", "eval", "faiss"):
+    for section in ("extract", "agreement", "train", "eval", "faiss", "dense"):
         assert "error" not in r[section], r[section]
     ex = r["extract"]
     assert ex["images"] == 200
@@ -33,3 +33,7 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     assert r["train"]["eager"]["samples_per_s"] > 0 and r["train"]["compile"]["samples_per_s"] > 0
     assert set(r["eval"]) >= {"mscoco", "flickr30k", "flickr8k"}
     assert r["faiss"]["ran_on"] == "cpu (fallback)" and r["faiss"]["self_is_top1"]
+    dense = r["dense"]
+    assert dense["images"] == 2 and dense["windows_per_image"] == 2 and dense["images_per_s"] > 0
+    assert dense["labels_shape"] == [375, 500] and dense["labels_in_range"]
+    assert dense["head"] == "projector" and dense["classes"] == 5
