@@ -298,7 +298,8 @@ def check_train(device: torch.device, size: dict, out: dict) -> None:
 
     split = Split(rows(768, False), rows(512, True), rows(512, True))
     out.update(rows=n, batch_size=batch, projector=size["projector"],
-               cached_gb=round(sum(t.numel() * 2 for t in vars(split).values()) / 1e9, 2))
+               cached_gb=round(sum(getattr(split, f).numel() * 2 for f in split.fields()) / 1e9,
+                                2))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = peak_flops(str(device), 0.0)
     for compile_ in (False, True):
