@@ -55,6 +55,10 @@ def check_dims(cfg: Config, emb_dir: Path) -> None:
                 raise ConfigError(f"train.{key} = {got} does not match the embeddings in "
                                   f"{emb_dir}, which give {want}-d inputs")
         return
+    if not d_clip:
+        raise ConfigError(f"train.kind = {t.kind} maps into a teacher's space, but {emb_dir} "
+                          'was extracted without one (extract.clip_model = ""): set train.kind '
+                          '= "two_tower", or name a teacher and extract again')
     if (p.in_dim, p.out_dim) != (d_in, d_clip):
         raise ConfigError(
             f"train.projector dims {p.in_dim}->{p.out_dim} do not match the embeddings in "
@@ -79,8 +83,11 @@ def load_evalset(cfg: Config, tag: str):
         raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} has no text encoder "
                           "embeddings for the two-tower run's text side; extract it with the "
                           "run's extract.text_encoder")
-    out_dim = p.out_dim if cfg.train.kind != "two_tower" else pairs.clip_image.shape[1]
-    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, out_dim):
+    if cfg.train.kind == "two_tower":  # the text side is checked by its own projector
+        if pairs.x.shape[1] != p.in_dim:
+            raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}"
+                              f"-d inputs, the image projector takes {p.in_dim}")
+    elif (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, p.out_dim):
         raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}-d "
                           f"inputs and {pairs.clip_image.shape[1]}-d CLIP, the projector is "
                           f"{p.in_dim}->{p.out_dim}")

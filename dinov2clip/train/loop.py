@@ -83,6 +83,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
                             fused=device.type == "cuda")
     feed = Feed(train_set, t.batch_size, device, t.seed)
+    fields = train_set.fields()  # a batch's tensors, by name: no teacher, no clip_img
     sched = _scheduler(opt, t.scheduler, t.lr, t.epochs * len(feed), t.warmup_fraction)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     eval_model = ema.module if ema else model  # what is validated and saved
@@ -109,9 +110,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
                    unit="step")
         t0 = time.perf_counter()
         for i, batch in enumerate(bar):
+            batch = dict(zip(fields, batch, strict=True))
             with autocast(device, dtype):
                 pred, target = _outputs(step_model, batch)
-            loss, parts = loss_fn(pred.float(), batch[1], target.float())
+            loss, parts = loss_fn(pred.float(), batch.get("clip_img"), target.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -158,13 +160,13 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     return run.path
 
 
-def _outputs(model, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the image side's output, what the loss compares it with): CLIP's captions for a batch
-    (x, clip_img, clip_txt); the text projector's output for a two-tower batch, which carries
-    text_enc fourth."""
-    if len(batch) == 4:
-        return model(batch[0], batch[3])
-    return model(batch[0]), batch[2]
+def _outputs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image side's output, what the loss compares it with): CLIP's captions for an
+    into-teacher batch; the text projector's output for a two-tower batch, which carries
+    text_enc (and CLIP's arrays only when the set has a teacher)."""
+    if "text" in batch:
+        return model(batch["x"], batch["text"])
+    return model(batch["x"]), batch["clip_txt"]
 
 
 def _standardize(model, split) -> None:
