@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from dinov2clip.config import Config, ConfigError
+from dinov2clip.config.schema import TRAINED_DENSE_HEADS
 from dinov2clip.io_utils import read_json
 from dinov2clip.store import RunDir
 from dinov2clip.store.remote import (
@@ -27,6 +28,16 @@ from dinov2clip.store.remote import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def dense_heads(run_dir: RunDir) -> list[Path]:
+    """The files of every trained dense head the run holds (config and weights, both)."""
+    found = []
+    for head in TRAINED_DENSE_HEADS:
+        pair = [run_dir.dense_head_config(head), run_dir.dense_head_weights(head)]
+        if all(p.is_file() for p in pair):
+            found += pair
+    return found
 
 
 def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None = None) -> str:
@@ -46,7 +57,7 @@ def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None
     with tempfile.TemporaryDirectory(prefix="dinov2clip-push-") as tmp:
         stage = Path(tmp)
         pushed = RunDir(stage)  # the repo is laid out as a run directory, for RunDir.resolve
-        for path in weights:
+        for path in (*weights, *dense_heads(run_dir)):
             shutil.copyfile(path, pushed.path / path.name)
         pushed.eval_dir.mkdir()
         for path in (run_dir.results, run_dir.report):

@@ -39,7 +39,8 @@ def test_embeddings_are_aligned_typed_and_normalised(demo_run):
     emb = art / "embeddings" / "shapes" / "tiny"
     manifest = json.loads((emb / "manifest.json").read_text())
     assert manifest["n_images"] == 384
-    assert manifest["dims"] == {"dino": 48, "clip": 32}
+    # heads: the demo caches dino_heads (extract.dino_heads), one per attention head
+    assert manifest["dims"] == {"dino": 48, "clip": 32, "heads": 4}
     for shard in ("00000", "00001", "00002"):
         meta = pq.read_table(emb / "meta" / f"{shard}.parquet").to_pydict()
         n = len(meta["key"])

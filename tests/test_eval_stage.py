@@ -84,7 +84,8 @@ def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> 
     n, m = len(n_captions), sum(n_captions)
     rng = np.random.default_rng(0)
     for sub, shape in (("dino_cls", (n, d_dino)), ("dino_mean", (n, d_dino)),
-                       ("clip_image", (n, 32)), ("clip_text", (m, 32))):
+                       ("clip_image", (n, 32)), ("clip_text", (m, 32)),
+                       ("dino_heads", (n, 4, d_dino))):  # the demo's plan names dino_heads
         (emb / sub).mkdir(parents=True)
         np.save(emb / sub / "0.npy", rng.standard_normal(shape).astype(np.float16))
     (emb / "meta").mkdir()

@@ -81,7 +81,8 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
     assert result.output.strip().endswith(f"me/shapes-proj/commit/{COMMIT}")
     pushed = hub.repos["me/shapes-proj"]
     assert sorted(pushed) == ["README.md", "config.json", "eval/report.md", "eval/results.json",
-                              "model.safetensors", "projector.json"]
+                              "model.safetensors", "projector.json", "talk2dino.json",
+                              "talk2dino.safetensors"]  # the demo trains the talk2dino head
     assert pushed["model.safetensors"] == (run / "model.safetensors").read_bytes()
     card = pushed["README.md"].decode()
     assert hub.validated == card and card.startswith("---\nlibrary_name: dinov2-clip\n")
@@ -96,6 +97,10 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
     texts = ["a red circle", "a square"]
     torch.testing.assert_close(pulled.encode_text(texts), demo_model.encode_text(texts))
     assert ("GET", f"/me/shapes-proj/resolve/{COMMIT}/model.safetensors") in hub.requests
+    # the learned dense head travels too: the pulled run's heatmap is the local run's
+    image = images[0]
+    torch.testing.assert_close(pulled.heatmap(image, "a circle", head="talk2dino"),
+                               demo_model.heatmap(image, "a circle", head="talk2dino"))
 
 
 def test_push_takes_a_run_name_and_the_pushed_config_names_its_embeddings(demo_run, hub):

@@ -35,6 +35,7 @@ def config(tmp_path, text: str):
     ('[extract]\nclip_model = ""\ntext_encoder = "t"\n', "'train.kind' is 'into_teacher'"),
     (TWO_TOWER + 'select_metric = "val_pct_clip"\n', "'val_pct_clip', which needs a teacher"),
     (TWO_TOWER + 'val_evalset = "v"\nselect_metric = "evalset_pct_clip"\n', "needs a teacher"),
+    (TWO_TOWER + '[train.dense]\nhead = "talk2dino"\n', "'train.dense.head' is 'talk2dino'"),
 ])
 def test_a_teacher_less_config_that_cannot_work_is_refused_when_read(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

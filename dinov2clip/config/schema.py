@@ -39,7 +39,8 @@ RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop
 EVALSET_SOURCES = ("hf", "local", "karpathy")
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 TEMPLATE_SETS = ("imagenet80", "short", "plain")
-DENSE_HEADS = ("projector",)  # dense/heads.py builds each
+DENSE_HEADS = ("projector", "talk2dino")  # dense/heads.py builds each
+TRAINED_DENSE_HEADS = ("talk2dino",)  # train.dense.head: what train/dense_head.py trains
 VAL_KS = (1, 5)  # the recalls validation logs per epoch
 VAL_RECALLS = tuple(f"{d}_R@{k}" for d in ("t2i", "i2t") for k in VAL_KS)
 
@@ -182,6 +183,10 @@ class ExtractConfig:
     text_revision: str = ""  # hub branch, tag or commit to pin; empty: the default branch
     text_pooling: str = "auto"  # auto (sentence-transformers) | mean | cls | last_token
     text_max_length: int = 0  # tokens per caption; 0: the model's own limit
+    # Also cache, per image, the last block's per-head CLS-attention-pooled patch tokens
+    # (dino_heads, (n, heads, D) float16), what train.dense.head = "talk2dino" trains on. The
+    # last block runs its attention eagerly to form the weights; the default tag gains "-heads".
+    dino_heads: bool = False
 
     def __post_init__(self):
         _check_device("device", self.device)
@@ -207,6 +212,28 @@ class ProjectorConfig:
         _check_one_of("kind", self.kind, PROJECTOR_KINDS)
         for key in ("in_dim", "out_dim", "width", "depth", "head_width"):
             _check_at_least(key, getattr(self, key), 1)
+
+
+@dataclass(frozen=True)
+class DenseTrainConfig:
+    """A dense head trained after the projector, into the same run, from cached tensors."""
+
+    head: str = ""  # "": none | talk2dino (needs extract.dino_heads = true)
+    epochs: int = 10
+    batch_size: int = 128  # Talk2DINO's
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    hidden: int = 0  # width of the map's middle layer; 0: the backbone's width
+
+    def __post_init__(self):
+        if self.head:
+            _check_one_of("head", self.head, TRAINED_DENSE_HEADS)
+        for key in ("epochs", "batch_size"):
+            _check_at_least(key, getattr(self, key), 1)
+        _check_at_least("hidden", self.hidden, 0)
+        _check_at_least("weight_decay", self.weight_decay, 0.0)
+        if not self.lr > 0:
+            raise InvalidValue("lr", f"must be positive, got {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -244,6 +271,7 @@ class TrainConfig:
     placement: str = "auto"  # auto: the training split on the GPU when it fits | device | pinned
     compile: bool = False  # torch.compile the projector for the training steps
     ema_decay: float = 0.0  # > 0: validate and save an EMA of the weights, e.g. 0.999
+    dense: DenseTrainConfig = field(default_factory=DenseTrainConfig)
 
     def __post_init__(self):
         _check_device("device", self.device)
@@ -309,6 +337,9 @@ class DenseEvalConfig:
     max_images: int = 0  # 0: every image of a set
     overlays: int = 4  # image | ground truth | prediction pictures per set
     save_masks: bool = False  # predicted label maps as PNGs beside the set's JSON
+    # talk2dino: mix each class's map with its text-weighted head attention (Talk2DINO's
+    # background cleaning); the projector head has no attention of its own and ignores it
+    bg_clean: bool = False
 
     def __post_init__(self):
         _check_one_of("head", self.head, DENSE_HEADS)
@@ -384,6 +415,9 @@ class Config:
             raise InvalidValue("train.kind", f'is {t.kind!r} but extract.clip_model is "" (no '
                                'teacher): a projector into a teacher\'s space needs one; set '
                                'train.kind = "two_tower" or name extract.clip_model')
+        if t.dense.head:  # talk2dino is trained against the teacher's captions
+            raise InvalidValue("train.dense.head", f'is {t.dense.head!r} but extract.clip_model '
+                               'is "" (no teacher): the head learns CLIP\'s text space')
         allowed = select_metrics(bool(t.val_evalset), with_teacher=False)
         if t.select_metric and t.select_metric not in allowed:
             raise InvalidValue("train.select_metric", f"is {t.select_metric!r}, which needs a "

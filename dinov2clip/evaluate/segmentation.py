@@ -54,7 +54,8 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str) -> dict:
     protocol = Protocol(d.short_side, d.window, d.stride,
                         d.bg_threshold if background else None)
     prompted = classes[1:] if background else classes  # background gets no prompt
-    scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET))
+    scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET),
+                                d.head, d.bg_clean)
     meter, started = SegmentationMeter(len(classes)), time.perf_counter()
     for i, sample in enumerate(seg.samples(d.max_images)):
         label = sample.read_label()
@@ -86,7 +87,8 @@ def _results(cfg: Config, run: RunDir, name: str, classes: list[str], protocol: 
     per_class = dict(zip(classes, scores.pop("per_class_iou"), strict=True))
     return without_nan({
         "set": name, **scores, "per_class_iou": per_class, "classes": classes,
-        "head": cfg.eval.dense.head, "backbone": models.dino_model,
+        "head": cfg.eval.dense.head, "bg_clean": cfg.eval.dense.bg_clean,
+        "backbone": models.dino_model,
         "teacher": f"{models.clip_model} {models.clip_pretrained}".strip(),
         "protocol": {**protocol.to_dict(), "prompts": list(SUB_IMAGENET),
                      "upsampling": "bilinear", "ignore_label": IGNORE,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dinov2clip.dense.attention import ClsAttention, head_pooled
 from dinov2clip.device import autocast
 from dinov2clip.models.identity import clip_weights, dino_weights, tokenizer_info
 from dinov2clip.models.loaders import cls_and_patch_mean, patch_token_count, register_count
@@ -17,9 +18,12 @@ from dinov2clip.store import Embeddings
 
 class Mapper:
     def __init__(self, dino, dino_spec: PreprocessSpec, clip, clip_spec: PreprocessSpec,
-                 device: torch.device, dtype: torch.dtype, text_encoder=None):
+                 device: torch.device, dtype: torch.dtype, text_encoder=None,
+                 dino_heads: bool = False):
         self.dino, self.clip = dino, clip  # clip: an open_clip model, or None (no teacher)
         self.text_encoder = text_encoder  # a models.text_encoders.TextEncoder, or None
+        # extract.dino_heads: the last block's CLS attention, kept by a hook on each forward
+        self.cls_attention = ClsAttention(dino) if dino_heads else None
         self.dino_spec, self.clip_spec = dino_spec, clip_spec
         self.device, self.dtype = device, dtype
         self.n_registers = register_count(dino)
@@ -47,6 +51,8 @@ class Mapper:
     @property
     def dims(self) -> dict:
         text = {"text": self.text_encoder.dim} if self.text_encoder is not None else {}
+        if self.cls_attention is not None:
+            text["heads"] = int(self.dino.config.num_attention_heads)
         clip = {"clip": self.clip_dim} if self.clip is not None else {}
         return {"dino": int(self.dino.config.hidden_size), **clip, **text}
 
@@ -78,6 +84,8 @@ class Mapper:
         if self.text_encoder is not None:
             with autocast(dev, self.dtype):
                 out["text_enc"] = self.text_encoder.encode(captions)  # (m, D_text), unit
+        if self.cls_attention is not None:  # (B, heads, D): what talk2dino trains against
+            out["dino_heads"] = head_pooled(self.cls_attention.take(), hidden, self.n_registers)
         # fp16 on the device halves the copy; non_blocking lands it in pinned host memory.
         host = {k: v.to(torch.float16).to("cpu", non_blocking=True) for k, v in out.items()}
         event = None
@@ -107,8 +115,14 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
     and nothing else of the teacher is named."""
     text = {} if mapper.text_encoder is None else {
         "text_encoder": mapper.text_encoder.describe()}  # name, pooling, max length, weights
+    heads = {}
+    if mapper.cls_attention is not None:  # part of the hash: a set with them is another set
+        heads = {"dino_heads": {"layer": "last", "pooling": "per-head CLS attention, softmax "
+                                "over patch tokens (registers excluded), of last_hidden_state",
+                                "attention": "eager (last block)"}}
     if mapper.clip is None:
         return {
+            **heads,
             "dino_model": dino_name,
             "dino_type": str(mapper.dino.config.model_type),
             "dino_registers": mapper.n_registers,
@@ -121,6 +135,7 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
             **text,
         }
     return {
+        **heads,
         "dino_model": dino_name,
         "dino_type": str(mapper.dino.config.model_type),
         "dino_registers": mapper.n_registers,

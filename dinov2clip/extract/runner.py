@@ -96,7 +96,7 @@ def _extract(cfg: Config, sources: list[Source], shards: dict[str, list[Path]]) 
         clip, tokenizer, clip_spec = None, no_tokens, dino_spec
     text = (TextEncoder(e.text_encoder, e.text_pooling, device, e.text_revision,
                         e.text_max_length) if e.text_encoder else None)
-    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, text)
+    mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, text, e.dino_heads)
     info = describe(mapper, e.dino_model, e.clip_model, e.clip_pretrained, tokenizer,
                     e.dino_revision)
     models_hash = config_hash(info)
@@ -252,9 +252,10 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    writer.write(job.path.stem, concat(shard.parts, dims["dino"], dims.get("clip", 0),
-                                       dims.get("text", 0)), shard.meta,
-                 shard.skipped, _source(job.path, root), shard.dropped)
+    emb = concat(shard.parts, dims["dino"], dims.get("clip", 0), dims.get("text", 0),
+                 dims.get("heads", 0))
+    writer.write(job.path.stem, emb, shard.meta, shard.skipped, _source(job.path, root),
+                 shard.dropped)
     timer.add("write", t)
     timer.count(len(shard.meta))
 

@@ -52,6 +52,9 @@ class DinoV2Clip:
         self.device = device or torch.device("cpu")
         self.dtype, self.batch_size = dtype, batch_size
         self.n_registers = register_count(dino) if dino else 0
+        self.run: RunDir | None = None  # where a trained dense head is read from, on first use
+        self._dense_maps: dict = {}
+        self._cls_attention = None
 
     @classmethod
     def from_pretrained(cls, run: str | Path, *, root: str | Path | None = None,
@@ -99,10 +102,12 @@ class DinoV2Clip:
             if d_in != projector.cfg.in_dim:
                 raise ConfigError(f"DINOv2 {models.dino_model!r} gives {d_in}-d {tr.pooling} "
                                   f"features but the projector expects {projector.cfg.in_dim}")
-        return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
-                   dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
-                   num_patch_tokens=tr.num_patch_tokens, device=dev,
-                   dtype=amp, batch_size=batch_size, text_encoder=text_encoder)
+        model = cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
+                    dino=dino, dino_spec=dino_spec, pooling=tr.pooling,
+                    num_patch_tokens=tr.num_patch_tokens, device=dev,
+                    dtype=amp, batch_size=batch_size, text_encoder=text_encoder)
+        model.run = run_dir
+        return model
 
     @property
     def dim(self) -> int:
@@ -273,25 +278,59 @@ class DinoV2Clip:
         rgb = np.asarray(rgb_on_white(_open(image)), dtype=np.float32)
         return normalise(torch.from_numpy(rgb)[None], self.dino_spec)
 
-    def dense_scorer(self, text: torch.Tensor):
-        """The protocol's scorer: a window -> (C, h, w) cosines with text (C, dim)."""
+    def dense_scorer(self, text: torch.Tensor, head: str = "projector", bg_clean: bool = False):
+        """The protocol's scorer: a window -> (C, h, w) cosines with text (C, dim), teacher
+        text embeddings. head: "projector" (the run's projector on every patch token) or
+        "talk2dino" (the patch tokens against the text mapped by the run's talk2dino head;
+        bg_clean: its background cleaning from the last block's head attention)."""
         from dinov2clip.dense.protocol import patch_scorer
+        from dinov2clip.dense.talk2dino import Talk2DinoMap, talk2dino_scorer
 
-        return patch_scorer(lambda x: self._patch_features(x)[0], text.to(self.device))
+        if head == "projector":
+            return patch_scorer(lambda x: self._patch_features(x)[0], text.to(self.device))
+        if head != "talk2dino":
+            raise ConfigError(f"unknown dense head {head!r} (known: projector, talk2dino)")
+        if self.run is None:
+            raise ConfigError(f"the {head} head is read from a run: load the model with "
+                              "DinoV2Clip.from_pretrained")
+        if head not in self._dense_maps:  # loaded strictly on first use
+            self._dense_maps[head] = Talk2DinoMap.load(
+                self.run.dense_head_config(head), self.run.dense_head_weights(head),
+                self.device).requires_grad_(False)
+        mapped = self._dense_maps[head](text.to(self.device).float())
+        return talk2dino_scorer(self._window_tokens, mapped, bg_clean)
+
+    def _window_tokens(self, x: torch.Tensor):
+        """One normalised window -> dense.talk2dino.window_tokens' (patches, pooled, attention)."""
+        from dinov2clip.dense.attention import ClsAttention
+        from dinov2clip.dense.talk2dino import window_tokens
+
+        if self.dino is None:
+            raise ConfigError("this DinoV2Clip was loaded with image_tower=False")
+        if self._cls_attention is None:  # the last block's weights, kept by a hook
+            self._cls_attention = ClsAttention(self.dino)
+        p = _patch_size(self.dino)
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        with autocast(self.device, self.dtype):
+            hidden = self.dino(pixel_values=x[..., :h * p, :w * p].to(self.device)
+                               ).last_hidden_state
+        return window_tokens(self.dino, self.n_registers, self._cls_attention, hidden, (h, w))
 
     @torch.inference_mode()
-    def heatmap(self, image: Image.Image | str | Path, text: str, protocol=None) -> torch.Tensor:
+    def heatmap(self, image: Image.Image | str | Path, text: str, protocol=None,
+                head: str = "projector", bg_clean: bool = False) -> torch.Tensor:
         """(H, W) float32 cosine between text and each pixel's patch, at the image's size,
         under the segmentation protocol (short side 448, sliding windows, bilinear)."""
         from dinov2clip.dense.protocol import Protocol, segment_logits
 
         x = self.image_tensor(image)
-        return segment_logits(x, self.dense_scorer(self.encode_text([text])),
-                              protocol or Protocol(), tuple(x.shape[-2:]))[0].cpu()
+        scorer = self.dense_scorer(self.encode_text([text]), head, bg_clean)
+        return segment_logits(x, scorer, protocol or Protocol(), tuple(x.shape[-2:]))[0].cpu()
 
     @torch.inference_mode()
     def segment(self, image: Image.Image | str | Path, classes: Sequence[str],
-                background: float | None = None, protocol=None) -> torch.Tensor:
+                background: float | None = None, protocol=None, head: str = "projector",
+                bg_clean: bool = False) -> torch.Tensor:
         """(H, W) int64 label map at the image's size: the index of the best class in classes;
         with background (a cosine threshold), 0 is background and classes[i] is i + 1."""
         from dataclasses import replace
@@ -304,7 +343,7 @@ class DinoV2Clip:
         proto = replace(protocol or Protocol(), bg_threshold=background)
         x = self.image_tensor(image)
         text = class_embeddings(self.encode_text, list(classes))
-        return predict(x, self.dense_scorer(text), proto, tuple(x.shape[-2:]))
+        return predict(x, self.dense_scorer(text, head, bg_clean), proto, tuple(x.shape[-2:]))
 
 
 def _checked(texts: Sequence[str] | str) -> list[str]:

@@ -32,7 +32,8 @@ def file_record(path: Path, array: np.ndarray | None = None, rows: int | None = 
 
 
 def npy_problem(path: Path, expect: dict) -> str | None:
-    """expect: any of rows, cols, dtype, bytes; what is not known is not checked."""
+    """expect: any of rows, cols (a 2-d array) or tail (the dims after rows), dtype, bytes;
+    what is not known is not checked."""
     size = _size(path)
     if size is None:
         return f"{path} is missing"
@@ -77,7 +78,11 @@ def first_nonfinite_row(data: np.ndarray) -> tuple[int, int] | None:
 
 
 def _shape_problem(path: Path, shape: tuple, expect: dict) -> str | None:
-    if len(shape) != 2:
+    tail = expect.get("tail")
+    if tail is not None and (len(shape) != 1 + len(tail) or any(
+            t is not None and s != t for s, t in zip(shape[1:], tail, strict=True))):
+        return f"{path} has shape {shape}, its done-marker says (rows, {', '.join(map(str, tail))})"
+    if tail is None and len(shape) != 2:
         return f"{path} has shape {shape}, not (rows, dim)"
     if expect.get("rows") is not None and shape[0] != expect["rows"]:
         return f"{path} has {shape[0]} rows, its done-marker says {expect['rows']}"

@@ -35,6 +35,10 @@ ARRAYS = DINO_ARRAYS + TEACHER_ARRAYS  # a set made with a teacher and no text e
 # In a set whose models description names a text encoder (extract.text_encoder): its caption
 # embeddings, float16, L2-normalised, one row per caption like clip_text.
 TEXT_ARRAY = "text_enc"
+# In a set extracted with extract.dino_heads (its models description names dino_heads): per
+# image, per head of the last block, the patch tokens averaged by that head's CLS attention,
+# float16 (n, heads, D) (dense/attention.py).
+HEADS_ARRAY = "dino_heads"
 CAPTION_ARRAYS = ("clip_text", TEXT_ARRAY)  # one row per caption; the others, one per image
 PLAN, MANIFEST = "plan.json", "manifest.json"
 
@@ -65,6 +69,8 @@ def embeddings_tag(extract) -> str:
         return extract.tag
     # a text encoder adds an array: its sets live beside (not inside) the ones without it
     text = f"__{Path(extract.text_encoder).name}" if extract.text_encoder else ""
+    # a set with dino_heads is made by other models (its hash says so): it lives apart
+    text += "-heads" if getattr(extract, "dino_heads", False) else ""
     if not extract.clip_model:  # no teacher arrays: a name no teacher-made set can have
         return f"{Path(extract.dino_model).name}__no-teacher{text}"
     if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
@@ -132,7 +138,11 @@ class EmbeddingSet:
         one); text_enc when it names a text encoder."""
         models = (self.read_plan() or {}).get("models") or {}
         teacher = TEACHER_ARRAYS if models.get("clip_model") != "" else ()
-        return DINO_ARRAYS + teacher + ((TEXT_ARRAY,) if models.get("text_encoder") else ())
+        return DINO_ARRAYS + teacher + ((TEXT_ARRAY,) if models.get("text_encoder") else ()) + (
+            (HEADS_ARRAY,) if models.get(HEADS_ARRAY) else ())
+
+    def has_dino_heads(self) -> bool:
+        return HEADS_ARRAY in self.arrays()
 
     def has_text_encoder(self) -> bool:
         return TEXT_ARRAY in self.arrays()
@@ -215,6 +225,11 @@ class EmbeddingSet:
         out = {"meta": {"rows": counts.get("n_images"), **files.get("meta", {})}}
         for array in self.arrays():
             kept = files.get(array, {})
+            if array == HEADS_ARRAY:  # 3-d: its marker's record is the whole check
+                shape = kept.get("shape") or [counts.get("n_images"), None, None]
+                out[array] = {"rows": shape[0], "tail": shape[1:], "dtype": kept.get("dtype"),
+                              "bytes": kept.get("bytes")}
+                continue
             rows, cols = kept.get("shape") or (
                 counts.get("n_captions" if array in CAPTION_ARRAYS else "n_images"),
                 dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d, "text": d_t}

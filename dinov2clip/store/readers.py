@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dinov2clip.config import POOLINGS, ConfigError
-from dinov2clip.store.layout import DINO_ARRAYS, TEXT_ARRAY, EmbeddingSet
+from dinov2clip.store.layout import DINO_ARRAYS, HEADS_ARRAY, TEXT_ARRAY, EmbeddingSet
 
 
 @dataclass
@@ -144,7 +144,8 @@ def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
     """A complete eval set, every caption of every image, as float32 tensors; every file is
     checked before the first is loaded, and values as each is loaded."""
     store = EmbeddingSet(emb_dir)
-    arrays = {n: [] for n in store.arrays()}
+    # dino_heads (a dense head's training data) is no part of a retrieval eval: not loaded
+    arrays = {n: [] for n in store.arrays() if n != HEADS_ARRAY}
     owners, n_images = [], 0
     for s in store.verified_shards():
         for n in arrays:
@@ -208,3 +209,42 @@ def _read_shard(store: EmbeddingSet, shard: str, pooling: str, num_patch_tokens:
     if with_text:
         out.append(torch.from_numpy(store.load(TEXT_ARRAY, shard, rows=first_caption)))
     return tuple(t.to(torch.float16) for t in out)
+
+
+@dataclass
+class HeadPairs:
+    """What a talk2dino head trains on: per image its attention-pooled heads and a caption."""
+
+    heads: torch.Tensor  # (N, heads, D_dino) float16
+    text: torch.Tensor  # (N, D_clip) float16, L2-normalised: each image's first caption
+
+    def __len__(self) -> int:
+        return self.heads.shape[0]
+
+
+def load_head_pairs(emb_dir: Path, val_fraction: float) -> tuple[HeadPairs, HeadPairs]:
+    """(train, val) of a complete set extracted with dino_heads, split by key hash exactly as
+    load_split splits it, so the dense head validates on the projector's held-out images."""
+    store = EmbeddingSet(emb_dir)
+    shards = store.verified_shards()
+    if not store.has_dino_heads():
+        raise ConfigError(f"{emb_dir} holds no dino_heads (per-head attention-pooled patch "
+                          "tokens): set extract.dino_heads = true and run `pipeline extract`")
+    if not store.has_teacher():  # the head is trained against the teacher's captions
+        raise ConfigError(f"{emb_dir} holds no clip_text (extracted without a teacher): a "
+                          "dense head trains against CLIP's captions; name extract.clip_model")
+    parts: dict[bool, list] = {False: [], True: []}
+    for s in shards:
+        is_val = _val_mask(store, s, val_fraction)
+        first = np.asarray(store.meta_column(s, "caption_start"), dtype=np.int64)
+        heads = torch.from_numpy(store.load("dino_heads", s))
+        text = torch.from_numpy(store.load("clip_text", s, rows=first))
+        for side in (False, True):
+            idx = torch.from_numpy(np.flatnonzero(is_val == side))
+            parts[side].append((heads.index_select(0, idx), text.index_select(0, idx)))
+    train, val = (HeadPairs(torch.cat([h for h, _ in parts[side]]),
+                            torch.cat([t for _, t in parts[side]])) for side in (False, True))
+    if not len(train) or not len(val):
+        raise ConfigError(f"train.val_fraction={val_fraction} leaves an empty split of "
+                          f"{len(train) + len(val)} images")
+    return train, val

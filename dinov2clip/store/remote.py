@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
+from dinov2clip.config.schema import TRAINED_DENSE_HEADS
 
 HUB_PREFIX = "hf-hub:"
 MODEL_CARD = "README.md"
@@ -22,8 +23,10 @@ def download_run(run: str) -> Path:
     from dinov2clip.store.run import RunDir  # (a cycle at import time: run.py imports this)
 
     layout = RunDir(".")  # what a pushed run holds: projector, config, model card, eval
+    heads = [p.name for h in TRAINED_DENSE_HEADS
+             for p in (layout.dense_head_config(h), layout.dense_head_weights(h))]
     pulled = [*(p.name for p in (layout.projector_config, layout.weights, layout.config)),
-              MODEL_CARD, f"{layout.eval_dir.name}/*"]
+              *heads, MODEL_CARD, f"{layout.eval_dir.name}/*"]
     repo, _, revision = str(run)[len(HUB_PREFIX):].partition("@")
     try:
         path = snapshot_download(repo_id=repo, revision=revision or None, allow_patterns=pulled,

@@ -4,6 +4,8 @@
                             trained on (tag, dataset, models hash, models): what every user of the
                             run reads, never the config at hand
     projector.json + model.safetensors   the chosen projector
+    talk2dino.json + talk2dino.safetensors   the talk2dino dense head (train.dense.head), its
+                            best epoch by validation text->image R@1
     checkpoints/epoch_NNN.safetensors    every epoch's weights
     train_state.pt          the resume commit point, written last at the end of an epoch
     metrics.jsonl           one JSON line per logged step and per epoch
@@ -135,6 +137,13 @@ class RunDir:
     @property
     def weights(self) -> Path:
         return self.path / WEIGHTS_NAME
+
+    def dense_head_config(self, head: str) -> Path:
+        """<head>.json: a trained dense head's config (head: "talk2dino")."""
+        return self.path / f"{head}.json"
+
+    def dense_head_weights(self, head: str) -> Path:
+        return self.path / f"{head}.safetensors"
 
     @property
     def checkpoints(self) -> Path:

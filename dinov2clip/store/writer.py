@@ -28,6 +28,7 @@ from dinov2clip.io_utils import (
 )
 from dinov2clip.store.integrity import file_record
 from dinov2clip.store.layout import (
+    HEADS_ARRAY,
     MANIFEST,
     META_SCHEMA,
     TEXT_ARRAY,
@@ -45,6 +46,7 @@ class Embeddings:
     clip_image: np.ndarray | None  # (n, D_clip) float16, L2-normalised; None: no teacher
     clip_text: np.ndarray | None  # (m, D_clip) float16, L2-normalised; None: no teacher
     text_enc: np.ndarray | None = None  # (m, D_text) float16, L2-normalised; with a text encoder
+    dino_heads: np.ndarray | None = None  # (n, heads, D_dino) float16; with extract.dino_heads
 
     def n_captions(self) -> int:
         return int((self.clip_text if self.clip_text is not None else self.text_enc).shape[0])
@@ -166,7 +168,7 @@ class ShardWriter:
             "runtime": self.runtime,
             "provenance": provenance,
             "dtypes": {name: "float16" for name in self.store.arrays()},
-            "normalised": {name: name not in ("dino_cls", "dino_mean")
+            "normalised": {name: name not in ("dino_cls", "dino_mean", HEADS_ARRAY)
                            for name in self.store.arrays()},
             "shards": {r["shard"]: {"n_images": r["n_images"], "n_captions": r["n_captions"],
                                     "skipped": r["skipped"], "source": r["source"]}
@@ -180,18 +182,22 @@ class ShardWriter:
         return manifest
 
 
-def empty_embeddings(d_dino: int, d_clip: int, d_text: int = 0) -> Embeddings:
-    """d_clip, d_text: the teacher's and the text encoder's dims, 0 without one."""
-    def z(d: int) -> np.ndarray | None:
-        return np.zeros((0, d), np.float16) if d else None
+def empty_embeddings(d_dino: int, d_clip: int, d_text: int = 0, n_heads: int = 0
+                     ) -> Embeddings:
+    """d_clip, d_text: the teacher's and the text encoder's dims, 0 without one; n_heads > 0:
+    with dino_heads."""
+    def z(*shape: int) -> np.ndarray | None:
+        return np.zeros((0, *shape), np.float16) if shape[0] else None
 
-    return Embeddings(z(d_dino), z(d_dino), z(d_clip), z(d_clip), z(d_text))
+    return Embeddings(z(d_dino), z(d_dino), z(d_clip), z(d_clip), z(d_text),
+                      z(n_heads, d_dino) if n_heads else None)
 
 
-def concat(parts: list[Embeddings], d_dino: int, d_clip: int, d_text: int = 0) -> Embeddings:
+def concat(parts: list[Embeddings], d_dino: int, d_clip: int, d_text: int = 0,
+           n_heads: int = 0) -> Embeddings:
     if not parts:
-        return empty_embeddings(d_dino, d_clip, d_text)
+        return empty_embeddings(d_dino, d_clip, d_text, n_heads)
     return Embeddings(**{a: None if getattr(parts[0], a) is None else
                          np.concatenate([getattr(p, a) for p in parts])
                          for a in ("dino_cls", "dino_mean", "clip_image", "clip_text",
-                                   "text_enc")})
+                                   TEXT_ARRAY, HEADS_ARRAY)})

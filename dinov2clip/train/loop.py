@@ -38,6 +38,7 @@ from dinov2clip.store import (
 from dinov2clip.terminal import progress
 from dinov2clip.train import checks as C
 from dinov2clip.train import validate as V
+from dinov2clip.train.dense_head import after_projector, require_heads
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
@@ -57,6 +58,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
     C.check_dims(cfg, emb_dir)
+    require_heads(cfg, emb_dir)
     cfg = C.with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
     t = cfg.train
     evalset = C.load_evalset(cfg, tag)
@@ -95,6 +97,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         if start_epoch >= t.epochs:
             log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
                      "resume (--force starts it over)", run, t.epochs, best["epoch"])
+            after_projector(cfg, run, emb_dir, device, dtype, _scheduler, only_missing=True)
             return run.path
     if start_epoch == 0:
         run.write_config(cfg, trained_on(emb_dir, tag, t.dataset))
@@ -157,6 +160,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
              t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
              run)
+    after_projector(cfg, run, emb_dir, device, dtype, _scheduler)  # train.dense.head, if any
     return run.path
 
 
