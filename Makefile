@@ -17,7 +17,8 @@ setup: ## Install uv if needed, then create .venv exactly from uv.lock, bytecode
 		|| python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen --compile-bytecode --quiet
 
-demo: setup ## Run the whole pipeline offline on tiny random models and synthetic data
+demo: setup clean ## Run the whole pipeline offline on tiny random models and synthetic data
+	@# From a clean artifacts/demo: a set left by an older version would be refused as mixed.
 	$(PIPELINE) run --stage all --config configs/demo.toml --force
 
 test: setup lint ## Lint, then run the whole test suite (what CI runs)

@@ -77,7 +77,8 @@ def read_run(path: Path) -> RunResults:
         raise ConfigError(f"{run.results}: not an eval results file") from None
     tr, models = run.read_config().train, run.trained_models()  # what the run was trained on
     pre = models.clip_pretrained
-    teacher = _short(models.clip_model) + (f" / {_short(pre)}" if pre else "")
+    teacher = (_short(models.clip_model) + (f" / {_short(pre)}" if pre else "")
+               if models.clip_model else "none")
     loss = " + ".join(k if w == 1 else f"{w:g}*{k}" for k, w in tr.loss.items())
     best = results.get("run_info", {}).get("best_epoch")
     return RunResults(name=run.name, backbone=_short(models.dino_model), teacher=teacher,

@@ -106,7 +106,8 @@ def model_card(run_dir: RunDir, repo: str, cfg: Config) -> str:
         "with dinov2-clip on cached embeddings: query DINOv2 with CLIP text.", "",
         "| | |", "|---|---|",
         f"| backbone | `{ex.dino_model}` |",
-        f"| teacher | open_clip `{ex.clip_model}`, pretrained `{ex.clip_pretrained}` |",
+        (f"| teacher | open_clip `{ex.clip_model}`, pretrained `{ex.clip_pretrained}` |"
+         if ex.clip_model else "| teacher | none (two towers over a frozen text encoder) |"),
         f"| data | `{tr.dataset}`, embeddings `{run_dir.trained_on().tag}` (extracted: "
         f"{', '.join(ex.datasets)}) |",
         f"| recipe | {recipe} |",

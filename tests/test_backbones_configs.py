@@ -46,7 +46,7 @@ def test_token_mean_weighs_by_the_manifests_patch_count(tmp_path):
 
     from dinov2clip.config import ConfigError
     from dinov2clip.store import pool
-    from dinov2clip.train.loop import with_patch_tokens
+    from dinov2clip.train.checks import with_patch_tokens
 
     cfg = load_config(REPO / "configs" / "dinov3-clip.toml")
     emb = tmp_path / "emb"

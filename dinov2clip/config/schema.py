@@ -5,7 +5,7 @@ for the use commands; ConfigError, the one-line error every config problem raise
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -45,12 +45,19 @@ VAL_KS = (1, 5)  # the recalls validation logs per epoch
 VAL_RECALLS = tuple(f"{d}_R@{k}" for d in ("t2i", "i2t") for k in VAL_KS)
 
 
-def select_metrics(with_evalset: bool) -> tuple[str, ...]:
-    """Every per-epoch metric train.select_metric may name."""
-    names = ("val_loss", "val_cosine", "val_pct_clip", *(f"val_{r}" for r in VAL_RECALLS))
+def select_metrics(with_evalset: bool, with_teacher: bool = True) -> tuple[str, ...]:
+    """Every per-epoch metric train.select_metric may name; "% of CLIP" only with a teacher."""
+    pct = ("val_pct_clip",) if with_teacher else ()
+    names = ("val_loss", "val_cosine", *pct, *(f"val_{r}" for r in VAL_RECALLS))
     if with_evalset:
-        names += ("evalset_pct_clip", *(f"evalset_{r}" for r in VAL_RECALLS))
+        names += (*(("evalset_pct_clip",) if with_teacher else ()),
+                  *(f"evalset_{r}" for r in VAL_RECALLS))
     return names
+
+
+# train.select_metric = "" picks this: the share of CLIP's R@1 with a teacher; without one, the
+# towers' own text->image R@1 (the direction a search serves).
+DEFAULT_SELECT = {True: "val_pct_clip", False: "val_t2i_R@1"}
 
 
 class InvalidValue(ConfigError):
@@ -157,7 +164,9 @@ class ExtractConfig:
     datasets: list[str] = field(default_factory=list)  # "shards/<name>" or "evalsets/<name>"
     dino_model: str = "facebook/dinov2-base"  # HF hub id or local directory
     dino_revision: str = ""  # hub branch, tag or commit to pin; empty: the default branch
-    clip_model: str = "ViT-B-16"  # open_clip name, or a path to an open_clip model-config JSON
+    # open_clip name, or a path to an open_clip model-config JSON; "": no teacher (a two-tower
+    # run over extract.text_encoder alone: no clip_image/clip_text, no "% of CLIP")
+    clip_model: str = "ViT-B-16"
     clip_pretrained: str = "openai"  # open_clip pretrained tag, or a checkpoint path
     tag: str = ""  # embeddings/<dataset>/<tag>; empty: derived from the model names
     batch_size: int = 256
@@ -252,7 +261,9 @@ class TrainConfig:
     val_fraction: float = 0.01
     val_retrieval_max: int = 10000  # val pairs used for the per-epoch retrieval check
     val_evalset: str = ""  # an eval set logged per epoch as validation, e.g. "mscoco-val"
-    select_metric: str = "val_pct_clip"  # best epoch by this (higher is better, or val_loss)
+    # best epoch by this (higher is better, or val_loss); "": DEFAULT_SELECT, val_pct_clip with
+    # a teacher, val_t2i_R@1 without (resolved when the config is read)
+    select_metric: str = ""
     log_every: int = 50  # steps between metrics.jsonl lines (and the only GPU syncs)
     seed: int = 0
     device: str = "auto"
@@ -273,8 +284,9 @@ class TrainConfig:
         _check_one_of("pooling", self.pooling, POOLINGS)
         _check_one_of("scheduler", self.scheduler, SCHEDULERS)
         _check_one_of("placement", self.placement, PLACEMENTS)
-        _check_one_of("select_metric", self.select_metric,
-                      select_metrics(with_evalset=bool(self.val_evalset)))
+        if self.select_metric:  # "" is resolved by Config, which knows whether there is a teacher
+            _check_one_of("select_metric", self.select_metric,
+                          select_metrics(with_evalset=bool(self.val_evalset)))
         if not 0.0 <= self.ema_decay < 1.0:
             raise InvalidValue("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -396,6 +408,33 @@ class Config:
         if self.train.val_evalset and self.train.val_evalset in self.eval.sets:
             raise InvalidValue("train.val_evalset", f"{self.train.val_evalset!r} is also in "
                                "eval.sets: model selection must not see a test set")
+        self._check_teacher()
+        if not self.train.select_metric:  # frozen: the resolved value is what config.json keeps
+            metric = DEFAULT_SELECT[bool(self.extract.clip_model)]
+            object.__setattr__(self, "train", replace(self.train, select_metric=metric))
+
+    def _check_teacher(self) -> None:
+        """Without a teacher only a text encoder gives captions, only two towers can train,
+        and no metric compares with CLIP."""
+        e, t = self.extract, self.train
+        if e.clip_model:
+            return
+        if not e.text_encoder:
+            raise InvalidValue("extract.clip_model", 'is "" (no teacher) and extract.'
+                               "text_encoder is empty: nothing would embed the captions; name "
+                               "a teacher, a text encoder, or both")
+        if t.kind != "two_tower":
+            raise InvalidValue("train.kind", f'is {t.kind!r} but extract.clip_model is "" (no '
+                               'teacher): a projector into a teacher\'s space needs one; set '
+                               'train.kind = "two_tower" or name extract.clip_model')
+        if t.dense.head:  # talk2dino is trained against the teacher's captions
+            raise InvalidValue("train.dense.head", f'is {t.dense.head!r} but extract.clip_model '
+                               'is "" (no teacher): the head learns CLIP\'s text space')
+        allowed = select_metrics(bool(t.val_evalset), with_teacher=False)
+        if t.select_metric and t.select_metric not in allowed:
+            raise InvalidValue("train.select_metric", f"is {t.select_metric!r}, which needs a "
+                               f'teacher (extract.clip_model is ""); one of: '
+                               f"{', '.join(allowed)}")
 
     @property
     def root(self) -> Path:

@@ -8,7 +8,9 @@ t . normalize(u + p) = (t . u + t . p) / |u + p|, so an eval costs two products,
 A two-tower run brings its own text side (its text encoder's captions through its text
 projector), in a space CLIP's images are not in: its row ranks its texts against its images,
 and its ensemble is the mean of the two score matrices, (CLIP's + its own) / 2, score fusion of
-two dual encoders. "% of CLIP" is against the same CLIP row in both kinds of run.
+two dual encoders. "% of CLIP" is against the same CLIP row in both kinds of run. An eval set
+extracted without a teacher (a teacher-less two-tower run) has no CLIP row: rows() gives the
+projected row alone, with no ensemble and no "% of CLIP".
 """
 
 from __future__ import annotations
@@ -25,25 +27,38 @@ NORM_EPS = 1e-12  # F.normalize's: a zero vector stays zero rather than dividing
 class SetEval:
     """One eval set's text side and CLIP images, kept for as many projections as asked."""
 
-    def __init__(self, text: torch.Tensor, clip_image: torch.Tensor,
+    def __init__(self, text: torch.Tensor | None, clip_image: torch.Tensor | None,
                  caption_to_image: torch.Tensor, ks: list[int],
-                 device: torch.device | str = "cpu"):
-        _check_finite("CLIP text", text)
-        _check_finite("CLIP image", clip_image)
+                 device: torch.device | str = "cpu", n_images: int = 0):
+        """text, clip_image: CLIP's, or both None for a set without a teacher (n_images then
+        says how many images the projected rows must have)."""
         self.text, self.clip_image = text, clip_image  # (n_captions, D), (n_images, D)
         self.c2i = caption_to_image.long()  # (n_captions,)
         self.ks, self.device = list(ks), device
-        self.clip_scores = score_matrix(text, clip_image, device)  # (n_captions, n_images)
-        self.clip = recall_of(self.clip_scores, self.c2i, self.ks)
+        self.n_images = n_images if clip_image is None else clip_image.shape[0]
+        self.clip_scores = self.clip = None
+        if clip_image is not None:
+            _check_finite("CLIP text", text)
+            _check_finite("CLIP image", clip_image)
+            self.clip_scores = score_matrix(text, clip_image, device)  # (n_captions, n_images)
+            self.clip = recall_of(self.clip_scores, self.c2i, self.ks)
 
     def rows(self, projected: torch.Tensor, text: torch.Tensor | None = None
              ) -> dict[str, dict[str, float]]:
-        """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows.
-        text: a two-tower run's projected captions (n_captions, D); None: CLIP's."""
+        """{'clip', 'projected', 'ensemble'}: R@k in percent, plus the two % of CLIP rows;
+        {'projected'} alone without a teacher. text: a two-tower run's projected captions
+        (n_captions, D); None: CLIP's."""
         _check_finite("projected", projected)
         if text is not None:
             _check_finite("projected text", text)
         own = text is not None
+        if self.clip is None:  # no teacher: only the run's own towers to rank
+            if not own or projected.shape[0] != self.n_images:
+                raise ConfigError(f"a set without a teacher ranks a two-tower run's own text "
+                                  f"against its {self.n_images} images; got "
+                                  f"{tuple(projected.shape)} images")
+            scores = score_matrix(text, projected, self.device)
+            return {"projected": recall_of(scores, self.c2i, self.ks)}
         if projected.shape[0] != self.clip_image.shape[0] or (
                 not own and projected.shape != self.clip_image.shape):
             raise ConfigError(f"projected embeddings are {tuple(projected.shape)}, CLIP's "

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dinov2clip.evaluate.report import DIRECTIONS, ROWS, SEED_ALIASES, SEED_PCT, metric_keys
+from dinov2clip.evaluate.report import (
+    DIRECTIONS,
+    MEAN,
+    ROWS,
+    SEED_ALIASES,
+    SEED_PCT,
+    metric_keys,
+    rows_of,
+)
 
 
 def _plt():
@@ -42,13 +50,14 @@ def recall_figure(results: dict):
     sets = list(results["sets"])
     fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.5), squeeze=False,
                              layout="constrained")
-    width = 0.8 / len(ROWS)
+    rows = rows_of(results["sets"][sets[0]]) if sets else list(ROWS)  # projected alone: no teacher
+    width = 0.8 / len(rows)
     for ax, name in zip(axes[0], sets, strict=True):
         x = np.arange(len(keys))
         top = 0.0
-        for j, row in enumerate(ROWS):
+        for j, row in enumerate(rows):
             vals = [_or_zero(results["sets"][name][row][k]) for k in keys]
-            bars = ax.bar(x + (j - (len(ROWS) - 1) / 2) * width, vals, width=width, label=row)
+            bars = ax.bar(x + (j - (len(rows) - 1) / 2) * width, vals, width=width, label=row)
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
             top = max(top, *vals)
         chance = [chance_recall(results["sets"][name], results["ks"])[k] for k in keys]
@@ -56,7 +65,8 @@ def recall_figure(results: dict):
         top = max(top, *chance)  # bars below chance (an untrained run) still show the line
         ax.set_xticks(x, keys, rotation=30)
         # Room above the tallest bar for its label; never past 100 % by much.
-        ax.set(ylim=(0, min(105.0, max(1.0, top) * 1.15)), ylabel="recall (%)", title=name)
+        ax.set(ylim=(0, min(105.0, max(1.0, top) * 1.15)), ylabel="recall (%)",
+               title=name + ("" if "clip" in results["sets"][name] else " (no teacher)"))
         ax.grid(axis="y", alpha=0.3)
     # One legend above the panels: inside one it covered the first group's bars and values.
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -97,26 +107,30 @@ def epochs_figure(epochs: dict):
     for ax, name in zip(axes[0], sets, strict=True):
         per_epoch = epochs["sets"][name]["per_epoch"]
         xs = [p["epoch"] for p in per_epoch]
-        seed = SEED_PCT.get(SEED_ALIASES.get(name, name))
-        ax.axhline(100, color="black", lw=1.0)
+        # without a teacher the summaries hold absolute R@k, projected only
+        teacher = not per_epoch or MEAN[True] in per_epoch[0]["summary"]
+        seed = SEED_PCT.get(SEED_ALIASES.get(name, name)) if teacher else None
+        if teacher:
+            ax.axhline(100, color="black", lw=1.0)
         for i, d in enumerate(DIRECTIONS):
             color = f"C{i}"
-            ax.plot(xs, [p["summary"]["projected_pct_mean"][d] for p in per_epoch], "o-",
-                    color=color)
-            ax.plot(xs, [p["summary"]["ensemble_pct_mean"][d] for p in per_epoch], ":",
-                    color=color)
+            ax.plot(xs, [p["summary"][MEAN[teacher]][d] for p in per_epoch], "o-", color=color)
+            if teacher:
+                ax.plot(xs, [p["summary"]["ensemble_pct_mean"][d] for p in per_epoch], ":",
+                        color=color)
             if seed:
                 ax.axhline(seed[i], color=color, lw=0.8, ls="--")
         if best:
             ax.axvline(best, color="grey", lw=0.8)
-        ax.set(xlabel="epoch", ylabel="% of CLIP (mean over k)", title=name)
+        ax.set(xlabel="epoch", title=name, ylabel="% of CLIP (mean over k)" if teacher
+               else "R@k, % (mean over k; no teacher)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         directions = [Line2D([], [], color=f"C{i}", lw=2, label=label)
                       for i, label in enumerate(DIRECTIONS.values())]
-        styles = [Line2D([], [], color="grey", marker="o", label="projected"),
-                  Line2D([], [], color="grey", ls=":", label="ensemble"),
-                  Line2D([], [], color="black", lw=1.0, label="CLIP (100 %)")]
+        styles = [Line2D([], [], color="grey", marker="o", label="projected")]
+        styles += [Line2D([], [], color="grey", ls=":", label="ensemble"),
+                   Line2D([], [], color="black", lw=1.0, label="CLIP (100 %)")] * teacher
         styles += [Line2D([], [], color="grey", ls="--", lw=0.8, label="seed, published")] * bool(
             seed)
         styles += [Line2D([], [], color="grey", lw=0.8, label=f"chosen epoch {best}")] * bool(best)

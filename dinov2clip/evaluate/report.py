@@ -14,7 +14,11 @@ from dinov2clip.terminal import make_console
 SEED_PCT = {"flickr8k": (89.27, 89.90), "flickr30k": (92.10, 91.53), "mscoco": (82.90, 77.57)}
 SEED_ALIASES = {"mscoco_captions": "mscoco", "wds_mscoco_captions": "mscoco",
                 "wds_flickr30k": "flickr30k", "wds_flickr8k": "flickr8k"}
-ROWS = ("clip", "projected", "ensemble")
+ROWS = ("clip", "projected", "ensemble")  # a set without a teacher has "projected" alone
+# summary()'s per-epoch headline, by whether there is a teacher: % of CLIP, else absolute R@k
+MEAN = {True: "projected_pct_mean", False: "projected_mean"}
+NO_TEACHER = ("No teacher: these runs were extracted without CLIP-like embeddings, so there is "
+              "no CLIP row, no ensemble and no % of CLIP; the recalls are absolute.")
 DIRECTIONS = {"t2i": "text->image", "i2t": "image->text"}
 # Zero-shot numbers and their column names; mean per-class recall is CLIP_benchmark's
 # "mean_per_class_recall" (the mean over classes of top-1 recall), beside top-1 and top-5.
@@ -43,8 +47,22 @@ def metric_keys(ks: list[int]) -> list[str]:
     return [f"t2i_R@{k}" for k in ks] + [f"i2t_R@{k}" for k in ks]
 
 
+def rows_of(res: dict) -> list[str]:
+    """The rows a set's results hold, in ROWS' order."""
+    return [r for r in ROWS if r in res]
+
+
+def pct_rows(res: dict) -> list[str]:
+    """The rows with a % of CLIP beside them: none without a teacher."""
+    return [r for r in ("projected", "ensemble") if f"{r}_pct" in res]
+
+
 def summary(res: dict, ks: list[int]) -> dict:
-    """Per direction: the mean over k of R@k % of CLIP, and R@5 % of CLIP when 5 is in ks."""
+    """Per direction: the mean over k of R@k % of CLIP, and R@5 % of CLIP when 5 is in ks;
+    without a teacher, the mean over k of the projected R@k itself."""
+    if "clip" not in res:
+        return {"projected_mean": {d: sum(res["projected"][f"{d}_R@{k}"] for k in ks) / len(ks)
+                                   for d in DIRECTIONS}}
     out = {}
     for row in ("projected", "ensemble"):
         pct = res[f"{row}_pct"]
@@ -57,7 +75,7 @@ def summary(res: dict, ks: list[int]) -> dict:
 
 def seed_comparison(name: str, res: dict, ks: list[int]) -> dict | None:
     seed = SEED_PCT.get(SEED_ALIASES.get(name, name))
-    if seed is None:
+    if seed is None or "clip" not in res:  # the seed's numbers are % of CLIP
         return None
     s = res["summary"]
     out = {"seed_published": {"t2i": seed[0], "i2t": seed[1]},
@@ -82,9 +100,9 @@ def markdown(results: dict) -> str:
         lines += [f"## {name} ({res['n_images']} images, {res['n_captions']} captions)", "",
                   "| image embedding | " + " | ".join(keys) + " |",
                   "|---" + "|---:" * len(keys) + "|"]
-        for row in ROWS:
+        for row in rows_of(res):
             lines.append(f"| {row} | " + " | ".join(fmt(res[row][k], 2) for k in keys) + " |")
-        for row in ("projected", "ensemble"):
+        for row in pct_rows(res):
             lines.append(f"| {row}, % of CLIP | " + " | ".join(
                 fmt(res[row + "_pct"][k], 1) for k in keys) + " |")
         if "seed_comparison" in res:
@@ -96,6 +114,8 @@ def markdown(results: dict) -> str:
         from dinov2clip.evaluate.seg_report import markdown_lines
 
         lines += markdown_lines(results["segmentation"])
+    if "teacher" in results:  # None: extracted without one
+        return "\n".join([*lines, NO_TEACHER, ""])
     lines += ["Ensemble: normalize(CLIP image + projected DINOv2), a free row that needs both "
               "models at query time.", ""]
     return "\n".join(lines)
@@ -103,16 +123,16 @@ def markdown(results: dict) -> str:
 
 def _zeroshot_lines(z: dict) -> list[str]:
     metrics, head = list(ZEROSHOT_METRICS), list(ZEROSHOT_METRICS.values())
+    pct_head = [f"{h} % of CLIP" for h in head] if "clip" in z else []  # none: no teacher
     lines = [f"## Zero-shot classification: `{z['data_dir']}` ({z['n_images']} images, "
              f"{z['n_classes']} classes, {z['n_templates']} prompts: {z['templates']})", "",
-             "| image embedding | " + " | ".join(head) + " | "
-             + " | ".join(f"{h} % of CLIP" for h in head) + " |",
-             "|---" + "|---:" * 2 * len(metrics) + "|"]
-    for row in ROWS:
+             "| image embedding | " + " | ".join(head + pct_head) + " |",
+             "|---" + "|---:" * len(head + pct_head) + "|"]
+    for row in rows_of(z):
         pct = z.get(f"{row}_pct", {})
-        lines.append(f"| {row} | " + " | ".join(fmt(z[row][k], 2) for k in metrics) + " | "
-                     + " | ".join("" if row == "clip" else fmt(pct.get(k), 1)
-                                  for k in metrics) + " |")
+        cells = [fmt(z[row][k], 2) for k in metrics] + [
+            "" if row == "clip" else fmt(pct.get(k), 1) for k in metrics if pct_head]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if z.get("note"):
         lines.append(f"\n> {z['note']}")
     if z.get("skipped"):
@@ -134,9 +154,10 @@ def _per_class_lines(z: dict) -> list[str]:
 
 
 def _per_class_table(classes: list[dict]) -> list[str]:
-    return ["| class | images | " + " | ".join(ROWS) + " |", "|---|---:" + "|---:" * len(ROWS)
+    rows = [r for r in ROWS if not classes or r in classes[0]]  # projected alone: no teacher
+    return ["| class | images | " + " | ".join(rows) + " |", "|---|---:" + "|---:" * len(rows)
             + "|", *(f"| {c['class']} | {c['n_images']} | "
-                     + " | ".join(fmt(c[row], 1) for row in ROWS) + " |" for c in classes)]
+                     + " | ".join(fmt(c[row], 1) for row in rows) + " |" for c in classes)]
 
 
 def per_class_view(z: dict, limit: int = PER_CLASS_ALL, worst: int = PER_CLASS_WORST
@@ -149,7 +170,7 @@ def per_class_view(z: dict, limit: int = PER_CLASS_ALL, worst: int = PER_CLASS_W
         return classes, ""
 
     def gap(c: dict) -> tuple[bool, float]:
-        if c["clip"] is None or c["projected"] is None:
+        if c.get("clip") is None or c["projected"] is None:
             return True, 0.0
         return False, c["projected"] - c["clip"]
 
@@ -179,14 +200,15 @@ def print_table(results: dict) -> None:
     keys = metric_keys(results["ks"])
     console = make_console()
     for name, res in results["sets"].items():
-        table = Table(title=f"{name}: R@k (%) and % of CLIP "
-                            f"({res['n_images']} images, {res['n_captions']} captions)")
+        table = Table(title=f"{name}: R@k (%)" + (" and % of CLIP " if "clip" in res else
+                                                  " (no teacher, no % of CLIP) ") +
+                    f"({res['n_images']} images, {res['n_captions']} captions)")
         table.add_column("image embedding", no_wrap=True)
         for k in keys:
             table.add_column(k, justify="right")
-        for row in ROWS:
+        for row in rows_of(res):
             table.add_row(row, *(fmt(res[row][k], 2) for k in keys))
-        for row in ("projected", "ensemble"):
+        for row in pct_rows(res):
             table.add_row(f"{row} % of CLIP", *(fmt(res[row + "_pct"][k], 1) for k in keys),
                           style="bold" if row == "projected" else None)
         console.print(table)

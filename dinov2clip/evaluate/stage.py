@@ -12,7 +12,7 @@ from dinov2clip.config import Config, ConfigError, git_sha, to_dict
 from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled, project_text
-from dinov2clip.evaluate.report import seed_comparison, summary
+from dinov2clip.evaluate.report import MEAN, seed_comparison, summary
 from dinov2clip.models.projector import Projector, TwoTower, load_projector
 from dinov2clip.store import (
     EmbeddingSet,
@@ -45,6 +45,8 @@ class EvalInputs:
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
         self.device = resolve_device(e.device, "eval.device")  # where the projector runs and ranks
+        # every set is read under the run's tag, so its training set says if there is a teacher
+        self.teacher = EmbeddingSet(next(iter(self.set_dirs.values()))).has_teacher()
 
     def projector(self, weights: Path | None = None) -> Projector | TwoTower:
         """The run's chosen projector (either kind), or the one in another weights file."""
@@ -97,8 +99,8 @@ def evaluate_run(cfg: Config) -> dict:
         set_started = time.perf_counter()
         emb = load_eval_embeddings(emb_dir)
         projected = project_pooled(projector, inp.pooled(emb), inp.train_cfg.pooling)
-        ev = SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.device)
-        res = {"n_images": emb.clip_image.shape[0], "n_captions": emb.clip_text.shape[0],
+        ev = set_eval(emb, inp)
+        res = {"n_images": emb.n_images, "n_captions": emb.n_captions,
                **ev.rows(projected, project_text(projector, emb))}
         res["summary"] = summary(res, inp.ks)
         comparison = seed_comparison(name, res, inp.ks)
@@ -120,11 +122,11 @@ def evaluate_epochs(cfg: Config) -> dict:
     sets = {}
     for name, emb_dir in inp.set_dirs.items():
         emb = load_eval_embeddings(emb_dir)
-        sets[name] = (emb, SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image,
-                                   inp.ks, inp.device))
+        sets[name] = (emb, set_eval(emb, inp))
     out = _header(cfg, inp, checkpoint=RunDir.CHECKPOINTS_GLOB)
     out["epochs"] = [epoch for epoch, _ in checkpoints]
-    out["sets"] = {name: {"clip": ev.clip, "per_epoch": []} for name, (_, ev) in sets.items()}
+    out["sets"] = {name: {**({"clip": ev.clip} if ev.clip else {}), "per_epoch": []}
+                   for name, (_, ev) in sets.items()}
     for epoch, weights in checkpoints:
         projector = inp.projector(weights)
         for name, (emb, ev) in sets.items():
@@ -133,16 +135,24 @@ def evaluate_epochs(cfg: Config) -> dict:
             out["sets"][name]["per_epoch"].append(
                 {"epoch": epoch, **{k: v for k, v in rows.items() if k != "clip"},
                  "summary": summary(rows, inp.ks)})
-        log.info("epoch %d, projected %% of CLIP (mean over k): %s", epoch, "; ".join(
-            f"{n} text->image {s['per_epoch'][-1]['summary']['projected_pct_mean']['t2i']:.1f}, "
-            f"image->text {s['per_epoch'][-1]['summary']['projected_pct_mean']['i2t']:.1f}"
+        log.info("epoch %d, projected %s (mean over k): %s", epoch, "% of CLIP" if
+                 inp.teacher else "R@k (no teacher)", "; ".join(
+            f"{n} text->image {s['per_epoch'][-1]['summary'][MEAN[inp.teacher]]['t2i']:.1f}, "
+            f"image->text {s['per_epoch'][-1]['summary'][MEAN[inp.teacher]]['i2t']:.1f}"
             for n, s in out["sets"].items()))
     return out
+
+
+def set_eval(emb: EvalEmbeddings, inp: EvalInputs) -> SetEval:
+    """CLIP's row of one set, computed once; none for a set without a teacher."""
+    return SetEval(emb.clip_text, emb.clip_image, emb.caption_to_image, inp.ks, inp.device,
+                   n_images=emb.n_images)
 
 
 def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
     return {
         "run": inp.run_name, "kind": inp.train_cfg.kind, "ks": inp.ks, "sets": {},
+        **({} if inp.teacher else {"teacher": None}),  # absent: a teacher, as before
         "note": _note(cfg),
         "config": to_dict(cfg),
         "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run), "tag": inp.tag,

@@ -173,9 +173,13 @@ def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | Non
     if not labels:
         raise ConfigError(f"{data_dir}: no readable images (skipped: {dict(skipped)})")
     y = torch.tensor(labels)
-    images = {"clip": emb["clip"], "projected": emb["projected"],
-              "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
-    if model.two_tower:  # [u, p] / sqrt 2 . [t_clip, t_own] / sqrt 2 = the two cosines' mean
+    rows = ROWS if model.has_teacher else ("projected",)  # no teacher: no CLIP, no ensemble
+    images = {"projected": emb["projected"]}
+    if model.has_teacher:
+        images["clip"] = emb["clip"]
+        images["ensemble"] = F.normalize(emb["clip"] + emb["projected"], dim=-1)
+    if model.two_tower and model.has_teacher:
+        # [u, p] / sqrt 2 . [t_clip, t_own] / sqrt 2 = the two cosines' mean
         images["ensemble"] = torch.cat([emb["clip"], emb["projected"]], dim=1) / 2 ** 0.5
     results = {"run_dir": str(run_dir), "tag": run_dir.trained_on().tag,
                "data_dir": str(data_dir), "templates": templates,
@@ -185,11 +189,12 @@ def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | Non
                "compute_dtype": str(model.dtype).removeprefix("torch."),  # what actually ran
                "device": str(model.device)}
     per_class = {}
-    for row in ROWS:
+    for row in rows:
         results[row], per_class[row] = class_scores(images[row], classifiers[row], y,
                                                     model.device)
-    results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
-    results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
+    if model.has_teacher:
+        results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
+        results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
     results["per_class"] = per_class_table(data, y, per_class)
     out = Path(out) if out else run_dir.zeroshot_results(data_dir)
     atomic_write_json(out, results)
@@ -203,6 +208,8 @@ def _classifiers(model, classnames: list[str], prompts) -> dict[str, torch.Tenso
     two-tower run's own text side serves its images, CLIP's text CLIP's, and their
     concatenation the ensemble (score fusion: the mean of the two cosines)."""
     own = build_classifier(model.encode_text, classnames, prompts)
+    if not model.has_teacher:
+        return {"projected": own}
     if not model.two_tower:
         return dict.fromkeys(ROWS, own)
     clip = build_classifier(model.encode_clip_text, classnames, prompts)
@@ -215,13 +222,14 @@ def per_class_table(data: FolderDataset, labels: torch.Tensor, per_class: dict) 
     top-1 in percent."""
     counts = torch.bincount(labels, minlength=len(data.folders)).tolist()
     return [{"folder": folder, "class": name, "n_images": n,
-             **{row: per_class[row][i] for row in ROWS}}
+             **{row: per_class[row][i] for row in ROWS if row in per_class}}
             for i, (folder, name, n) in enumerate(zip(data.folders, data.classnames, counts,
                                                       strict=True))]
 
 
 def _embed(model, data: FolderDataset, options: UseOptions):
-    loader = DataLoader(ImageCrops(data.files, [model.dino_spec, model.clip_spec]),
+    specs = [model.dino_spec] + ([model.clip_spec] if model.has_teacher else [])
+    loader = DataLoader(ImageCrops(data.files, specs),
                         batch_size=options.batch_size, num_workers=options.num_workers,
                         collate_fn=collate_crops)
     parts = {"clip": [], "projected": []}
@@ -233,7 +241,8 @@ def _embed(model, data: FolderDataset, options: UseOptions):
             log.debug("skipped %s: %s", data.files[i], reason)
         if batch.indices:
             parts["projected"].append(model.encode_image(batch.crops[0]))
-            parts["clip"].append(model.encode_clip_image(batch.crops[1]))
+            if model.has_teacher:
+                parts["clip"].append(model.encode_clip_image(batch.crops[1]))
             labels += [data.labels[i] for i in batch.indices]
         bar.update(len(batch.indices) + len(batch.failures))
     bar.close()
@@ -250,15 +259,18 @@ def print_zeroshot(results: dict) -> None:
     table = Table(title=f"zero-shot: {results['n_images']} images, {results['n_classes']} "
                         f"classes, {results['n_templates']} prompts ({results['templates']})")
     table.add_column("image tower")
+    teacher = "clip" in results  # without one: no % of CLIP columns
     for name in ZEROSHOT_METRICS.values():
         table.add_column(name, justify="right")
-        table.add_column(f"{name} % of CLIP", justify="right")
-    for row in ROWS:
+        if teacher:
+            table.add_column(f"{name} % of CLIP", justify="right")
+    for row in (r for r in ROWS if r in results):  # "projected" alone without a teacher
         pct = results.get(f"{row}_pct") or {}
         cells = []
         for k in ZEROSHOT_METRICS:
             cells.append(f"{results[row][k]:.2f}")
-            cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
+            if teacher:
+                cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
         table.add_row(LABELS[row], *cells)
     console = make_console()
     console.print(table)
@@ -276,8 +288,9 @@ def _print_per_class(console, results: dict) -> None:
     table = Table(title=f"per class: top-1 (%){f', {caption}' if caption else ''}")
     table.add_column("class")
     table.add_column("images", justify="right")
-    for row in ROWS:
+    rows = [r for r in ROWS if r in results]
+    for row in rows:
         table.add_column(LABELS[row], justify="right")
     for c in shown:
-        table.add_row(c["class"], str(c["n_images"]), *(fmt(c[row], 1) for row in ROWS))
+        table.add_row(c["class"], str(c["n_images"]), *(fmt(c[row], 1) for row in rows))
     console.print(table)

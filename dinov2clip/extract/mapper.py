@@ -1,5 +1,5 @@
-"""The only place models run in extract: the DINO backbone, the teacher and an optional text
-encoder; batch in, arrays out."""
+"""The only place models run in extract: the DINO backbone, an optional teacher and an optional
+text encoder (at least one of the two); batch in, arrays out."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Mapper:
     def __init__(self, dino, dino_spec: PreprocessSpec, clip, clip_spec: PreprocessSpec,
                  device: torch.device, dtype: torch.dtype, text_encoder=None,
                  dino_heads: bool = False):
-        self.dino, self.clip = dino, clip
+        self.dino, self.clip = dino, clip  # clip: an open_clip model, or None (no teacher)
         self.text_encoder = text_encoder  # a models.text_encoders.TextEncoder, or None
         # extract.dino_heads: the last block's CLS attention, kept by a hook on each forward
         self.cls_attention = ClsAttention(dino) if dino_heads else None
@@ -29,7 +29,8 @@ class Mapper:
         self.n_registers = register_count(dino)
         self.n_patch_tokens = patch_token_count(dino, dino_spec.crop)
         self._buffers: dict[str, torch.Tensor] = {}
-        self.clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0) or self._probe_clip_dim()
+        self.clip_dim = 0 if clip is None else (
+            int(getattr(clip.visual, "output_dim", 0) or 0) or self._probe_clip_dim())
 
     def _input_buffer(self, tower: str, shape: torch.Size) -> torch.Tensor | None:
         """On CPU, one reused float buffer per tower: a fresh ~40 MB tensor per batch costs
@@ -52,7 +53,8 @@ class Mapper:
         text = {"text": self.text_encoder.dim} if self.text_encoder is not None else {}
         if self.cls_attention is not None:
             text["heads"] = int(self.dino.config.num_attention_heads)
-        return {"dino": int(self.dino.config.hidden_size), "clip": self.clip_dim, **text}
+        clip = {"clip": self.clip_dim} if self.clip is not None else {}
+        return {"dino": int(self.dino.config.hidden_size), **clip, **text}
 
     def __call__(self, dino_u8: torch.Tensor, clip_u8: torch.Tensor,
                  tokens: torch.Tensor, captions: list[str] | None = None) -> Embeddings:
@@ -67,19 +69,18 @@ class Mapper:
         dev = self.device
         dino_x = normalise(dino_u8.to(dev, non_blocking=True), self.dino_spec,
                            out=self._input_buffer("dino", dino_u8.shape))
-        clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec,
-                           out=self._input_buffer("clip", clip_u8.shape))
         with autocast(dev, self.dtype):
             hidden = self.dino(pixel_values=dino_x).last_hidden_state  # (B, 1+R+P, D), post-norm
-            img = self.clip.encode_image(clip_x)  # (B, D_clip)
-            txt = self.clip.encode_text(tokens.to(dev, non_blocking=True))  # (m, D_clip)
         cls, patch_mean = cls_and_patch_mean(hidden, self.n_registers)
-        out = {
-            "dino_cls": cls,
-            "dino_mean": patch_mean,
-            "clip_image": F.normalize(img.float(), dim=-1),
-            "clip_text": F.normalize(txt.float(), dim=-1),
-        }
+        out = {"dino_cls": cls, "dino_mean": patch_mean}
+        if self.clip is not None:
+            clip_x = normalise(clip_u8.to(dev, non_blocking=True), self.clip_spec,
+                               out=self._input_buffer("clip", clip_u8.shape))
+            with autocast(dev, self.dtype):
+                img = self.clip.encode_image(clip_x)  # (B, D_clip)
+                txt = self.clip.encode_text(tokens.to(dev, non_blocking=True))  # (m, D_clip)
+            out["clip_image"] = F.normalize(img.float(), dim=-1)
+            out["clip_text"] = F.normalize(txt.float(), dim=-1)
         if self.text_encoder is not None:
             with autocast(dev, self.dtype):
                 out["text_enc"] = self.text_encoder.encode(captions)  # (m, D_text), unit
@@ -102,14 +103,16 @@ class Pending:
     def result(self) -> Embeddings:
         if self.event is not None:
             self.event.synchronize()
-        return Embeddings(**{k: v.numpy() for k, v in self.host.items()})
+        arrays = {k: v.numpy() for k, v in self.host.items()}
+        return Embeddings(**{"clip_image": None, "clip_text": None, **arrays})
 
 
 def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: str,
              tokenizer=None, dino_revision: str = "") -> dict:
     """What identifies the models, weights and preprocessing (hashed into the done-markers).
     The text encoder's entry is there only with one, so the hash of a set without it is as
-    before."""
+    before; without a teacher, clip_model is "" (the store reads that as "no teacher arrays")
+    and nothing else of the teacher is named."""
     text = {} if mapper.text_encoder is None else {
         "text_encoder": mapper.text_encoder.describe()}  # name, pooling, max length, weights
     heads = {}
@@ -117,6 +120,20 @@ def describe(mapper: Mapper, dino_name: str, clip_name: str, clip_pretrained: st
         heads = {"dino_heads": {"layer": "last", "pooling": "per-head CLS attention, softmax "
                                 "over patch tokens (registers excluded), of last_hidden_state",
                                 "attention": "eager (last block)"}}
+    if mapper.clip is None:
+        return {
+            **heads,
+            "dino_model": dino_name,
+            "dino_type": str(mapper.dino.config.model_type),
+            "dino_registers": mapper.n_registers,
+            "dino_patch_tokens": mapper.n_patch_tokens,
+            "dino_preprocess": mapper.dino_spec.to_dict(),
+            "clip_model": "",
+            "dims": mapper.dims,
+            "compute_dtype": str(mapper.dtype).replace("torch.", ""),
+            "weights": {"dino": dino_weights(mapper.dino, dino_name, dino_revision)},
+            **text,
+        }
     return {
         **heads,
         "dino_model": dino_name,

@@ -90,7 +90,10 @@ def _extract(cfg: Config, sources: list[Source], shards: dict[str, list[Path]]) 
     dtype = compute_dtype(e.compute_dtype, device)
     rank, world = rank_and_world()
     dino, dino_spec = load_dino(e.dino_model, device, e.dino_revision)
-    clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
+    if e.clip_model:
+        clip, tokenizer, clip_spec = load_clip(e.clip_model, e.clip_pretrained, device)
+    else:  # no teacher: the workers' second crop is the backbone's, and the mapper skips it
+        clip, tokenizer, clip_spec = None, no_tokens, dino_spec
     text = (TextEncoder(e.text_encoder, e.text_pooling, device, e.text_revision,
                         e.text_max_length) if e.text_encoder else None)
     mapper = Mapper(dino, dino_spec, clip, clip_spec, device, dtype, text, e.dino_heads)
@@ -249,12 +252,18 @@ def _write(writer: ShardWriter, job: ShardJob, shard: _Shard, dims: dict, timer:
     for i, row in enumerate(shard.meta):  # rows and caption offsets within this shard
         row["row"], row["caption_start"] = i, start
         start += row["n_captions"]
-    emb = concat(shard.parts, dims["dino"], dims["clip"], dims.get("text", 0),
+    emb = concat(shard.parts, dims["dino"], dims.get("clip", 0), dims.get("text", 0),
                  dims.get("heads", 0))
     writer.write(job.path.stem, emb, shard.meta, shard.skipped, _source(job.path, root),
                  shard.dropped)
     timer.add("write", t)
     timer.count(len(shard.meta))
+
+
+def no_tokens(captions: list[str]) -> torch.Tensor:
+    """The tokens of a teacher-less extract: one placeholder per caption, so batches keep their
+    caption count (the text encoder tokenises the caption strings itself)."""
+    return torch.zeros((len(captions), 1), dtype=torch.long)
 
 
 def _source(path: Path, root: Path) -> str:

@@ -84,13 +84,17 @@ class DinoV2Clip:
         projector.requires_grad_(False)
         tr = cfg.train
         text_encoder = _text_encoder(run_dir, projector, dev)
-        clip, tokenizer, clip_spec = load_clip(models.clip_model, models.clip_pretrained, dev)
-        clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a tower that hides it
-        if clip_dim and text_encoder is None and clip_dim != projector.cfg.out_dim:
-            raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}-d "
-                              f"embeddings but CLIP {models.clip_model!r} is {clip_dim}-d")
-        if not clip_image:
-            clip.visual = None  # frees CLIP's image tower; encode_text does not use it
+        clip = tokenizer = clip_spec = None  # a two-tower run trained without a teacher
+        if models.clip_model:
+            clip, tokenizer, clip_spec = load_clip(models.clip_model, models.clip_pretrained,
+                                                   dev)
+            clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a hidden dim
+            if clip_dim and text_encoder is None and clip_dim != projector.cfg.out_dim:
+                raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}"
+                                  f"-d embeddings but CLIP {models.clip_model!r} is "
+                                  f"{clip_dim}-d")
+            if not clip_image:
+                clip.visual = None  # frees CLIP's image tower; encode_text does not use it
         dino = dino_spec = None
         if image_tower:
             dino, dino_spec = load_dino(models.dino_model, dev, models.dino_revision)
@@ -149,6 +153,7 @@ class DinoV2Clip:
     @torch.inference_mode()
     def encode_clip_image(self, images: ImageInput) -> torch.Tensor:
         """(n, dim) CLIP's own L2-normalised image embeddings; same input rules, CLIP's crop."""
+        self._require_teacher()
         if self.clip.visual is None:
             raise ConfigError("CLIP's image tower was not loaded "
                               "(from_pretrained(clip_image=True))")
@@ -162,6 +167,16 @@ class DinoV2Clip:
     @property
     def two_tower(self) -> bool:
         return self.text_encoder is not None
+
+    @property
+    def has_teacher(self) -> bool:
+        """False for a two-tower run trained without one: no CLIP towers to compare with."""
+        return self.clip is not None
+
+    def _require_teacher(self) -> None:
+        if self.clip is None:
+            raise ConfigError("this run was trained without a teacher (extract.clip_model = "
+                              '""): it has no CLIP towers; use encode_image / encode_text')
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str] | str) -> torch.Tensor:
@@ -181,6 +196,7 @@ class DinoV2Clip:
     @torch.inference_mode()
     def encode_clip_text(self, texts: Sequence[str] | str) -> torch.Tensor:
         """(m, D_clip) float32 on CPU: CLIP's own text embeddings, L2-normalised."""
+        self._require_teacher()
         texts = _checked(texts)
         outs = []
         for i in range(0, len(texts), self.batch_size):

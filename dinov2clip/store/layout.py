@@ -2,8 +2,9 @@
 
     plan.json               written before the first shard: every shard the set must hold (from
                             the input shards), the models' description and hash, the libraries
-    <array>/<shard>.npy     one per ARRAYS name, float16; clip_text has one row per caption,
-                            and so has text_enc, in a set made with a text encoder
+    <array>/<shard>.npy     one per name of arrays(), float16: DINO_ARRAYS always, TEACHER_ARRAYS
+                            unless the plan names no teacher, text_enc when it names a text
+                            encoder; clip_text and text_enc have one row per caption
     meta/<shard>.parquet    META_SCHEMA, one row per image
     done/<shard>.json       the shard's done-marker, renamed in after its files: the shard exists
     manifest.json           once every planned shard is done: models, counts, skipped by reason
@@ -28,7 +29,9 @@ from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
 from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
 from dinov2clip.store.integrity import first_nonfinite_row, npy_problem, parquet_problem
 
-ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")  # in every set
+DINO_ARRAYS = ("dino_cls", "dino_mean")  # in every set
+TEACHER_ARRAYS = ("clip_image", "clip_text")  # in every set made with a teacher (CLIP-like)
+ARRAYS = DINO_ARRAYS + TEACHER_ARRAYS  # a set made with a teacher and no text encoder
 # In a set whose models description names a text encoder (extract.text_encoder): its caption
 # embeddings, float16, L2-normalised, one row per caption like clip_text.
 TEXT_ARRAY = "text_enc"
@@ -44,7 +47,7 @@ META_SCHEMA = pa.schema([
     ("captions", pa.list_(pa.string())),
     ("url", pa.string()),
     ("row", pa.int64()),  # row index in this shard's npy files
-    ("caption_start", pa.int64()),  # this image's first row in clip_text
+    ("caption_start", pa.int64()),  # this image's first row in clip_text / text_enc
     ("n_captions", pa.int64()),
 ])
 
@@ -68,6 +71,8 @@ def embeddings_tag(extract) -> str:
     text = f"__{Path(extract.text_encoder).name}" if extract.text_encoder else ""
     # a set with dino_heads is made by other models (its hash says so): it lives apart
     text += "-heads" if getattr(extract, "dino_heads", False) else ""
+    if not extract.clip_model:  # no teacher arrays: a name no teacher-made set can have
+        return f"{Path(extract.dino_model).name}__no-teacher{text}"
     if extract.clip_model.startswith(OPEN_CLIP_SCHEMAS):  # the weights come with the model id
         pair = f"{Path(extract.dino_model).name}__{Path(extract.clip_model.partition(':')[2]).name}"
         return pair + text
@@ -128,10 +133,12 @@ class EmbeddingSet:
                                              "runtime": runtime})
 
     def arrays(self) -> tuple[str, ...]:
-        """The arrays every shard of this set holds: ARRAYS, and text_enc when its plan names
-        a text encoder."""
+        """The arrays every shard of this set holds, from its plan's models: the backbone's; the
+        teacher's unless the plan names its teacher "" (a set from before this choice names
+        one); text_enc when it names a text encoder."""
         models = (self.read_plan() or {}).get("models") or {}
-        return ARRAYS + ((TEXT_ARRAY,) if models.get("text_encoder") else ()) + (
+        teacher = TEACHER_ARRAYS if models.get("clip_model") != "" else ()
+        return DINO_ARRAYS + teacher + ((TEXT_ARRAY,) if models.get("text_encoder") else ()) + (
             (HEADS_ARRAY,) if models.get(HEADS_ARRAY) else ())
 
     def has_dino_heads(self) -> bool:
@@ -139,6 +146,9 @@ class EmbeddingSet:
 
     def has_text_encoder(self) -> bool:
         return TEXT_ARRAY in self.arrays()
+
+    def has_teacher(self) -> bool:
+        return "clip_image" in self.arrays()
 
     def complete_shards(self) -> list[str]:
         """The plan's shards in shard order (0, 1, ..., 10); one line naming what is missing
@@ -258,10 +268,12 @@ class EmbeddingSet:
                               ) from None
 
     def dims(self) -> tuple[int, int]:
-        """(D_dino, D_clip) from the npy headers of the first shard (read, not loaded)."""
+        """(D_dino, D_clip) from the npy headers of the first shard (read, not loaded); D_clip
+        is 0 in a set without a teacher."""
         first = self.complete_shards()[0]
         self.check(first)
-        return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
+        d_clip = self.mmap("clip_image", first).shape[1] if self.has_teacher() else 0
+        return self.mmap("dino_cls", first).shape[1], d_clip
 
     def text_dim(self) -> int:
         """The text encoder's dim from the first shard's text_enc header; 0 without one."""

@@ -17,22 +17,23 @@ import numpy as np
 import torch
 
 from dinov2clip.config import POOLINGS, ConfigError
-from dinov2clip.store.layout import ARRAYS, HEADS_ARRAY, TEXT_ARRAY, EmbeddingSet
+from dinov2clip.store.layout import DINO_ARRAYS, HEADS_ARRAY, TEXT_ARRAY, EmbeddingSet
 
 
 @dataclass
 class Split:
     x: torch.Tensor  # (N, in_dim) pooled DINOv2 features, float16
-    clip_img: torch.Tensor  # (N, D_clip) float16, L2-normalised
-    clip_txt: torch.Tensor  # (N, D_clip) float16, L2-normalised: each image's first caption
+    clip_img: torch.Tensor | None  # (N, D_clip) float16, L2-normalised; None without a teacher
+    clip_txt: torch.Tensor | None  # (N, D_clip) float16, L2-normalised: each first caption
     text: torch.Tensor | None = None  # (N, D_text) float16: text_enc of the same caption
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def fields(self) -> tuple[str, ...]:
-        """The tensors a batch holds, in order: x, clip_img, clip_txt[, text]."""
-        return ("x", "clip_img", "clip_txt") + (("text",) if self.text is not None else ())
+        """The tensors a batch holds, in order: x[, clip_img, clip_txt][, text]."""
+        return tuple(f for f in ("x", "clip_img", "clip_txt", "text")
+                     if getattr(self, f) is not None)
 
 
 @dataclass
@@ -40,8 +41,8 @@ class EvalPairs:
     """A retrieval set (several captions per image) for per-epoch validation."""
 
     x: torch.Tensor  # (n_images, in_dim) pooled DINOv2 features, float32
-    clip_image: torch.Tensor  # (n_images, D_clip) float32, L2-normalised
-    clip_text: torch.Tensor  # (n_captions, D_clip) float32, L2-normalised
+    clip_image: torch.Tensor | None  # (n_images, D_clip) float32, L2-normalised; or no teacher
+    clip_text: torch.Tensor | None  # (n_captions, D_clip) float32, L2-normalised; or none
     caption_to_image: torch.Tensor  # (n_captions,) int64 image row of each caption
     text_enc: torch.Tensor | None = None  # (n_captions, D_text) float32, with a text encoder
 
@@ -125,10 +126,18 @@ def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_token
 class EvalEmbeddings:
     dino_cls: torch.Tensor  # (n_images, D_dino)
     dino_mean: torch.Tensor  # (n_images, D_dino)
-    clip_image: torch.Tensor  # (n_images, D_clip), L2-normalised
-    clip_text: torch.Tensor  # (n_captions, D_clip), L2-normalised
     caption_to_image: torch.Tensor  # (n_captions,) image row of each caption
+    clip_image: torch.Tensor | None = None  # (n_images, D_clip), L2-normalised; or no teacher
+    clip_text: torch.Tensor | None = None  # (n_captions, D_clip), L2-normalised; or none
     text_enc: torch.Tensor | None = None  # (n_captions, D_text), L2-normalised; or none
+
+    @property
+    def n_images(self) -> int:
+        return self.dino_cls.shape[0]
+
+    @property
+    def n_captions(self) -> int:
+        return self.caption_to_image.shape[0]
 
 
 def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
@@ -169,34 +178,37 @@ def _val_mask(store: EmbeddingSet, shard: str, val_fraction: float) -> np.ndarra
 
 
 def _empty_split(n: int, d_in: int, d_clip: int, place: Placer, d_text: int = 0) -> Split:
+    """d_clip, d_text: 0 for a set without the teacher's arrays, or the text encoder's."""
     n_bytes = n * (d_in + 2 * d_clip + d_text) * 2  # float16
     device, pin = place(n_bytes)
 
-    def empty(d: int) -> torch.Tensor:
-        return torch.empty((n, d), dtype=torch.float16, device=device, pin_memory=pin)
+    def empty(d: int) -> torch.Tensor | None:
+        return torch.empty((n, d), dtype=torch.float16, device=device,
+                           pin_memory=pin) if d else None
 
-    return Split(empty(d_in), empty(d_clip), empty(d_clip), empty(d_text) if d_text else None)
+    return Split(empty(d_in), empty(d_clip), empty(d_clip), empty(d_text))
 
 
 def _read_shard(store: EmbeddingSet, shard: str, pooling: str, num_patch_tokens: int,
                 with_text: bool = False) -> tuple[torch.Tensor, ...]:
-    """(x, clip_img, clip_txt[, text]) of one shard in host memory: pooled, first caption per
-    image."""
+    """The Split.fields() of one shard in host memory, in order: pooled x, the teacher's image
+    and first caption (in a set with a teacher), the first caption's text_enc (with_text)."""
     first_caption = np.asarray(store.meta_column(shard, "caption_start"), dtype=np.int64)
-    arr = {a: store.mmap(a, shard) for a in ARRAYS}
+    per_image = DINO_ARRAYS + (("clip_image",) if store.has_teacher() else ())
     n = len(first_caption)
-    for a in ("dino_cls", "dino_mean", "clip_image"):
-        if arr[a].shape[0] != n:
-            raise ConfigError(f"{store.path}: shard {shard} has {arr[a].shape[0]} rows in {a} "
+    for a in per_image:
+        rows = store.mmap(a, shard).shape[0]
+        if rows != n:
+            raise ConfigError(f"{store.path}: shard {shard} has {rows} rows in {a} "
                               f"but {n} in its meta (re-run extract)")
-    cls, mean = (torch.from_numpy(store.load(a, shard)) for a in ARRAYS[:2])
-    x = pool(cls, mean, pooling, num_patch_tokens).to(torch.float16)
-    img = torch.from_numpy(store.load("clip_image", shard)).to(torch.float16)
-    txt = torch.from_numpy(store.load("clip_text", shard, rows=first_caption))
-    if not with_text:
-        return x, img, txt.to(torch.float16)
-    text = torch.from_numpy(store.load(TEXT_ARRAY, shard, rows=first_caption))
-    return x, img, txt.to(torch.float16), text.to(torch.float16)
+    cls, mean = (torch.from_numpy(store.load(a, shard)) for a in DINO_ARRAYS)
+    out = [pool(cls, mean, pooling, num_patch_tokens)]
+    if store.has_teacher():
+        out += [torch.from_numpy(store.load("clip_image", shard)),
+                torch.from_numpy(store.load("clip_text", shard, rows=first_caption))]
+    if with_text:
+        out.append(torch.from_numpy(store.load(TEXT_ARRAY, shard, rows=first_caption)))
+    return tuple(t.to(torch.float16) for t in out)
 
 
 @dataclass
@@ -218,6 +230,9 @@ def load_head_pairs(emb_dir: Path, val_fraction: float) -> tuple[HeadPairs, Head
     if not store.has_dino_heads():
         raise ConfigError(f"{emb_dir} holds no dino_heads (per-head attention-pooled patch "
                           "tokens): set extract.dino_heads = true and run `pipeline extract`")
+    if not store.has_teacher():  # the head is trained against the teacher's captions
+        raise ConfigError(f"{emb_dir} holds no clip_text (extracted without a teacher): a "
+                          "dense head trains against CLIP's captions; name extract.clip_model")
     parts: dict[bool, list] = {False: [], True: []}
     for s in shards:
         is_val = _val_mask(store, s, val_fraction)

@@ -79,8 +79,9 @@ class TrainedModels:
         dino_weights = (models.get("weights") or {}).get("dino") or {}
         # the hub commit the embeddings were made with, so a moved branch cannot change them
         revision = dino_weights.get("commit") or ex.dino_revision
+        # a set made without a teacher names clip_model "" and no clip_pretrained
         return cls(models["dino_model"], revision, models["clip_model"],
-                   models["clip_pretrained"])
+                   models.get("clip_pretrained", ""))
 
 
 class RunDir:

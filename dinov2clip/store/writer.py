@@ -28,7 +28,6 @@ from dinov2clip.io_utils import (
 )
 from dinov2clip.store.integrity import file_record
 from dinov2clip.store.layout import (
-    ARRAYS,
     HEADS_ARRAY,
     MANIFEST,
     META_SCHEMA,
@@ -44,10 +43,13 @@ log = logging.getLogger(__name__)
 class Embeddings:
     dino_cls: np.ndarray  # (n, D_dino) float16
     dino_mean: np.ndarray  # (n, D_dino) float16, patch tokens only (no CLS, no registers)
-    clip_image: np.ndarray  # (n, D_clip) float16, L2-normalised
-    clip_text: np.ndarray  # (m, D_clip) float16, L2-normalised
+    clip_image: np.ndarray | None  # (n, D_clip) float16, L2-normalised; None: no teacher
+    clip_text: np.ndarray | None  # (m, D_clip) float16, L2-normalised; None: no teacher
     text_enc: np.ndarray | None = None  # (m, D_text) float16, L2-normalised; with a text encoder
     dino_heads: np.ndarray | None = None  # (n, heads, D_dino) float16; with extract.dino_heads
+
+    def n_captions(self) -> int:
+        return int((self.clip_text if self.clip_text is not None else self.text_enc).shape[0])
 
 
 class ShardWriter:
@@ -115,11 +117,13 @@ class ShardWriter:
               source: str, dropped: Counter | None = None) -> dict:
         self._remove_temps(shard)
         n = len(meta)
-        assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
-        arrays = self.store.arrays()  # the plan's: text_enc when it names a text encoder
-        if TEXT_ARRAY in arrays:
-            assert emb.text_enc is not None and \
-                emb.text_enc.shape[0] == emb.clip_text.shape[0], "one text_enc row per caption"
+        arrays = self.store.arrays()  # the plan's: the teacher's, text_enc, as it names them
+        assert all(getattr(emb, a) is not None for a in arrays), "the plan's arrays, all of them"
+        assert emb.dino_cls.shape[0] == n, "rows must line up"
+        if "clip_image" in arrays:
+            assert emb.clip_image.shape[0] == n, "rows must line up"
+        if TEXT_ARRAY in arrays and emb.clip_text is not None:
+            assert emb.text_enc.shape[0] == emb.clip_text.shape[0], "one text_enc row per caption"
         files = {}
         for name in arrays:
             path = atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
@@ -130,7 +134,7 @@ class ShardWriter:
         record = {"shard": shard, "source": source, "models_hash": self.models_hash,
                   "files": files,  # what a reader checks each file against
                   "runtime": self.runtime, "provenance": self.provenance,
-                  "n_images": n, "n_captions": int(emb.clip_text.shape[0]),
+                  "n_images": n, "n_captions": emb.n_captions(),
                   "skipped": dict(sorted(skipped.items())),
                   "dropped": dict(sorted((dropped or {}).items()))}  # e.g. empty caption lines
         self.store.markers.write(shard, record)  # last: the shard now exists
@@ -180,18 +184,20 @@ class ShardWriter:
 
 def empty_embeddings(d_dino: int, d_clip: int, d_text: int = 0, n_heads: int = 0
                      ) -> Embeddings:
-    """d_text: the text encoder's dim, 0 without one; n_heads > 0: with dino_heads."""
-    z = np.zeros
-    return Embeddings(z((0, d_dino), np.float16), z((0, d_dino), np.float16),
-                      z((0, d_clip), np.float16), z((0, d_clip), np.float16),
-                      z((0, d_text), np.float16) if d_text else None,
-                      z((0, n_heads, d_dino), np.float16) if n_heads else None)
+    """d_clip, d_text: the teacher's and the text encoder's dims, 0 without one; n_heads > 0:
+    with dino_heads."""
+    def z(*shape: int) -> np.ndarray | None:
+        return np.zeros((0, *shape), np.float16) if shape[0] else None
+
+    return Embeddings(z(d_dino), z(d_dino), z(d_clip), z(d_clip), z(d_text),
+                      z(n_heads, d_dino) if n_heads else None)
 
 
 def concat(parts: list[Embeddings], d_dino: int, d_clip: int, d_text: int = 0,
            n_heads: int = 0) -> Embeddings:
     if not parts:
         return empty_embeddings(d_dino, d_clip, d_text, n_heads)
-    arrays = ARRAYS + tuple(a for a in (TEXT_ARRAY, HEADS_ARRAY)
-                            if getattr(parts[0], a) is not None)
-    return Embeddings(**{a: np.concatenate([getattr(p, a) for p in parts]) for a in arrays})
+    return Embeddings(**{a: None if getattr(parts[0], a) is None else
+                         np.concatenate([getattr(p, a) for p in parts])
+                         for a in ("dino_cls", "dino_mean", "clip_image", "clip_text",
+                                   TEXT_ARRAY, HEADS_ARRAY)})

@@ -18,7 +18,7 @@ from dinov2clip.store import Placer, Split
 
 log = logging.getLogger(__name__)
 
-# x, clip_img, clip_txt[, text_enc for a two-tower run]: float32
+# Split.fields() in order: x[, clip_img, clip_txt (with a teacher)][, text (two towers)]: float32
 Batch = tuple[torch.Tensor, ...]
 
 
@@ -98,9 +98,9 @@ class Feed:
         return out
 
     def _staging_buffer(self, pin: bool) -> Split:
-        def empty(d: int) -> torch.Tensor:
-            return torch.empty((self.batch_size, d), dtype=self.data.x.dtype, pin_memory=pin)
+        def empty(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.empty((self.batch_size, t.shape[1]),
+                                                      dtype=t.dtype, pin_memory=pin)
 
         d = self.data
-        return Split(empty(d.x.shape[1]), empty(d.clip_img.shape[1]), empty(d.clip_txt.shape[1]),
-                     empty(d.text.shape[1]) if d.text is not None else None)
+        return Split(empty(d.x), empty(d.clip_img), empty(d.clip_txt), empty(d.text))

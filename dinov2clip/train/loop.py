@@ -9,7 +9,6 @@ train_state.pt, the commit point for --resume.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import shutil
@@ -29,18 +28,15 @@ from dinov2clip.models.projector import (
     unwrap,
 )
 from dinov2clip.store import (
-    MANIFEST,
     EmbeddingSet,
     RunDir,
     TrainedOn,
     embeddings_dir,
     embeddings_tag,
-    load_eval_pairs,
     load_split,
-    pooled_dim,
-    recorded_patch_tokens,
 )
 from dinov2clip.terminal import progress
+from dinov2clip.train import checks as C
 from dinov2clip.train import validate as V
 from dinov2clip.train.dense_head import after_projector, require_heads
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
@@ -58,14 +54,14 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     tag = t.tag or embeddings_tag(cfg.extract)
     run = RunDir.named(cfg.root, t.run)
     emb_dir = embeddings_dir(cfg.root, t.dataset, tag)
-    select_sign = _select_sign(t.select_metric)
+    select_sign = C.select_sign(t.select_metric)
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
-    _check_dims(cfg, emb_dir)
+    C.check_dims(cfg, emb_dir)
     require_heads(cfg, emb_dir)
-    cfg = with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
+    cfg = C.with_patch_tokens(cfg, emb_dir)  # the run's config.json records the resolved count
     t = cfg.train
-    evalset = _load_evalset(cfg, tag)
+    evalset = C.load_evalset(cfg, tag)
     torch.manual_seed(t.seed)
     two = t.kind == "two_tower"
     model = TwoTower(pcfg, t.text_projector) if two else Projector(pcfg)
@@ -89,6 +85,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay,
                             fused=device.type == "cuda")
     feed = Feed(train_set, t.batch_size, device, t.seed)
+    fields = train_set.fields()  # a batch's tensors, by name: no teacher, no clip_img
     sched = _scheduler(opt, t.scheduler, t.lr, t.epochs * len(feed), t.warmup_fraction)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     eval_model = ema.module if ema else model  # what is validated and saved
@@ -116,9 +113,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
                    unit="step")
         t0 = time.perf_counter()
         for i, batch in enumerate(bar):
+            batch = dict(zip(fields, batch, strict=True))
             with autocast(device, dtype):
                 pred, target = _outputs(step_model, batch)
-            loss, parts = loss_fn(pred.float(), batch[1], target.float())
+            loss, parts = loss_fn(pred.float(), batch.get("clip_img"), target.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -166,13 +164,13 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     return run.path
 
 
-def _outputs(model, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the image side's output, what the loss compares it with): CLIP's captions for a batch
-    (x, clip_img, clip_txt); the text projector's output for a two-tower batch, which carries
-    text_enc fourth."""
-    if len(batch) == 4:
-        return model(batch[0], batch[3])
-    return model(batch[0]), batch[2]
+def _outputs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image side's output, what the loss compares it with): CLIP's captions for an
+    into-teacher batch; the text projector's output for a two-tower batch, which carries
+    text_enc (and CLIP's arrays only when the set has a teacher)."""
+    if "text" in batch:
+        return model(batch["x"], batch["text"])
+    return model(batch["x"]), batch["clip_txt"]
 
 
 def _standardize(model, split) -> None:
@@ -194,74 +192,6 @@ def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run: RunD
             f"the loss became nan or inf in epoch {epoch + 1} (by step {step + 1}); stopped "
             f"without saving this epoch. Last good weights: {where} in {run}; try a lower "
             "train.lr or train.grad_clip")
-
-
-def with_patch_tokens(cfg: Config, emb_dir: Path) -> Config:
-    """cfg with train.num_patch_tokens taken from the embeddings' manifest, where extract
-    recorded how many patch tokens the backbone gave (256 for DINOv2 at 224, 196 for DINOv3).
-    token_mean pooling weighs the patch mean by it; a set value must agree with the manifest."""
-    t = cfg.train
-    path = emb_dir / MANIFEST
-    recorded = recorded_patch_tokens(emb_dir)
-    if recorded and t.num_patch_tokens and t.num_patch_tokens != recorded:
-        raise ConfigError(f"train.num_patch_tokens = {t.num_patch_tokens} but the backbone gave "
-                          f"{recorded} patch tokens per image ({path}); remove the key")
-    n = int(recorded or t.num_patch_tokens)
-    if not n and t.pooling == "token_mean":
-        raise ConfigError(f"{path} does not record the backbone's patch-token count (extracted "
-                          "by an older version): set train.num_patch_tokens (256 for DINOv2 at "
-                          "224 px) or re-run extract")
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, num_patch_tokens=n))
-
-
-def _check_dims(cfg: Config, emb_dir: Path) -> None:
-    """The projector's dims against the cached embeddings' npy headers (read, not loaded)."""
-    t, p = cfg.train, cfg.train.projector
-    store = EmbeddingSet(emb_dir)
-    d_dino, d_clip = store.dims()
-    d_in = pooled_dim(d_dino, t.pooling)
-    if t.kind == "two_tower":  # the shared space's dim is the projectors' own choice
-        d_text = store.text_dim()
-        if not d_text:
-            raise ConfigError(f"train.kind = two_tower needs caption embeddings of a text "
-                              f"encoder, but {emb_dir} has none: set extract.text_encoder and "
-                              "extract again (under a new extract.tag)")
-        for key, want, got in (("projector.in_dim", d_in, p.in_dim),
-                               ("text_projector.in_dim", d_text, t.text_projector.in_dim)):
-            if want != got:
-                raise ConfigError(f"train.{key} = {got} does not match the embeddings in "
-                                  f"{emb_dir}, which give {want}-d inputs")
-        return
-    if (p.in_dim, p.out_dim) != (d_in, d_clip):
-        raise ConfigError(
-            f"train.projector dims {p.in_dim}->{p.out_dim} do not match the embeddings in "
-            f"{emb_dir}: {t.pooling} pooling of {d_dino}-d DINOv2 gives {d_in}-d inputs, CLIP "
-            f"is {d_clip}-d")
-
-
-def _select_sign(select_metric: str) -> float:
-    """+1 if a higher select_metric is better, -1 for the val loss."""
-    return -1.0 if select_metric == "val_loss" else 1.0
-
-
-def _load_evalset(cfg: Config, tag: str):
-    """(pairs, CLIP's recalls on them) for train.val_evalset, or None."""
-    name = cfg.train.val_evalset
-    if not name:
-        return None
-    emb_dir = embeddings_dir(cfg.root, name, tag)
-    pairs = load_eval_pairs(emb_dir, cfg.train.pooling, cfg.train.num_patch_tokens)
-    p = cfg.train.projector
-    if cfg.train.kind == "two_tower" and pairs.text_enc is None:
-        raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} has no text encoder "
-                          "embeddings for the two-tower run's text side; extract it with the "
-                          "run's extract.text_encoder")
-    out_dim = p.out_dim if cfg.train.kind != "two_tower" else pairs.clip_image.shape[1]
-    if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, out_dim):
-        raise ConfigError(f"train.val_evalset {name!r}: {emb_dir} gives {pairs.x.shape[1]}-d "
-                          f"inputs and {pairs.clip_image.shape[1]}-d CLIP, the projector is "
-                          f"{p.in_dim}->{p.out_dim}")
-    return pairs, V.clip_recalls(pairs)
 
 
 def _feature_stats(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:

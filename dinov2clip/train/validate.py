@@ -5,6 +5,8 @@ the training device; CLIP's own image embeddings on the same pairs give the refe
 "% of CLIP". A two-tower run ranks its projected images against its projected captions (the text
 encoder's, through the text projector); CLIP's row is still CLIP's, so "% of CLIP" compares the
 two recipes on one scale, and val_cosine is the mean cosine of matched image and text outputs.
+Without a teacher (no CLIP arrays in the set) the run's own recalls are all there is: no
+val_clip_* and no val_pct_clip.
 """
 
 from __future__ import annotations
@@ -36,27 +38,32 @@ def validate_split(model, loss_fn, val: Split, batch_size: int, max_retrieval: i
     """Val loss (in training-size batches, as contrastive terms see them), cosine to CLIP, and
     R@1/5 of projected images against their own captions, also as % of CLIP's own recalls."""
     pred = predict(model, val.x, device, dtype)
-    img, clip_txt = val.clip_img.to(device).float(), val.clip_txt.to(device).float()  # or host
+    img, clip_txt = (None if t is None else t.to(device).float()  # or host
+                     for t in (val.clip_img, val.clip_txt))
     txt = _text_side(model, clip_txt, val.text, device, dtype)
     total = 0.0
     for s in range(0, len(val), batch_size):
-        loss, _ = loss_fn(pred[s:s + batch_size], img[s:s + batch_size], txt[s:s + batch_size])
+        part = None if img is None else img[s:s + batch_size]  # two-tower losses ignore it
+        loss, _ = loss_fn(pred[s:s + batch_size], part, txt[s:s + batch_size])
         total += loss.item() * min(batch_size, len(val) - s)
     n = min(len(val), max_retrieval)
     pairs = torch.arange(n)  # one caption per image
     ours = recall_at_k(txt[:n], pred[:n], pairs, KS, device)
-    clip = recall_at_k(clip_txt[:n], img[:n], pairs, KS, device)
     partner = img if val.text is None else txt  # two-tower: its own text, not CLIP's image
-    return {
-        "val_loss": total / len(val),
-        "val_cosine": F.cosine_similarity(pred, partner, dim=-1).mean().item(),
-        **{f"val_{k}": v for k, v in ours.items()},
-        **{f"val_clip_{k}": v for k, v in clip.items()},
-        "val_pct_clip": mean_pct_r1(clip, ours),
-    }
+    out = {"val_loss": total / len(val),
+           "val_cosine": F.cosine_similarity(pred, partner, dim=-1).mean().item(),
+           **{f"val_{k}": v for k, v in ours.items()}}
+    if img is not None:
+        clip = recall_at_k(clip_txt[:n], img[:n], pairs, KS, device)
+        out.update({f"val_clip_{k}": v for k, v in clip.items()})
+        out["val_pct_clip"] = mean_pct_r1(clip, ours)
+    return out
 
 
-def clip_recalls(pairs: EvalPairs, device="cpu") -> dict:
+def clip_recalls(pairs: EvalPairs, device="cpu") -> dict | None:
+    """CLIP's own recalls on an eval set; None for a set without the teacher's arrays."""
+    if pairs.clip_image is None:
+        return None
     return recall_at_k(pairs.clip_text, pairs.clip_image, pairs.caption_to_image, KS, device)
 
 
@@ -66,9 +73,11 @@ def validate_evalset(model, pairs: EvalPairs, clip: dict, device, dtype) -> dict
     proj = predict(model, pairs.x, device, dtype)  # (n_images, D_clip), raw
     text = _text_side(model, pairs.clip_text, pairs.text_enc, device, dtype)
     ours = recall_at_k(text, proj, pairs.caption_to_image, KS, device)
-    return {**{f"evalset_{k}": v for k, v in ours.items()},
-            **{f"evalset_clip_{k}": v for k, v in clip.items()},
-            "evalset_pct_clip": mean_pct_r1(clip, ours)}
+    out = {f"evalset_{k}": v for k, v in ours.items()}
+    if clip is not None:
+        out.update({f"evalset_clip_{k}": v for k, v in clip.items()})
+        out["evalset_pct_clip"] = mean_pct_r1(clip, ours)
+    return out
 
 
 def _text_side(model, clip_text: torch.Tensor, text_enc: torch.Tensor | None, device,
