@@ -16,7 +16,7 @@ import torch
 from tests.conftest import demo_config, run_cli
 
 pytestmark = pytest.mark.slow  # the whole pipeline twice through the CLI
-TAG = "tiny-dinov3__tiny-siglip"  # derived: both models named, no explicit extract.tag
+TAG = "tiny-dinov3__tiny-siglip-heads"  # derived: both models named (the demo caches dino_heads)
 
 
 @pytest.fixture(scope="module")
