@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from dinov2clip.io_utils import follow_umask
+
 # dinov2-base's reference preprocessing (its preprocessor_config.json on the hub).
 DINO_PROCESSOR = {
     "do_resize": True,
@@ -49,6 +51,7 @@ def build_tiny_dinov2(out_dir: Path, hidden: int = 48, layers: int = 2, register
         model = Dinov2Model(Dinov2Config(**common))
     model.eval().save_pretrained(out_dir)
     BitImageProcessor(**DINO_PROCESSOR).save_pretrained(out_dir)
+    follow_umask(out_dir)  # save_pretrained's safetensors file is 0600 otherwise
     return out_dir
 
 
@@ -77,6 +80,7 @@ def build_tiny_dinov3(out_dir: Path, hidden: int = 48, layers: int = 2, seed: in
         intermediate_size=hidden * 2, image_size=224, patch_size=16, num_register_tokens=4))
     model.eval().save_pretrained(out_dir)
     DINOv3ViTImageProcessor(**DINOV3_PROCESSOR).save_pretrained(out_dir)
+    follow_umask(out_dir)
     return out_dir
 
 
@@ -106,6 +110,7 @@ def build_tiny_clip(out_dir: Path, name: str = "tiny-clip", seed: int = 0) -> tu
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     ckpt = out_dir / "open_clip_model.safetensors"
     save_file(state, str(ckpt))
+    follow_umask(ckpt)  # save_file ignores the umask
     return config_path, ckpt
 
 
@@ -181,4 +186,5 @@ def build_tiny_siglip(out_dir: Path, seed: int = 0) -> str:
     model = open_clip.create_model(f"local-dir:{out_dir}", pretrained=None, load_weights=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
+    follow_umask(out_dir)  # the weights and the tokenizer's files
     return f"local-dir:{out_dir}"
