@@ -1,7 +1,8 @@
 """Device, precision and process rank, decided in one place.
 
-Three separate dtypes are named choices: compute (autocast on GPU), storage (float16 on disk) and
-metrics (float32). No other module calls .cuda() or picks a dtype on its own.
+The compute dtype (autocast on GPU) is chosen here; no other module calls .cuda() or picks a
+compute dtype on its own. Storage is float16 by the store's contract (store/layout.py), and
+scores and recalls are float32 by retrieval.py's.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from dinov2clip.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-STORAGE_DTYPE = "float16"  # embeddings on disk
-METRIC_DTYPE = torch.float32  # similarities and recalls
 _COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -11,79 +11,77 @@ HF_ENDPOINT is read at call time, so a mirror (or the tests' fake hub) set after
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from dinov2clip.config import Config, ConfigError, read_run_config
+from dinov2clip.config import Config, ConfigError
 from dinov2clip.io_utils import read_json
+from dinov2clip.store import RunDir
+from dinov2clip.store.remote import (
+    HUB_PREFIX,
+    MODEL_CARD,
+    hub_endpoint,
+    hub_errors,
+    hub_reason,
+)
 
 log = logging.getLogger(__name__)
-HUB_PREFIX = "hf-hub:"
-WEIGHTS = ("projector.json", "model.safetensors", "config.json")
-PULLED = [*WEIGHTS, "README.md", "eval/*"]
 
 
-def is_hub_run(run: str | Path) -> bool:
-    return str(run).startswith(HUB_PREFIX)
-
-
-def resolve_run(run: str | Path) -> Path:
-    """A run directory: the path itself, or the local snapshot of "hf-hub:ORG/NAME[@REV]"."""
-    if not is_hub_run(run):
-        return Path(run)
-    from huggingface_hub import snapshot_download
-
-    repo, _, revision = str(run)[len(HUB_PREFIX):].partition("@")
-    try:
-        path = snapshot_download(repo_id=repo, revision=revision or None, allow_patterns=PULLED,
-                                 endpoint=_endpoint())
-    except _hub_errors() as err:
-        raise ConfigError(f"cannot fetch {repo} from the Hugging Face hub ({_reason(err)})"
-                          ) from None
-    return Path(path)
-
-
-def push(*, run_dir: Path, repo: str, private: bool = False) -> str:
-    """Upload a run's projector, config, eval results and model card to repo; the commit URL."""
+def push(*, run: str | Path, repo: str, private: bool = False, root: Path | None = None) -> str:
+    """Upload a run's projector, config, eval results and model card to repo; the commit URL.
+    run: a run directory, or a run name under root/runs."""
     from huggingface_hub import HfApi
 
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    for name in WEIGHTS:
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"{run_dir}: {name} missing; train the run before pushing it")
+    run_dir = RunDir.resolve(run, root)
+    cfg = run_dir.read_config()
+    weights = (run_dir.projector_config, run_dir.weights, run_dir.config)
+    for path in weights:
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: {path.name} missing; train the run before pushing it")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ConfigError(f"--repo must be ORG/NAME, got {repo!r}")
+    _require_token()
     with tempfile.TemporaryDirectory(prefix="dinov2clip-push-") as tmp:
         stage = Path(tmp)
-        for name in WEIGHTS:
-            shutil.copyfile(run_dir / name, stage / name)
-        (stage / "eval").mkdir()
-        for name in ("results.json", "report.md"):
-            if (run_dir / "eval" / name).is_file():
-                shutil.copyfile(run_dir / "eval" / name, stage / "eval" / name)
-        (stage / "README.md").write_text(model_card(run_dir, repo, cfg))
-        api = HfApi(endpoint=_endpoint())
+        pushed = RunDir(stage)  # the repo is laid out as a run directory, for RunDir.resolve
+        for path in weights:
+            shutil.copyfile(path, pushed.path / path.name)
+        pushed.eval_dir.mkdir()
+        for path in (run_dir.results, run_dir.report):
+            if path.is_file():
+                shutil.copyfile(path, pushed.eval_dir / path.name)
+        (stage / MODEL_CARD).write_text(model_card(run_dir, repo, cfg))
+        api = HfApi(endpoint=hub_endpoint())
         try:
             api.create_repo(repo, private=private, exist_ok=True)
             commit = api.upload_folder(folder_path=stage, repo_id=repo,
                                        commit_message=f"dinov2-clip projector: run {run_dir.name}")
-        except _hub_errors() as err:
-            raise ConfigError(f"cannot push to {repo} on the Hugging Face hub ({_reason(err)})"
+        except hub_errors() as err:
+            raise ConfigError(f"cannot push to {repo} on the Hugging Face hub ({hub_reason(err)})"
                               ) from None
     log.info("pushed %s to %s (load it with DinoV2Clip.from_pretrained(%r))", run_dir, repo,
              HUB_PREFIX + repo)
     return str(commit.commit_url)
 
 
-def model_card(run_dir: Path, repo: str, cfg: Config) -> str:
+def _require_token() -> None:
+    """Without a token the hub refuses the upload with a confusing error (or a DNS one, offline):
+    say what is missing before anything is sent."""
+    from huggingface_hub import get_token
+
+    if not get_token():  # HF_TOKEN, else the token `hf auth login` saved
+        raise ConfigError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token "
+                          "with write access) before pushing")
+
+
+def model_card(run_dir: RunDir, repo: str, cfg: Config) -> str:
     """README.md: what the projector maps from and to, what it was trained on and how, and how
     well it does (the run's eval report, when it was evaluated)."""
     ex, tr = cfg.extract, cfg.train
-    proj = read_json(run_dir / "projector.json")
-    report = run_dir / "eval" / "report.md"
+    proj = read_json(run_dir.projector_config)
+    report = run_dir.report
     evaluation = report.read_text() if report.is_file() else "Not evaluated yet.\n"
     base = ex.dino_model if not Path(ex.dino_model).exists() else None
     front = ["---", "library_name: dinov2-clip", "tags: [dinov2, clip, image-text-retrieval]"]
@@ -98,7 +96,8 @@ def model_card(run_dir: Path, repo: str, cfg: Config) -> str:
         "| | |", "|---|---|",
         f"| backbone | `{ex.dino_model}` |",
         f"| teacher | open_clip `{ex.clip_model}`, pretrained `{ex.clip_pretrained}` |",
-        f"| data | `{tr.dataset}` (extracted: {', '.join(ex.datasets)}) |",
+        f"| data | `{tr.dataset}`, embeddings `{run_dir.trained_on().tag}` (extracted: "
+        f"{', '.join(ex.datasets)}) |",
         f"| recipe | {recipe} |",
         f"| projector | {proj.get('kind', '')} {proj.get('in_dim')} -> {proj.get('out_dim')}, "
         f"width {proj.get('width', '')}, depth {proj.get('depth', '')} |", "",
@@ -112,19 +111,3 @@ def model_card(run_dir: Path, repo: str, cfg: Config) -> str:
         f"{HUB_PREFIX}{repo} --images photos/ --out index/photos`, then "
         "`pipeline serve --index index/photos`.", "",
         "## Evaluation", "", evaluation])
-
-
-def _endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    try:  # the hub client's HTTP library raises its own connection errors
-        from httpx2 import TransportError
-    except ImportError:  # pragma: no cover - another huggingface_hub major version
-        from httpx import TransportError
-    return (OSError, TransportError)  # the hub's own errors (not found, HTTP) are OSErrors
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -7,7 +7,9 @@ an OS fault (disk full, permission denied) in one line and exit code 1, Ctrl-C i
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -42,6 +44,30 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable), "
                  "e.g. --set train.epochs=4."),
 ]
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the installed distribution's version: pyproject.toml's, as built
+        typer.echo(f"dinov2-clip {version('dinov2-clip')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("error: dinov2-clip is not installed (make setup): no version to show",
+                   err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[bool | None, typer.Option(
+        "--version", callback=_print_version, is_eager=True,  # eager: before any command
+        help="Print the package version and exit.")] = None,
+) -> None:
+    # Only the options before a command; the group's help is the app's.
+    pass
 
 
 class Stage(str, Enum):
@@ -100,7 +126,7 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
 
 
 def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False,
-               all_epochs: bool = False) -> None:
+               all_epochs: bool = False, wait: bool = False) -> None:
     if stage == "data":
         from dinov2clip import data
 
@@ -108,7 +134,7 @@ def _run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = Fals
     elif stage == "extract":
         from dinov2clip import extract
 
-        extract.run(cfg)
+        extract.run(cfg, wait=wait)
     elif stage == "train":
         from dinov2clip import train
 
@@ -151,10 +177,15 @@ def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
     _guarded(lambda: _run_stage("data", _load(config, overrides)))
 
 
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="If another process is writing the same directory, wait for it to finish "
+    "instead of stopping at once.")]
+
+
 @app.command()
-def extract(config: ConfigOpt, overrides: SetOpt = None) -> None:
+def extract(config: ConfigOpt, overrides: SetOpt = None, wait: WaitOpt = False) -> None:
     """Embed shards with DINOv2 and CLIP into sharded npy + Parquet (resumable; torchrun-ready)."""
-    _guarded(lambda: _run_stage("extract", _load(config, overrides)))
+    _guarded(lambda: _run_stage("extract", _load(config, overrides), wait=wait))
 
 
 @app.command()
@@ -182,7 +213,11 @@ def eval_(
     config: ConfigOpt,
     overrides: SetOpt = None,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Evaluate runs/<name> (default: eval.run, else train.run).")] = None,
+        "--run", help="The run to evaluate: a name under the config's runs/, or a run "
+                      "directory (default: eval.run, else train.run).")] = None,
+    allow_other_embeddings: Annotated[bool, typer.Option(
+        "--allow-other-embeddings", help="Evaluate eval sets embedded by other models than the "
+        "run's training embeddings (recorded in results.json).")] = False,
     all_epochs: Annotated[bool, typer.Option(
         "--all-epochs", help="Also evaluate every checkpoints/epoch_NNN.safetensors and draw "
         "% of CLIP against epoch (eval/epochs.json, eval/epochs.png).")] = False,
@@ -190,6 +225,7 @@ def eval_(
 ) -> None:
     """Retrieval R@1/5/10 both ways for CLIP, projected DINOv2 and their ensemble; % of CLIP."""
     extra = [f"eval.run={run_name!r}"] if run_name else []
+    extra += ["eval.allow_other_embeddings=true"] if allow_other_embeddings else []
 
     def go() -> None:
         if search is not None:
@@ -204,8 +240,11 @@ def eval_(
 
 # --run-dir as well: torchrun's own parser reads "--run" as an ambiguous abbreviation of its
 # --run-path and stops, even after the script's name.
-RunOpt = Annotated[Path, typer.Option("--run", "--run-dir",
-                                      help="A training run directory (runs/<run>).")]
+RUN_HELP = ("A run: its name (looked up as <artifacts>/runs/NAME), its directory, or "
+            "hf-hub:ORG/NAME.")
+RunOpt = Annotated[str, typer.Option("--run", "--run-dir", help=RUN_HELP)]
+ArtifactsOpt = Annotated[Path, typer.Option(
+    help="The artifacts directory a run NAME is looked up in (configs' `artifacts`).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOpt = Annotated[str, typer.Option(help="GPU autocast dtype: bf16 | fp16 | fp32 (CPU: fp32).")]
 BatchOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
@@ -214,7 +253,7 @@ WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers decoding image
 
 @app.command()
 def zeroshot(
-    run_dir: RunOpt,
+    run: RunOpt,
     data: Annotated[Path, typer.Option("--data", help="Folder with one sub-folder per class.")],
     classnames: Annotated[Path | None, typer.Option(
         help="Class names: JSON list or {folder: name}, or TXT one per line (sorted folder "
@@ -222,19 +261,22 @@ def zeroshot(
     templates: Annotated[str, typer.Option(help="Prompt set: imagenet80 | short | plain.")
                          ] = "imagenet80",
     out: Annotated[Path | None, typer.Option(
-        help="Results JSON. Default: <run>/zeroshot/<data folder name>.json")] = None,
+        help="Results JSON. Default: <run>/zeroshot/<data folder name>-<hash of its path>.json"
+    )] = None,
     max_per_class: Annotated[int, typer.Option(help="Use at most this many images per class "
                                                     "(0: all).")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
     num_workers: WorkersOpt = 2,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Zero-shot top-1/top-5 for CLIP, projected DINOv2 and their ensemble, with % of CLIP."""
     from dinov2clip.evaluate.zeroshot import run_zeroshot
 
     _guarded(lambda: run_zeroshot(
-        run_dir=run_dir, data_dir=data, classnames_file=classnames, templates=templates, out=out,
+        run=run, root=artifacts, data_dir=data, classnames_file=classnames, templates=templates,
+        out=out,
         options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                            num_workers=num_workers),
         max_per_class=max_per_class))
@@ -242,7 +284,7 @@ def zeroshot(
 
 @app.command()
 def index(
-    run_dir: RunOpt,
+    run: RunOpt,
     images: Annotated[Path, typer.Option(
         "--images", help="An image folder (recursive: jpg png webp gif bmp) or a folder of *.tar "
                          "webdataset shards.")],
@@ -254,19 +296,22 @@ def index(
                          ] = 100_000,
     chunk_size: Annotated[int, typer.Option(help="Folder images per resumable chunk.")] = 4096,
     force: Annotated[bool, typer.Option(help="Delete an existing index and start over.")] = False,
+    wait: WaitOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     batch_size: BatchOpt = 64,
     num_workers: WorkersOpt = 2,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Embed an image collection with projected DINOv2 into a FAISS index (resumable)."""
     from dinov2clip.index import build_index
 
     _guarded(lambda: build_index(
-        run_dir=run_dir, images=images, out_dir=out, chunk_size=chunk_size, exact_max=exact_max,
+        run=run, root=artifacts, images=images, out_dir=out, chunk_size=chunk_size,
+        exact_max=exact_max,
         kind=kind, options=UseOptions(device=device, dtype=dtype, batch_size=batch_size,
                                       num_workers=num_workers),
-        force=force))
+        force=force, wait=wait))
 
 
 @app.command()
@@ -277,18 +322,33 @@ def search(
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
     html: Annotated[Path | None, typer.Option(help="Also write a page showing the images.")
                     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(
-        "--run", help="Run whose text tower encodes the query. Default: the index's run.")
-                       ] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run whose text tower encodes the query (a name, directory or "
+                      "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     nprobe: Annotated[int, typer.Option(help="IVF lists to visit (0: as built).")] = 0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the hits as one JSON document on stdout, and nothing else there "
+                       "(for scripts): {\"query\", \"results\": [{\"rank\", \"score\", \"id\", "
+                       "\"key\", \"path\", ...}]}.")] = False,
     device: DeviceOpt = "auto",
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Search an index with a text query: rank, score, path or URL, caption."""
     from dinov2clip.index import search as search_index
 
-    _guarded(lambda: search_index(index_dir=index_dir, query=query, k=k, html_out=html,
-                                  run_dir=run_dir, options=UseOptions(device=device),
-                                  nprobe=nprobe))
+    def find(table: bool) -> list[dict]:
+        return search_index(index_dir=index_dir, query=query, k=k, html_out=html, run=run,
+                            root=artifacts, options=UseOptions(device=device), nprobe=nprobe,
+                            table=table)
+
+    _guarded(lambda: _print_json(query, find) if as_json else find(True))
+
+
+def _print_json(query: str, search_fn: Callable[[bool], list[dict]]) -> None:
+    # Whatever a library prints goes to stderr: a script reads stdout as one JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        hits = search_fn(False)
+    typer.echo(json.dumps({"query": query, "results": hits}, ensure_ascii=False))
 
 
 @app.command()
@@ -299,7 +359,8 @@ def compare(
         "--runs", help="A glob of run directories, e.g. 'artifacts/runs/*'; those without an "
                        "eval are left out.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Where compare.md and compare.png go. Default: the runs' common parent.")] = None,
+        help="Where compare.md, compare.csv and compare.png go. Default: the runs' common "
+             "parent.")] = None,
 ) -> None:
     """Runs side by side: R@1/5/10 and % of each run's own teacher, per set and direction."""
     from dinov2clip.compare import compare as compare_runs
@@ -311,28 +372,32 @@ def compare(
 def serve(
     index_dir: Annotated[Path, typer.Option("--index", help="A directory `pipeline index` "
                                                            "wrote.")],
-    run_dir: Annotated[str | None, typer.Option(
-        "--run", help="Run (directory or hf-hub:ORG/NAME) whose towers encode queries. "
-                      "Default: the index's run.")] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run whose towers encode queries (a name, directory or "
+                      "hf-hub:ORG/NAME). Default: the index's run.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most text queries encoded in one batch.")
                          ] = 32,
     device: DeviceOpt = "auto",
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Serve an index: a JSON API (text, similar-image and image search) and a web page."""
+    from dinov2clip.serve import STOPPED
     from dinov2clip.serve import serve as serve_index
 
-    _guarded(lambda: serve_index(index_dir=index_dir, run=run_dir, host=host, port=port,
-                                 device=device, max_batch=max_batch))
+    _guarded(lambda: serve_index(index_dir=index_dir, run=run, root=artifacts, host=host,
+                                 port=port, device=device, max_batch=max_batch),
+             interrupted=STOPPED)
 
 
 @app.command()
 def push(
-    run_dir: RunOpt,
+    run: RunOpt,
     repo: Annotated[str, typer.Option(help="Hub model repo to create or update: ORG/NAME.")],
     private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    artifacts: ArtifactsOpt = Path("artifacts"),
 ) -> None:
     """Share a run's projector on the Hugging Face hub, with its config and a model card.
 
@@ -341,7 +406,7 @@ def push(
     """
     from dinov2clip.hub import push as push_run
 
-    _guarded(lambda: typer.echo(push_run(run_dir=run_dir, repo=repo, private=private)))
+    _guarded(lambda: typer.echo(push_run(run=run, root=artifacts, repo=repo, private=private)))
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-NEVER = torch.iinfo(torch.long).max  # the rank of an image that has no caption
+_NEVER = torch.iinfo(torch.long).max  # the rank of an image that has no caption
 CHUNK = 2048  # text rows per count: 40 MB of scores at 5k images
 
 
@@ -29,8 +29,9 @@ def recall_at_k(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch
 def retrieval_ranks(text: torch.Tensor, image: torch.Tensor, caption_to_image: torch.Tensor,
                     device: torch.device | str = "cpu", chunk: int = CHUNK,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t2i (n_captions,), i2t (n_images,)) ranks of text against image, 0 = first."""
-    return ranks_of(score_matrix(text, image, device), caption_to_image, chunk)
+    """(t2i (n_captions,), i2t (n_images,)) ranks of text against image, 0 = first: for what a
+    recall cannot say, e.g. zero-shot's per-class recall (each image's rank of its class)."""
+    return _ranks_of(score_matrix(text, image, device), caption_to_image, chunk)
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def recall_of(scores: torch.Tensor, caption_to_image: torch.Tensor, ks,
               chunk: int = CHUNK) -> dict[str, float]:
     """R@k both ways in percent (exact count / n) from scores (n_captions, n_images)."""
     out = {}
-    for direction, ranks in zip(("t2i", "i2t"), ranks_of(scores, caption_to_image, chunk),
+    for direction, ranks in zip(("t2i", "i2t"), _ranks_of(scores, caption_to_image, chunk),
                                 strict=True):
         for k in ks:
             out[f"{direction}_R@{k}"] = 100.0 * int((ranks < k).sum()) / len(ranks) if len(
@@ -73,7 +74,7 @@ def recall_of(scores: torch.Tensor, caption_to_image: torch.Tensor, ks,
 
 
 @torch.no_grad()
-def ranks_of(scores: torch.Tensor, caption_to_image: torch.Tensor, chunk: int = CHUNK,
+def _ranks_of(scores: torch.Tensor, caption_to_image: torch.Tensor, chunk: int = CHUNK,
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t2i (n_captions,), i2t (n_images,)) ranks, 0 = first, on the CPU, from scores
     (n_captions, n_images). t2i: the rank of each caption's image. i2t: the rank of each image's
@@ -83,7 +84,7 @@ def ranks_of(scores: torch.Tensor, caption_to_image: torch.Tensor, chunk: int = 
     c2i = caption_to_image.to(device, torch.long)
     n_cap, n_img = scores.shape
     if n_cap == 0 or n_img == 0:
-        return torch.full((n_cap,), NEVER), torch.full((n_img,), NEVER)
+        return torch.full((n_cap,), _NEVER), torch.full((n_img,), _NEVER)
     own = scores[torch.arange(n_cap, device=device), c2i]  # (n_captions,)
     best = torch.full((n_img,), -torch.inf, device=device).scatter_reduce(0, c2i, own, "amax")
     is_best = own == best[c2i]
@@ -100,10 +101,10 @@ def ranks_of(scores: torch.Tensor, caption_to_image: torch.Tensor, chunk: int = 
         row_counts, col_counts = zip(*pool.map(count, [
             (s, min(s + chunk, n_cap)) for s in range(0, n_cap, chunk)]), strict=True)
     t2i = _settle_ties(*(torch.cat(c) for c in zip(*row_counts, strict=True)),
-                       lambda r: rank_of_targets(scores[r], c2i[r]), device)
+                       lambda r: _rank_of_targets(scores[r], c2i[r]), device)
     i2t = _settle_ties(*(sum(c) for c in zip(*col_counts, strict=True)),
-                       lambda c: rank_of_targets(scores[:, c].T, first[c]), device)
-    i2t[(first == n_cap).cpu()] = NEVER
+                       lambda c: _rank_of_targets(scores[:, c].T, first[c]), device)
+    i2t[(first == n_cap).cpu()] = _NEVER
     return t2i, i2t
 
 
@@ -128,7 +129,7 @@ def _settle_ties(above: torch.Tensor, at_or_above: torch.Tensor, exact, device) 
     return ranks
 
 
-def rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(n,) rank of column targets[i] in row i of scores (n, m); ties: the lower column first."""
     target = scores.gather(1, targets[:, None])  # (n, 1)
     cols = torch.arange(scores.shape[1], device=scores.device)

@@ -129,6 +129,22 @@ def test_a_stage_refuses_an_empty_required_value(tmp_path):
     ("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss (known: unit_mse,"),
     ("train.loss={unit_mse=-1.0}", "'train.loss.unit_mse' must be at least 0.0"),
     ("train.loss={}", "'train.loss' is empty"),
+    ('train.scheduler="cosin"', "'train.scheduler' must be one of onecycle, cosine, constant"),
+    ('train.pooling="mean"', "'train.pooling' must be one of cls, patch_mean, token_mean"),
+    ('train.placement="gpu"', "'train.placement' must be one of auto, device, pinned"),
+    ('train.select_metric="val_r1"', "'train.select_metric' must be one of val_loss,"),
+    ('train.select_metric="evalset_pct_clip"', "got 'evalset_pct_clip'"),  # no val_evalset
+    ('train.projector.kind="mlp"', "'train.projector.kind' must be one of residual, linear"),
+    ("train.projector.width=0", "'train.projector.width' must be at least 1"),
+    ("train.ema_decay=1.0", "'train.ema_decay' must be in [0, 1), got 1.0"),
+    ("train.val_fraction=1.5", "'train.val_fraction' must be in [0, 1)"),
+    ('train.val_evalset="mscoco"', "'train.val_evalset' 'mscoco' is also in eval.sets"),
+    ("eval.ks=[1, 0]", "'eval.ks' must be positive integers, got [1, 0]"),
+    ('eval.zeroshot_templates="imagenet1k"', "'eval.zeroshot_templates' must be one of"),
+    ('extract.decode="nvjpeg"', "'extract.decode' must be one of cpu, gpu, auto"),
+    ('data.distributor="slurm"', "'data.distributor' must be one of multiprocessing, pyspark"),
+    ('data.resize_mode="crop"', "'data.resize_mode' must be one of no, border, keep_ratio"),
+    ('data.input_format="xlsx"', "'data.input_format' must be one of tsv, tsv.gz, csv"),
 ])
 def test_values_that_cannot_work_fail_when_the_config_is_read(tmp_path, override, message):
     path = write(tmp_path, "[train]\nepochs = 3\n")
@@ -160,11 +176,15 @@ def test_set_typos_name_the_command_line(tmp_path):
 
 
 def test_checked_names_match_the_code_that_uses_them():
-    from dinov2clip.config import COMPUTE_DTYPES, LOSS_NAMES
+    from dinov2clip.config import COMPUTE_DTYPES, LOSS_NAMES, PROJECTOR_KINDS, TEMPLATE_SETS
     from dinov2clip.device import _COMPUTE
+    from dinov2clip.evaluate import templates
+    from dinov2clip.models.projector import PROJECTORS
     from dinov2clip.train.losses import LOSSES
 
     assert tuple(LOSSES) == LOSS_NAMES and tuple(_COMPUTE) == COMPUTE_DTYPES
+    assert set(PROJECTORS) == set(PROJECTOR_KINDS)
+    assert tuple(templates.TEMPLATE_SETS) == TEMPLATE_SETS
 
 
 def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
@@ -172,7 +192,8 @@ def test_run_all_checks_losses_and_eval_sets_before_any_work(tmp_path):
     config = demo_config(tmp_path / "demo.toml", art)
     for override, message in (("train.loss={unit_mes=1.0}", "'train.loss.unit_mes' is not a loss"),
                               ('eval.sets=["shapes-tset"]', "unknown eval set 'shapes-tset'"),
-                              ("train.epochs=0", "'train.epochs' must be at least 1")):
+                              ("train.epochs=0", "'train.epochs' must be at least 1"),
+                              ('train.scheduler="cosin"', "'train.scheduler' must be one of")):
         result = CliRunner().invoke(app, ["run", "--stage", "all", "-c", str(config), "--set",
                                           override])
         assert result.exit_code == 2 and message in result.stderr, result.output
@@ -192,11 +213,13 @@ def test_search_refuses_k_0_and_an_empty_query_before_loading(tmp_path):
 def test_a_run_config_reads_back_as_the_same_dataclasses(tmp_path):
     import json
 
-    from dinov2clip.config import Config, read_run_config, write_resolved
+    from dinov2clip.config import Config, write_resolved
+    from dinov2clip.store import RunDir
 
     cfg = load_config(write(tmp_path, "[train]\nepochs = 3\npooling = \"cls\"\n"))
     run = tmp_path / "run"
     write_resolved(cfg, run)
+    read_run_config = lambda run: RunDir(run).read_config()  # noqa: E731 - the run's reader
     back = read_run_config(run)
     assert isinstance(back, Config) and back == cfg
     assert back.train.pooling == "cls" and back.train.projector.width == 2048

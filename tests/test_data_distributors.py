@@ -42,13 +42,14 @@ def test_pyspark_distributor_downloads_on_a_local_spark_master(tmp_path, image_s
 
 
 @pytest.mark.parametrize("distributor, message", [
-    ("slurm", "data.distributor must be one of multiprocessing, pyspark, ray"),
+    ("slurm", "'data.distributor' must be one of multiprocessing, pyspark, ray, got 'slurm'"),
     ("ray", "data.distributor=ray needs the ray package"),
 ])
 def test_a_bad_distributor_stops_before_anything_is_downloaded(tmp_path, distributor, message):
-    config, artifacts = download_config(tmp_path, "http://127.0.0.1:9", {},
-                                        {"distributor": distributor})
-    result = CliRunner().invoke(app, ["data", "--config", str(config)])
-    assert result.exit_code == 2 and f"error: {message}" in result.stderr
+    config, artifacts = download_config(tmp_path, "http://127.0.0.1:9", {}, {})
+    result = CliRunner().invoke(app, ["data", "--config", str(config),
+                                      "--set", f"data.distributor={distributor!r}"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert message in result.stderr
     assert "Traceback" not in result.output
     assert not (artifacts / "shards" / "web").exists()

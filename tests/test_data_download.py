@@ -90,14 +90,14 @@ def test_gzipped_and_parquet_lists(tmp_path, web):
 
 @pytest.mark.parametrize("change, message", [
     ({"url_list": "/nowhere/cc12m.tsv"}, "data.url_list not found: /nowhere/cc12m.tsv"),
-    ({"input_format": "xlsx"}, "data.input_format must be one of"),
+    ({"input_format": "xlsx"}, "'input_format' must be one of tsv, tsv.gz, csv"),  # when read
     ({"input_format": "jsonl", "max_samples": 5}, "max_samples works on tsv, csv and parquet"),
     ({"input_format": "parquet", "header": False}, "header = false applies to tsv and csv"),
 ])
 def test_bad_url_list_settings(tmp_path, change, message):
     (tmp_path / "l.tsv").write_text("url\tcaption\n")
-    cfg = dataclasses.replace(DataConfig(url_list=str(tmp_path / "l.tsv")), **change)
     with pytest.raises(ConfigError, match=message):
+        cfg = dataclasses.replace(DataConfig(url_list=str(tmp_path / "l.tsv")), **change)
         prepare_url_list(cfg, tmp_path / "w")
 
 

@@ -150,7 +150,8 @@ def test_unknown_set_name_lists_the_known_ones(tmp_path, hub):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ('{ source = "s3" }', r"data.eval_sets.mscoco.source must be one of hf, local, karpathy"),
+    ('{ source = "s3" }',
+     r"'data.eval_sets.mscoco.source' must be one of hf, local, karpathy, got 's3'"),
     ('{ path = "/x" }', r"data.eval_sets.mscoco.path is not used with source = 'hf' \(it reads: "
                         r"repo, revision\)"),
     ('{ source = "local" }', r"data.eval_sets.mscoco.path is required with source = 'local'"),

@@ -111,9 +111,12 @@ def test_a_killed_build_resumes_after_its_last_finished_shard(tmp_path, karpathy
 
 def test_bad_karpathy_inputs_are_one_line_errors(tmp_path, karpathy):
     json_path, root = karpathy
-    with pytest.raises(ConfigError, match=r"split: no images in split 'dev' of .* \(splits "
+    with pytest.raises(ConfigError, match=r"split: no images in split 'restval' of .* \(splits "
                                           r"there: test, train, val\)"):
-        data.run(config(tmp_path, f"v = {spec(json_path, root, 'dev')}"))
+        data.run(config(tmp_path, f"v = {spec(json_path, root, 'restval')}"))
+    with pytest.raises(ConfigError, match=r"'data.eval_sets.v.split' must be one of train, "
+                                          r"restval, val, test, got 'dev'"):
+        config(tmp_path, f"v = {spec(json_path, root, 'dev')}")
     with pytest.raises(ConfigError, match=r"image_root: .*/elsewhere is not a directory"):
         data.run(config(tmp_path, f"v = {spec(json_path, tmp_path / 'elsewhere', 'val')}"))
     (tmp_path / "elsewhere").mkdir()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,6 +19,11 @@ def test_the_log_has_no_library_noise_users_cannot_act_on(demo_run):
     assert "=== stage eval ===" in log  # the log is there
     for noise in ("Loading weights", "initialized randomly", "albumentations"):
         assert noise not in log, noise
+    # Not a terminal: progress is plain log lines, never bars redrawn with \r (read_text would
+    # have turned each \r into a newline).
+    assert b"\r" not in (demo_run[0].parent / "demo.log").read_bytes()
+    assert re.search(r"INFO extract: [\d,]+ img, [\d.,]+ img/s, done in \d\d:\d\d\n", log)
+    assert re.search(r"INFO epoch 4/4: \d+/\d+ step \(100%\), .* \[loss=", log)
 
 
 def test_data_stage_writes_shards_eval_set_and_models(demo_run):
@@ -113,6 +119,8 @@ def test_eval_writes_results_report_and_chart(demo_run):
     assert zs["n_images"] == 12 and zs["n_classes"] == 4 and zs["templates"] == "short"
     assert all(0 <= zs[row]["top1"] <= zs[row]["top5"] <= 100 for row in ("clip", "projected"))
     assert "## Zero-shot classification" in report and "| projected |" in report
+    assert "mean per-class recall" in report and "### Per class: top-1 (%)" in report
+    assert [c["n_images"] for c in zs["per_class"]] == [3, 3, 3, 3]
 
 
 def modes_under(root) -> dict:
@@ -143,7 +151,7 @@ def test_an_index_compare_and_a_search_page_follow_the_umask(demo_run, tmp_path)
     out = tmp_path / "out"
     old = os.umask(0o027)
     try:
-        build_index(run_dir=art / "runs" / "demo", images=photos, out_dir=out / "index",
+        build_index(run=art / "runs" / "demo", images=photos, out_dir=out / "index",
                     options=UseOptions(device="cpu", num_workers=0))
         search(index_dir=out / "index", query="a circle", k=2, html_out=out / "hits.html")
         compare([str(art / "runs" / "demo")], out_dir=out)
@@ -151,5 +159,5 @@ def test_an_index_compare_and_a_search_page_follow_the_umask(demo_run, tmp_path)
         os.umask(old)
     modes = modes_under(out)
     assert {"index/index.faiss", "index/dino.faiss", "index/meta.parquet", "hits.html",
-            "compare.png", "compare.md"} <= set(modes), sorted(modes)
+            "compare.png", "compare.md", "compare.csv"} <= set(modes), sorted(modes)
     assert wrong_modes(modes, 0o027, out) == {}

@@ -5,7 +5,13 @@ import math
 
 import pytest
 
-from dinov2clip.evaluate.plots import epochs_chart, epochs_figure, recall_chart, recall_figure
+from dinov2clip.evaluate.plots import (
+    chance_recall,
+    epochs_chart,
+    epochs_figure,
+    recall_chart,
+    recall_figure,
+)
 from dinov2clip.evaluate.report import (
     markdown,
     print_table,
@@ -101,6 +107,33 @@ def test_recall_axis_fits_the_data_and_bars_carry_their_values():
     low, high = ax.get_ylim()
     assert low == 0 and 50 < high <= 60
     assert {"31.0", "40.0", "50.0"} <= {t.get_text() for t in ax.texts}  # each bar's value
+
+
+def test_chance_recall_is_k_over_n_images_and_a_random_caption_ranking():
+    chance = chance_recall({"n_images": 50, "n_captions": 250}, [1, 5, 10])
+    assert chance["t2i_R@1"] == 2.0 and chance["t2i_R@10"] == 20.0  # k / n_images
+    # Image->text, 5 captions each: 1 - C(245, k) / C(250, k), checked by brute force for k=1.
+    assert chance["i2t_R@1"] == pytest.approx(100 * 5 / 250)
+    assert chance["i2t_R@5"] == pytest.approx(
+        100 * (1 - math.comb(245, 5) / math.comb(250, 5)))
+    assert chance_recall({"n_images": 4, "n_captions": 8}, [10])["t2i_R@10"] == 100.0
+    assert chance_recall({"n_images": 4, "n_captions": 8}, [7])["i2t_R@7"] == 100.0
+
+
+def test_recall_chart_draws_each_keys_chance_level():
+    results = results_for(["tiny"])
+    results["sets"]["tiny"].update(n_images=20, n_captions=100)
+    fig = recall_figure(results)
+    ax = fig.axes[0]
+    [marks] = [c for c in ax.collections if c.get_label() == "chance (random ranking)"]
+    levels = [seg[0][1] for seg in marks.get_segments()]
+    want = chance_recall(results["sets"]["tiny"], KS)
+    assert levels == pytest.approx([want[k] for k in (*(f"t2i_R@{k}" for k in KS),
+                                                       *(f"i2t_R@{k}" for k in KS))])
+    assert levels[:3] == pytest.approx([5.0, 25.0, 50.0])  # k / 20 images
+    assert ax.get_legend() is None  # one legend, above the panels, off the bars
+    assert "chance (random ranking)" in {t.get_text() for t in fig.legends[0].get_texts()}
+    assert ax.get_ylim()[1] >= max(levels)
 
 
 def test_epochs_chart_shows_clip_at_100_and_says_which_colour_is_which_direction():

@@ -76,7 +76,8 @@ def scratch(demo_run, tmp_path):
 
 
 def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> None:
-    """An extracted eval set in the contract's layout, with chosen caption counts and dims."""
+    """An extracted eval set in the contract's layout, with chosen caption counts and dims, made
+    by the demo's models (as its plan says) but for d_dino."""
     emb = root / "embeddings" / name / "tiny"
     n, m = len(n_captions), sum(n_captions)
     rng = np.random.default_rng(0)
@@ -88,7 +89,9 @@ def fake_set(root: Path, name: str, n_captions: list[int], d_dino: int = 48) -> 
     pq.write_table(pa.table({"n_captions": pa.array(n_captions, pa.int64())}),
                    emb / "meta" / "0.parquet")
     store = EmbeddingSet(emb)
-    store.write_plan({"0": "fake"}, "fake", {}, {})
+    models = EmbeddingSet(root / "embeddings" / SET / "tiny").read_plan()["models"]
+    models = {**models, "dims": {**models["dims"], "dino": d_dino}}
+    store.write_plan({"0": "fake"}, "fake", models, {})
     store.markers.write("0", {})
 
 
@@ -109,7 +112,10 @@ def test_eval_set_without_captions_exits_2(scratch):
 def test_embeddings_that_do_not_fit_the_projector_exit_2(scratch):
     cfg_path, root = scratch
     fake_set(root, "wide", [2, 1, 3], d_dino=40)
-    line = cli_error(cfg_path, "--set", 'eval.sets=["wide"]')
+    line = cli_error(cfg_path, "--set", 'eval.sets=["wide"]')  # other models made it
+    assert "eval set 'wide'" in line and "dims.dino 48 -> 40" in line
+    assert "--allow-other-embeddings" in line
+    line = cli_error(cfg_path, "--set", 'eval.sets=["wide"]', "--allow-other-embeddings")
     assert "40-d" in line and "expects 48" in line
 
 
@@ -117,7 +123,7 @@ def test_run_without_weights_exits_2(scratch):
     cfg_path, root = scratch
     (root / "runs" / "demo" / "model.safetensors").unlink()
     assert "no weights" in cli_error(cfg_path)
-    with pytest.raises(ConfigError, match="run directory not found"):
+    with pytest.raises(ConfigError, match="run not found: 'nope'"):
         evaluate.run(load_config(cfg_path, ["eval.run=nope"]))
 
 
@@ -139,14 +145,15 @@ def test_bad_zeroshot_settings_exit_2_before_any_retrieval(scratch):
     (root / "runs" / "demo" / "eval").mkdir(parents=True, exist_ok=True)
     line = cli_error(cfg_path, "--set", f'eval.zeroshot="{root / "nope"}"')
     assert "dataset folder not found" in line and "nope" in line
-    assert "unknown" in cli_error(cfg_path, "--set", "eval.zeroshot_templates=imagenet1k")
+    line = cli_error(cfg_path, "--set", "eval.zeroshot_templates=imagenet1k")
+    assert "must be one of imagenet80, short, plain" in line
     assert not (root / "runs" / "demo" / "eval" / "results.json").exists()
 
 
 def test_all_epochs_without_checkpoints_exits_2(scratch):
     cfg_path, root = scratch
     shutil.rmtree(root / "runs" / "demo" / "checkpoints")
-    assert "no checkpoints" in cli_error(cfg_path, "--all-epochs")
+    assert "no saved epochs" in cli_error(cfg_path, "--all-epochs")
 
 
 def test_cli_eval_with_run_option_writes_reports(scratch):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinov2clip.config import ConfigError, load_config
+from dinov2clip.config import ConfigError, ExtractConfig, load_config
 from dinov2clip.extract import run
 from dinov2clip.extract.gpu_decode import crop_on_device, is_whole_jpeg, resolve_decode
 from dinov2clip.models.preprocess import PreprocessSpec, decode, resize_and_crop
@@ -92,8 +92,8 @@ def test_whole_jpeg_check_and_decode_modes():
     assert resolve_decode("auto", CPU, specs) is False  # auto: the device path on CUDA only
     assert resolve_decode("gpu", CPU, specs) is True
     assert resolve_decode("cpu", CPU, specs) is False
-    with pytest.raises(ConfigError, match="extract.decode must be one of"):
-        resolve_decode("nvjpeg", CPU, specs)
+    with pytest.raises(ConfigError, match="'decode' must be one of cpu, gpu, auto"):
+        ExtractConfig(decode="nvjpeg")  # refused when the config is read
     lanczos = replace(specs[0], interpolation="lanczos")
     with pytest.raises(ConfigError, match="lanczos"):
         resolve_decode("gpu", CPU, [lanczos])

@@ -98,6 +98,16 @@ def test_push_then_load_back_gives_the_local_runs_embeddings(demo_run, demo_mode
     assert ("GET", f"/me/shapes-proj/resolve/{COMMIT}/model.safetensors") in hub.requests
 
 
+def test_push_takes_a_run_name_and_the_pushed_config_names_its_embeddings(demo_run, hub):
+    _, art = demo_run
+    result = CliRunner().invoke(app, ["push", "--run", "demo", "--artifacts", str(art),
+                                      "--repo", "me/by-name"])
+    assert result.exit_code == 0, result.output
+    pushed = json.loads(hub.repos["me/by-name"]["config.json"])
+    assert pushed["embeddings"]["tag"] == "tiny" and pushed["embeddings"]["models_hash"]
+    assert "embeddings `tiny`" in hub.repos["me/by-name"]["README.md"].decode()
+
+
 def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from dinov2clip.config import UseOptions
     from dinov2clip.hub import push
@@ -106,9 +116,9 @@ def test_index_and_serve_take_a_hub_run(demo_run, hub, tmp_path):
     from tests.conftest import write_shape_classes
 
     _, art = demo_run
-    push(run_dir=art / "runs" / "demo", repo="me/p")
+    push(run=art / "runs" / "demo", repo="me/p")
     root = write_shape_classes(tmp_path / "imgs", per_class=2)
-    summary = build_index(run_dir="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
+    summary = build_index(run="hf-hub:me/p", images=root, out_dir=tmp_path / "idx",
                           options=UseOptions(device="cpu", num_workers=0))
     assert summary["run_dir"] == "hf-hub:me/p" and summary["n_images"] == 6
     engine = SearchEngine(tmp_path / "idx", device="cpu")
@@ -137,3 +147,22 @@ def test_hub_errors_are_one_line(demo_run, hub, tmp_path):
     assert half.exit_code == 2 and "projector.json missing" in half.output
     no_out = runner.invoke(app, ["index", "--run", "hf-hub:me/h", "--images", str(tmp_path)])
     assert no_out.exit_code == 2 and "--out is needed with a hub run" in no_out.output
+
+
+def test_push_without_a_token_says_so_before_any_upload(demo_run, tmp_path, monkeypatch):
+    fake = FakeModelHub()
+    try:
+        # hub_here: HF_TOKEN empty and a token file that does not exist, so get_token() is None.
+        hub_here(monkeypatch, tmp_path / "hf-home" / "hub", fake.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        _, art = demo_run
+        result = CliRunner().invoke(app, ["push", "--run", str(art / "runs" / "demo"),
+                                          "--repo", "me/no-token"])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert errors == [result.output.strip()] and "no Hugging Face token" in errors[0]
+        assert "HF_TOKEN" in errors[0] and "Traceback" not in result.output
+        assert fake.requests == [] and fake.repos == {}  # nothing was sent
+    finally:
+        fake.close()

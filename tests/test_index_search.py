@@ -38,7 +38,7 @@ def collection(tmp_path_factory):
 def flat_index(demo_run, collection, tmp_path_factory):
     _, art = demo_run
     out = tmp_path_factory.mktemp("idx") / "flat"
-    summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
+    summary = build_index(run=art / "runs" / "demo", images=collection, out_dir=out,
                           chunk_size=4, options=CPU3)
     return out, summary
 
@@ -88,7 +88,7 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     (out / f".index.faiss.{HOST}.{gone.pid}.0badcafe.tmp").write_bytes(b"half")
     with pytest.raises(ConfigError, match="no finished index"):
         search(index_dir=out, query="a dog", options=CPU)
-    summary = build_index(run_dir=art / "runs" / "demo", images=collection, out_dir=out,
+    summary = build_index(run=art / "runs" / "demo", images=collection, out_dir=out,
                           chunk_size=4, options=CPU)
     assert summary["n_images"] == 9
     assert (out / "chunks" / "emb" / "00000.npy").stat().st_mtime_ns == kept
@@ -97,7 +97,7 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")
     with pytest.raises(ConfigError, match="not an index directory"):
-        build_index(run_dir=art / "runs" / "demo", images=collection,
+        build_index(run=art / "runs" / "demo", images=collection,
                     out_dir=tmp_path / "precious", force=True, options=CPU)
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
@@ -108,7 +108,7 @@ def test_ranks_split_the_chunks_and_rank_0_builds_the_same_index(demo_run, colle
     _, art = demo_run
     src, _ = flat_index
     out = tmp_path / "ranks"
-    kwargs = dict(run_dir=art / "runs" / "demo", images=collection, out_dir=out, chunk_size=4,
+    kwargs = dict(run=art / "runs" / "demo", images=collection, out_dir=out, chunk_size=4,
                   options=CPU3)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -133,6 +133,7 @@ def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_inde
     from dinov2clip.index import build
     from dinov2clip.index.build import ChunkStore, models_hash, wait_for_chunks
     from dinov2clip.index.sources import plan_chunks
+    from dinov2clip.store import IndexDir, RunDir
 
     _, art = demo_run
     src, _ = flat_index
@@ -150,7 +151,7 @@ def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_inde
             marker.write_bytes(kept)
 
     monkeypatch.setattr(build, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
-    store = ChunkStore(out / "chunks", models_hash(art / "runs" / "demo"))
+    store = ChunkStore(IndexDir(out), models_hash(RunDir(art / "runs" / "demo")))
     wait_for_chunks(store, plan_chunks(collection, 4), poll_s=0.02)
     assert polls == [0.02] * 3 and marker.exists()
 
@@ -171,7 +172,7 @@ def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
             sink.write(sample)
         sink.write({"__key__": "bad", "jpg": b"garbage"})
     out = tmp_path / "ivf"
-    summary = build_index(run_dir=art / "runs" / "demo", images=shards, out_dir=out,
+    summary = build_index(run=art / "runs" / "demo", images=shards, out_dir=out,
                           exact_max=2, options=CPU)
     assert summary["kind"] == "ivf" and summary["nlist"] >= 1
     assert summary["n_images"] == 5 and summary["skipped"] == {"not_an_image": 1}
@@ -235,6 +236,22 @@ def test_cli_bad_input_exits_2(demo_run, tmp_path, flat_index):
     assert bad_kind.exit_code == 2 and "unknown index kind 'lsh'" in bad_kind.output
 
 
+def test_cli_search_json_prints_one_document_and_nothing_else(flat_index):
+    out, _ = flat_index
+    runner = CliRunner()
+    result = runner.invoke(app, ["search", "--index", str(out), "a red circle", "-k", "3",
+                                 "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)  # the whole of stdout: no table, no log line
+    table = search(index_dir=out, query="a red circle", k=3, options=CPU, table=False)
+    assert body == {"query": "a red circle", "results": table}
+    assert [h["rank"] for h in body["results"]] == [1, 2, 3]
+    assert set(body["results"][0]) >= {"score", "id", "key", "path", "caption", "size"}
+    empty = runner.invoke(app, ["search", "--index", str(out), " ", "--json"])
+    assert empty.exit_code == 2 and empty.stdout == ""
+    assert empty.stderr == "error: empty query: give the text to search for\n"
+
+
 def _centroids(index_file) -> np.ndarray:
     import faiss
 
@@ -249,7 +266,7 @@ def _indexed_copy(demo_run, collection, tmp_path, kind: str):
 
     root, out = tmp_path / "photos", tmp_path / "index"
     shutil.copytree(collection, root)
-    kwargs = dict(run_dir=demo_run[1] / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
+    kwargs = dict(run=demo_run[1] / "runs" / "demo", images=root, out_dir=out, chunk_size=4,
                   kind=kind, options=CPU)
     first = build_index(**kwargs)
     assert first["n_images"] == 9 and first["chunks"] == ["00000", "00001", "00002"]
@@ -314,6 +331,8 @@ def test_a_file_changed_in_place_is_embedded_again_and_never_served_stale(
     meta = pq.read_table(out / "meta.parquet").to_pydict()
     assert meta["key"].count("circle/0.png") == 1
     row = meta["key"].index("circle/0.png")
+    # What the server checks before showing the file: the new file's size and mtime.
+    assert [meta["size"][row], meta["mtime_ns"][row]] == [changed.stat().st_size, later]
     stored = faiss.read_index(str(out / "index.faiss")).reconstruct(row)
     want = demo_model.encode_image([changed])[0]
     assert float(torch.from_numpy(stored) @ want) > 0.999  # the new picture's embedding

@@ -105,7 +105,7 @@ def test_run_without_weights_or_with_mismatched_dims(demo_run, tmp_path):
 
     _, art = demo_run
     run = art / "runs" / "demo"
-    with pytest.raises(ConfigError, match="run directory not found"):
+    with pytest.raises(ConfigError, match="run not found"):
         DinoV2Clip.from_pretrained(tmp_path / "nope", device="cpu")
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -145,7 +145,7 @@ def test_cli_bad_run_exits_2_with_one_line(tmp_path):
                                       "--images", str(tmp_path / "imgs")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: run directory not found")
+    assert len(lines) == 1 and lines[0].startswith("error: run not found")
 
 
 def write_png(path):

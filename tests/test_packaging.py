@@ -106,3 +106,18 @@ def test_test_fast_leaves_out_exactly_the_img2dataset_kill_and_torchrun_tests():
         "tests/test_train_resume.py::test_sigkill_then_resume_is_bitwise_equal_to_an_"
         "uninterrupted_run",
     }
+
+
+def test_version_flag_prints_the_installed_version_and_exits_0():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from dinov2clip.pipeline import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert result.exit_code == 0, result.output
+    assert result.output == f"dinov2-clip {declared}\n" and version("dinov2-clip") == declared
+    # Eager: it answers before a command is parsed, and a command after it is never run.
+    assert CliRunner().invoke(app, ["--version", "train"]).exit_code == 0

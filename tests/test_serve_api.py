@@ -1,6 +1,13 @@
-"""The search server's JSON API, in process over HTTP: rankings against brute force, 4xx errors."""
+"""The search server's JSON API, in process over HTTP: rankings against brute force, 4xx errors,
+hostile input (huge images, long queries)."""
 
+import contextlib
+import http.client
 import io
+import os
+import shutil
+import signal
+import socket
 import threading
 import time
 
@@ -11,10 +18,11 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from dinov2clip.config import UseOptions
-from dinov2clip.index import build_index
+from dinov2clip.index import build_index, search
 from dinov2clip.serve import SearchEngine, create_app
 from dinov2clip.serve.engine import Batcher
 from tests.conftest import write_shape_classes
+from tests.helpers import ONE_THREAD, TIMEOUT, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +32,7 @@ def served(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("serve") / "photos", per_class=4)
     (root / "circle" / "0.txt").write_text("a red circle")
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     engine = SearchEngine(out, device="cpu")
     with TestClient(create_app(engine, max_k=50, max_upload=40_000),
@@ -92,6 +100,185 @@ def test_images_and_thumbnails(served):
     original = client.get("/api/image/2?size=0")
     assert original.content == open(meta["path"][2], "rb").read()
     assert original.headers["content-type"] == "image/png"
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 12,500 x 12,500 one-colour PNG: 19 KB on the wire, 156 M pixels (under PIL's own
+    179 M limit), 469 MB once decoded and made RGB."""
+    buf = io.BytesIO()
+    Image.new("1", (12_500, 12_500)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def rss_growth():
+    """Samples this process's resident memory every 2 ms while the block runs; the yielded list
+    holds, once it ends, the peak growth over the start in bytes."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    start, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out: list[int] = []
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
+        out.append(max(peak[0], rss()) - start)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, at 89 M
+@pytest.mark.parametrize("as_form", [False, True])
+def test_an_upload_of_too_many_pixels_is_refused_before_it_is_decoded(served, huge_png, as_form):
+    client, _, _ = served
+    assert len(huge_png) < 40_000  # under the upload cap: only its pixel count gives it away
+    post = ({"files": {"image": ("huge.png", huge_png)}} if as_form else
+            {"content": huge_png, "headers": {"content-type": "image/png"}})
+    with rss_growth() as growth:
+        r = client.post("/api/search_image", **post)
+    assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == ("image too large: 12500 x 12500 is 156.2 M pixels, more than "
+                                 "the 40 M allowed")
+    # Decoding it would take 156 MB (mode 1), then 469 MB as RGB; reading the header, nothing.
+    assert growth[0] < 40 << 20, f"memory grew {growth[0] >> 20} MB"
+
+
+def test_at_most_two_uploads_are_decoded_at_once(served, monkeypatch):
+    client, engine, out = served
+    running, most, lock = [0], [0], threading.Lock()
+    real = engine.search_image
+
+    def slow_search(data, k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return real(data, k)
+
+    monkeypatch.setattr(engine, "search_image", slow_search)
+    data = open(pq.read_table(out / "meta.parquet").column("path")[0].as_py(), "rb").read()
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(client.post(
+        "/api/search_image?k=1", content=data).status_code)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 6 and most[0] == 2
+
+
+def test_a_large_jpeg_upload_is_decoded_at_reduced_scale_and_still_found(served):
+    from dinov2clip.models.preprocess import decode
+
+    client, engine, out = served
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    photo = Image.open(meta["path"][5]).convert("RGB").resize((1200, 1200), Image.BICUBIC)
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    assert len(buf.getvalue()) < 40_000  # the fixture's upload cap
+    # The DINOv2 crop needs 256 px (shortest edge): 1200 px decodes at 1/4 scale, 300 px.
+    spec = engine.model.dino_spec
+    assert decode(buf.getvalue(), min_side=max(spec.resize, spec.crop)).size == (300, 300)
+    assert decode(buf.getvalue()).size == (1200, 1200)
+    body = client.post("/api/search_image?k=3", files={"image": ("p.jpg", buf.getvalue())}).json()
+    assert body["results"][0]["id"] == 5 and body["results"][0]["score"] > 0.98
+
+
+def test_a_query_is_capped_at_1000_characters(served):
+    client, _, _ = served
+    longest = "a red circle " * 76 + "a" * 12  # 1,000 characters
+    r = client.get("/api/search", params={"q": longest, "k": 2})
+    assert r.status_code == 200 and r.json()["query"] == longest
+    for n in (1001, 60_000):  # 60,000: near the most httpx puts in a URL (64 KiB)
+        r = client.get("/api/search", params={"q": "x" * n, "k": 2})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+        assert r.json() == {"error": f"query too long: at most 1000 characters, got {n}"}
+    assert client.get("/api/info").json()["max_query_chars"] == 1000
+
+
+@pytest.fixture
+def changing(demo_run, tmp_path):
+    """(client, photos, index, meta): three images indexed and served, for a test to change on
+    disk."""
+    _, art = demo_run
+    root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=3)
+    out = tmp_path / "index"
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    assert meta["key"] == ["circle/0.png", "circle/1.png", "circle/2.png"]
+    with TestClient(create_app(SearchEngine(out, device="cpu")),
+                    raise_server_exceptions=False) as client:
+        yield client, root, out, meta
+
+
+def test_a_file_changed_since_it_was_indexed_is_not_served(changing, tmp_path):
+    client, root, out, meta = changing
+    assert meta["size"][0] == (root / "circle" / "0.png").stat().st_size
+    # 0: a link to a copy outside the folder, with the same size and mtime (copy2): only the
+    # link gives it away. 1: a link to a text file. 2: rewritten, 10 bytes longer.
+    shutil.copy2(root / "circle" / "0.png", tmp_path / "outside.png")
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for i, target in ((0, tmp_path / "outside.png"), (1, tmp_path / "passwd")):
+        (root / "circle" / f"{i}.png").unlink()
+        (root / "circle" / f"{i}.png").symlink_to(target)
+    with open(root / "circle" / "2.png", "ab") as f:
+        f.write(b"\0" * 10)
+    for i in range(3):
+        for size in (0, 64):
+            r = client.get(f"/api/image/{i}?size={size}")
+            assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+            assert r.json()["error"] == (f"image {i} (circle/{i}.png) has changed since it was "
+                                         f"indexed ({meta['path'][i]})")
+    # `pipeline search --html` reads them through the same check: links, no inlined images.
+    page = search(index_dir=out, query="a circle", k=3, html_out=tmp_path / "hits.html",
+                  options=UseOptions(device="cpu"))
+    html = (tmp_path / "hits.html").read_text()
+    assert len(page) == 3 and "data:image" not in html and html.count('src="file://') == 3
+
+
+def test_an_unchanged_file_is_served_and_a_restored_one_again(changing):
+    client, root, _, _ = changing
+    path = root / "circle" / "1.png"
+    data, st = path.read_bytes(), path.stat()
+    path.write_bytes(data[:-1] + b"\1")  # same size, new mtime
+    assert client.get("/api/image/1?size=0").status_code == 404
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: as indexed
+    assert client.get("/api/image/1?size=0").status_code == 200
+    assert client.get("/api/image/0?size=0").content == (root / "circle" / "0.png").read_bytes()
+
+
+def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, caplog):
+    _, art = demo_run
+    root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=2)
+    out = tmp_path / "index"
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
+                options=UseOptions(device="cpu", num_workers=0))
+    table = pq.read_table(out / "meta.parquet")  # as written before it kept size and mtime_ns
+    pq.write_table(table.drop_columns(["size", "mtime_ns"]), out / "meta.parquet")
+    with caplog.at_level("WARNING"):
+        engine = SearchEngine(out, device="cpu")
+    assert "records no file sizes or mtimes" in caplog.text
+    (root / "circle" / "1.png").unlink()
+    (root / "circle" / "1.png").symlink_to(root / "circle" / "0.png")
+    client = TestClient(create_app(engine), raise_server_exceptions=False)
+    assert client.get("/api/image/0?size=0").status_code == 200
+    assert "has changed since" in client.get("/api/image/1?size=0").json()["error"]
+    engine.close()
 
 
 @pytest.mark.parametrize("method, url, kwargs, status, message", [
@@ -170,3 +357,40 @@ def test_cli_serve_bad_index_exits_2(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path)])
     assert result.exit_code == 2 and "error: no finished index" in result.output
+
+
+def _healthz(port: int) -> int:
+    """The status /healthz answers on 127.0.0.1:port, 0 while nothing listens yet."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow  # a second process importing torch, stopped by a signal
+def test_ctrl_c_stops_pipeline_serve_with_exit_code_130(served, tmp_path):
+    _, _, out = served
+    with socket.socket() as sock:  # a free port, released for the server to take
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "serve.log"
+    proc = start_cli(log, "serve", "--index", str(out), "--port", str(port), "--device", "cpu",
+                     env=ONE_THREAD)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while _healthz(port) != 200:
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "serve did not answer /healthz"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "server stopped (interrupted)" in text

@@ -1,7 +1,8 @@
 """The search page in a real browser: Debian's headless Chromium driven by Playwright.
 
 A server on a free loopback port; type a query, see the tiles, click one for similar images,
-pick a file to search by image, and screenshot the page (SERVE_SCREENSHOT=path keeps a copy).
+pick a file to search by image, and screenshot the page (SERVE_SCREENSHOT=path keeps a copy);
+the URL keeps each search, so Back, Forward and a shared link show it again.
 """
 
 import contextlib
@@ -50,23 +51,30 @@ def site(demo_run, tmp_path_factory):
     root = write_shape_classes(tmp_path_factory.mktemp("web") / "photos", per_class=6,
                                classes=("circle", "square", "triangle", "star"), size=128)
     out = root.parent / "index"
-    build_index(run_dir=art / "runs" / "demo", images=root, out_dir=out,
+    build_index(run=art / "runs" / "demo", images=root, out_dir=out,
                 options=UseOptions(device="cpu", num_workers=0))
     with running_server(create_app(SearchEngine(out, device="cpu"))) as url:
         yield url, root
 
 
 @pytest.fixture(scope="module")
-def page(site):
+def browser():
     from playwright.sync_api import sync_playwright
 
     assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: run make test-deps"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1200, "height": 800})
-        tab.goto(site[0])
-        yield tab
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(site, browser):
+    """A fresh tab on the page, as a user opens it."""
+    tab = browser.new_page(viewport={"width": 1200, "height": 800})
+    tab.goto(site[0])
+    yield tab
+    tab.close()
 
 
 def loaded_tiles(page) -> int:
@@ -120,3 +128,52 @@ def test_errors_show_on_the_page(page):
     page.fill("#query", "   ")
     page.press("#query", "Enter")
     expect(page.locator("#status.error")).to_contain_text("empty query")
+
+
+def tile_ids(page) -> list[int]:
+    return [int(x) for x in page.locator("figure.tile").evaluate_all(
+        "tiles => tiles.map(t => t.dataset.id)")]
+
+
+def test_the_url_keeps_each_search_so_back_and_a_shared_link_show_it_again(site, page):
+    from playwright.sync_api import expect
+
+    url, status = site[0], page.locator("#status")
+    expect(page.locator("#status.hint")).to_contain_text("press Enter")  # an empty page
+    expect(page.locator("figure.tile")).to_have_count(0)
+    page.fill("#k", "6")
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    expect(status).to_contain_text('6 results for "a red circle"')
+    assert page.url == f"{url}/?q=a+red+circle"
+    by_text = tile_ids(page)
+
+    clicked = by_text[1]
+    page.locator("figure.tile img").nth(1).click()
+    expect(status).to_contain_text(f"results for image {clicked}")
+    assert page.url == f"{url}/?similar={clicked}"
+    expect(page.locator("#query")).to_have_value("")  # the text no longer says what is shown
+    by_image = tile_ids(page)
+    assert by_image != by_text and clicked not in by_image
+
+    page.go_back()  # popstate: the text search runs again
+    expect(status).to_contain_text('6 results for "a red circle"')
+    expect(page.locator("#query")).to_have_value("a red circle")
+    expect(page.locator("#query-image")).to_be_hidden()
+    assert page.url == f"{url}/?q=a+red+circle" and tile_ids(page) == by_text
+    page.go_forward()
+    expect(status).to_contain_text(f"results for image {clicked}")
+    assert tile_ids(page) == by_image
+    page.go_back()
+    page.go_back()  # the page as first opened
+    expect(page.locator("#status.hint")).to_contain_text("press Enter")
+    expect(page.locator("figure.tile")).to_have_count(0)
+    expect(page.locator("#query")).to_have_value("")
+
+    page.goto(f"{url}/?q=circle")  # a shared link runs its search
+    expect(status).to_contain_text('24 results for "circle"')
+    expect(page.locator("#query")).to_have_value("circle")
+    answer = page.request.get(f"{url}/api/search?q=circle&k=24").json()
+    assert tile_ids(page) == [hit["id"] for hit in answer["results"]]
+    page.goto(f"{url}/?similar={clicked}")
+    expect(status).to_contain_text(f"results for image {clicked}")

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,6 +130,50 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     return write_config(copy / "c.toml", {"artifacts": str(copy / "art")}, base=copy / "c.toml")
 
 
+def damage_three_shards(out: Path, kinds: str) -> list[Path]:
+    """One damaged file in each of the three shards; returns them."""
+    if kinds == "cut, garbage, dtype":
+        cut = out / "dino_cls" / "00000.npy"
+        cut.write_bytes(cut.read_bytes()[:40])
+        meta = out / "meta" / "00001.parquet"
+        meta.write_bytes(b"x" * meta.stat().st_size)
+        wide = out / "clip_text" / "00002.npy"
+        np.save(wide, np.load(wide).astype(np.float32))
+        return [cut, meta, wide]
+    half = out / "clip_image" / "00000.npy"
+    half.write_bytes(half.read_bytes()[:half.stat().st_size // 2])
+    gone = out / "dino_mean" / "00001.npy"
+    gone.unlink()
+    short = out / "meta" / "00002.parquet"
+    short.write_bytes(short.read_bytes()[:-10])
+    return [half, gone, short]
+
+
+@pytest.mark.parametrize("kinds", ["cut, garbage, dtype", "half, missing, short"])
+def test_extract_re_does_the_shards_whose_files_do_not_match_their_markers(
+        finished, tmp_path, kinds, caplog):
+    from tests.helpers import tree_bytes
+
+    config = copy_of(finished, tmp_path)
+    out = emb_dir(config)
+    damaged = damage_three_shards(out, kinds)
+    with caplog.at_level("WARNING", logger="dinov2clip"):
+        run(load_config(config))
+    assert tree_bytes(out) == tree_bytes(emb_dir(finished / "c.toml"))
+    for path in damaged:
+        assert f"{path} " in caplog.text
+
+
+def test_extract_keeps_a_shard_whose_marker_predates_file_records(finished, tmp_path):
+    config = copy_of(finished, tmp_path)
+    marker = emb_dir(config) / "done" / "00000.json"
+    record = json.loads(marker.read_text())
+    del record["files"]
+    marker.write_text(json.dumps(record))
+    run(load_config(config))
+    assert "files" not in json.loads(marker.read_text())  # accepted as done, not re-done
+
+
 def test_other_library_versions_are_refused_naming_them(finished, tmp_path, monkeypatch):
     config = copy_of(finished, tmp_path)
     (emb_dir(config) / "done" / "00001.json").unlink()
@@ -150,16 +195,69 @@ def test_a_live_ranks_manifest_temp_survives_another_ranks_start(finished, tmp_p
         assert temp.exists() and (out / "done" / "00002.json").exists()
 
 
-def test_weight_files_are_hashed_once_by_size_and_mtime(tmp_path):
+def test_weight_files_are_hashed_once_and_a_set_back_mtime_does_not_fool_the_cache(
+        tmp_path, monkeypatch):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 100)
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # cache a file written a moment ago
     first = identity.file_sha256(f)
+    real_hash = identity._hash_file
+    monkeypatch.setattr(identity, "_hash_file", lambda path: pytest.fail("hashed again"))
+    assert identity.file_sha256(f) == first  # unchanged: the cache answers
+    monkeypatch.setattr(identity, "_hash_file", real_hash)
     st = f.stat()
-    f.write_bytes(b"b" * 100)  # same size; put the old mtime back: the cache answers
+    f.write_bytes(b"b" * 100)  # same size, same inode; the old mtime put back
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert identity.file_sha256(f) == first
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed again
-    assert identity.file_sha256(f) != first
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert identity.file_sha256(f) == identity._hash_file(f) != first
+
+
+def test_a_file_changed_a_moment_ago_is_not_cached(tmp_path, monkeypatch):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 100)
+    hashed = []
+    real_hash = identity._hash_file
+    monkeypatch.setattr(identity, "_hash_file", lambda path: hashed.append(1) or real_hash(path))
+    identity.file_sha256(f)
+    identity.file_sha256(f)  # within RACY_NS of its write: a same-tick rewrite could hide
+    assert len(hashed) == 2
+
+
+def test_a_teacher_resaved_with_the_old_size_and_mtime_is_refused_naming_its_hash(
+        tmp_path, shards, tiny_models, monkeypatch):
+    from dinov2clip.data.tiny_models import build_tiny_clip
+
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # the first extract caches the teacher's hash
+    ckpt = tmp_path / "teacher.safetensors"
+    shutil.copyfile(tiny_models["clip_pretrained"], ckpt)
+    config = new_config(tmp_path, shards, {**tiny_models, "clip_pretrained": str(ckpt)})
+    run(load_config(config))
+    before = identity.file_sha256(ckpt)
+    st = ckpt.stat()
+    _, other = build_tiny_clip(tmp_path / "other", seed=1)  # same shapes, other weights
+    shutil.copyfile(other, ckpt)  # re-saved in place: same inode
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (ckpt.stat().st_size, ckpt.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    (emb_dir(config) / "done" / "00002.json").unlink()
+    with pytest.raises(ConfigError) as refused:
+        run(load_config(config))
+    after = identity._hash_file(ckpt)
+    assert after != before
+    # Only what changed: plan.json's lists are not "changed" into the fresh tuples.
+    assert f"(weights.clip.sha256 {before[:12]} -> {after[:12]});" in str(refused.value)
+    assert not (emb_dir(config) / "done" / "00002.json").exists()
+
+
+def test_changes_compare_as_json_and_put_the_weights_first():
+    from dinov2clip.store import changes
+
+    old = {"clip_model": "a", "clip_preprocess": {"mean": [0.5, 0.25], "size": 224},
+           "weights": {"clip": {"sha256": "0" * 64}}}
+    new = {"clip_model": "b", "clip_preprocess": {"mean": (0.5, 0.25), "size": 224},
+           "weights": {"clip": {"sha256": "f" * 64}}}
+    assert changes(old, new) == ["weights.clip.sha256 000000000000 -> ffffffffffff",
+                                 "clip_model a -> b"]
+    assert changes(old, {**old, "clip_preprocess": {"mean": (0.5, 0.25), "size": 224}}) == []
 
 
 def test_a_hub_dinov2_is_identified_by_the_commit_it_was_loaded_from(tmp_path, tiny_models,

@@ -47,7 +47,7 @@ def test_existing_run_needs_resume_or_force_and_bad_options_fail_early(train_set
     assert code == 2 and "pass --resume to continue it or --force" in errors[0]
     code, errors = pipeline("train", "-c", config, "--force", "--set",
                             'train.select_metric="val_r1"')
-    assert code == 2 and "train.select_metric: unknown 'val_r1'" in errors[0]
+    assert code == 2 and "'train.select_metric' must be one of val_loss" in errors[0]
     code, errors = pipeline("train", "-c", config, "--force", "--set",
                             'train.val_evalset="coco-val"')
     assert code == 2 and "embeddings directory not found" in errors[0] and "coco-val" in errors[0]

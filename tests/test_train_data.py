@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dinov2clip.config import ConfigError
+from dinov2clip.config import ConfigError, TrainConfig
 from dinov2clip.store import is_val_key, load_eval_pairs, load_split, pool
 from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from tests.helpers import D_CLIP, D_DINO, make_embeddings
@@ -74,8 +74,8 @@ def test_placement_on_cpu_and_its_options():
     place = placer("auto", torch.device("cpu"), reserve_bytes(10**6, 4096, 2048, 6, True))
     assert place(10**12) == (torch.device("cpu"), False)
     assert reserve_bytes(54_608_384, 4096, 2048, 6, False) > 4 * 4 * 54_608_384
-    with pytest.raises(ConfigError, match="unknown 'gpu'"):
-        placer("gpu", torch.device("cpu"), 0)
+    with pytest.raises(ConfigError, match="'placement' must be one of auto, device, pinned"):
+        TrainConfig(placement="gpu")  # refused when the config is read
 
 
 def test_eval_images_follow_numeric_shard_order(tmp_path):

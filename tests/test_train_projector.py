@@ -45,7 +45,7 @@ def test_linear_baseline_and_widths_follow_the_config():
     small = Projector(ProjectorConfig(kind="prenorm", in_dim=10, out_dim=4, width=8, depth=3))
     assert sum(isinstance(m, PreNormBlock) for m in small.net) == 3
     assert small(torch.randn(2, 10)).shape == (2, 4)
-    with pytest.raises(ConfigError, match="unknown 'mlp'"):
+    with pytest.raises(ConfigError, match="'kind' must be one of residual, linear, prenorm"):
         Projector(ProjectorConfig(kind="mlp"))
 
 

@@ -191,18 +191,16 @@ def write_resolved(cfg: Config, out_dir: Path, name: str = "config.json") -> Pat
     return path
 
 
-def read_run_config(run_dir: str | os.PathLike) -> Config:
-    """The resolved config a training run wrote next to its weights, as the same dataclasses.
+def read_resolved(path: str | os.PathLike) -> Config:
+    """A resolved config write_resolved wrote (a run's, next to its weights), as the same
+    dataclasses.
 
     An older run's file reads as is: a key it lacks takes today's default, except
     train.num_patch_tokens, which a run from before that key existed pooled with 256. A key
     this version does not know, or a value it refuses, is a ConfigError naming the file and the
     key. Keys this version removed (REMOVED) are dropped: every run before their removal has them.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"not a training run: {path} missing")
     try:

@@ -13,11 +13,35 @@ class ConfigError(ValueError):
     """A config problem, reported to the user as one line."""
 
 
-# Names checked when a config is read, before torch or any model loads. train/losses.py's
-# registry and device.py's dtypes must match these (tests/test_config.py checks).
+# Every allowed value of an option, checked when a config is read (before torch or any model
+# loads) and imported from here by the code that acts on it: one list per option.
+# train/losses.py's registry, device.py's dtypes and models/projector.py's PROJECTORS must match
+# these (tests/test_config.py checks).
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 LOSS_NAMES = ("unit_mse", "cosine", "cos_smoothl1", "text_infonce", "image_infonce",
               "retrieval_kd")
+POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
+SCHEDULERS = ("onecycle", "cosine", "constant")
+PLACEMENTS = ("auto", "device", "pinned")  # where the training split lives
+PROJECTOR_KINDS = ("residual", "linear", "prenorm")
+DECODE_MODES = ("cpu", "gpu", "auto")
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+URL_LIST_FORMATS = ("tsv", "tsv.gz", "csv", "csv.gz", "parquet", "json", "json.gz", "jsonl",
+                    "jsonl.gz", "txt", "txt.gz")  # img2dataset's input formats
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")  # img2dataset
+EVALSET_SOURCES = ("hf", "local", "karpathy")
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+TEMPLATE_SETS = ("imagenet80", "short", "plain")
+VAL_KS = (1, 5)  # the recalls validation logs per epoch
+VAL_RECALLS = tuple(f"{d}_R@{k}" for d in ("t2i", "i2t") for k in VAL_KS)
+
+
+def select_metrics(with_evalset: bool) -> tuple[str, ...]:
+    """Every per-epoch metric train.select_metric may name."""
+    names = ("val_loss", "val_cosine", "val_pct_clip", *(f"val_{r}" for r in VAL_RECALLS))
+    if with_evalset:
+        names += ("evalset_pct_clip", *(f"evalset_{r}" for r in VAL_RECALLS))
+    return names
 
 
 class InvalidValue(ConfigError):
@@ -36,6 +60,11 @@ def _check_device(key: str, name: str) -> None:
 def _check_dtype(key: str, name: str) -> None:
     if name not in COMPUTE_DTYPES:
         raise InvalidValue(key, f"must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
+
+
+def _check_one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidValue(key, f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _check_at_least(key: str, value: float, low: float) -> None:
@@ -74,6 +103,11 @@ class EvalSetConfig:
     split: str = "test"  # karpathy: train | restval | val | test
     shard_size: int = 1000  # karpathy: images per tar
 
+    def __post_init__(self):
+        _check_one_of("source", self.source, EVALSET_SOURCES)
+        _check_one_of("split", self.split, KARPATHY_SPLITS)
+        _check_at_least("shard_size", self.shard_size, 1)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -98,6 +132,11 @@ class DataConfig:
     webdatasets: dict[str, str] = field(default_factory=dict)  # shards/<name> -> an existing dir
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    def __post_init__(self):
+        _check_one_of("distributor", self.distributor, DISTRIBUTORS)
+        _check_one_of("input_format", self.input_format, URL_LIST_FORMATS)
+        _check_one_of("resize_mode", self.resize_mode, RESIZE_MODES)
+
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -121,6 +160,7 @@ class ExtractConfig:
         _check_dtype("compute_dtype", self.compute_dtype)
         _check_at_least("batch_size", self.batch_size, 1)
         _check_at_least("num_workers", self.num_workers, 0)
+        _check_one_of("decode", self.decode, DECODE_MODES)
 
 
 @dataclass(frozen=True)
@@ -132,6 +172,11 @@ class ProjectorConfig:
     depth: int = 6
     head_width: int = 1024
     standardize: bool = False  # per-dimension input standardisation, stats from the train split
+
+    def __post_init__(self):
+        _check_one_of("kind", self.kind, PROJECTOR_KINDS)
+        for key in ("in_dim", "out_dim", "width", "depth", "head_width"):
+            _check_at_least(key, getattr(self, key), 1)
 
 
 @dataclass(frozen=True)
@@ -172,6 +217,20 @@ class TrainConfig:
         _check_at_least("log_every", self.log_every, 1)
         if not self.lr > 0:
             raise InvalidValue("lr", f"must be positive, got {self.lr}")
+        _check_one_of("pooling", self.pooling, POOLINGS)
+        _check_one_of("scheduler", self.scheduler, SCHEDULERS)
+        _check_one_of("placement", self.placement, PLACEMENTS)
+        _check_one_of("select_metric", self.select_metric,
+                      select_metrics(with_evalset=bool(self.val_evalset)))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InvalidValue("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InvalidValue("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise InvalidValue("warmup_fraction", f"must be in [0, 1], got "
+                                                  f"{self.warmup_fraction}")
+        _check_at_least("grad_clip", self.grad_clip, 0.0)
+        _check_at_least("num_patch_tokens", self.num_patch_tokens, 0)
         if not self.loss:
             raise InvalidValue("loss", f"is empty: name at least one of {', '.join(LOSS_NAMES)}")
         for name, weight in self.loss.items():
@@ -193,9 +252,16 @@ class EvalConfig:
     zeroshot_classnames: str = ""  # JSON list or {folder: name}, or TXT; empty: folder names
     zeroshot_templates: str = "imagenet80"  # imagenet80 | short | plain
     zeroshot_max_per_class: int = 0  # 0: every image
+    # Evaluate eval sets whose embeddings were made by other models (backbone or teacher
+    # weights, preprocessing) than the run's training embeddings; recorded in results.json.
+    allow_other_embeddings: bool = False
 
     def __post_init__(self):
         _check_device("device", self.device)
+        if not self.ks or not all(k >= 1 for k in self.ks):
+            raise InvalidValue("ks", f"must be positive integers, got {self.ks}")
+        _check_one_of("zeroshot_templates", self.zeroshot_templates, TEMPLATE_SETS)
+        _check_at_least("zeroshot_max_per_class", self.zeroshot_max_per_class, 0)
 
 
 @dataclass(frozen=True)
@@ -206,6 +272,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = ""  # the TOML file this came from; set by load_config
+
+    def __post_init__(self):
+        if self.train.val_evalset and self.train.val_evalset in self.eval.sets:
+            raise InvalidValue("train.val_evalset", f"{self.train.val_evalset!r} is also in "
+                               "eval.sets: model selection must not see a test set")
 
     @property
     def root(self) -> Path:

@@ -55,15 +55,9 @@ def download_pairs(cfg: DataConfig, out_dir: Path, work_dir: Path) -> dict:
     return summary
 
 
-DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
-
-
 def check_distributor(cfg: DataConfig) -> None:
     """Fail before downloading: an unknown distributor, or one whose library is missing
     (img2dataset's ray distributor silently does nothing without ray)."""
-    if cfg.distributor not in DISTRIBUTORS:
-        raise ConfigError(f"data.distributor must be one of {', '.join(DISTRIBUTORS)}, "
-                          f"got {cfg.distributor!r}")
     if cfg.distributor == "multiprocessing":
         return
     import importlib.util

@@ -14,11 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, EvalSetConfig
 from dinov2clip.formats.webdataset import IMAGE_EXTS
 from dinov2clip.io_utils import atomic_write, atomic_write_json, read_json
+from dinov2clip.terminal import progress
 
 
 def plan_karpathy_split(name: str, spec: EvalSetConfig) -> list[dict]:
@@ -58,7 +58,7 @@ def write_karpathy_split(entries: list[dict], spec: EvalSetConfig, dest: Path) -
     root, size = Path(spec.image_root).expanduser(), spec.shard_size
     skipped: Counter = Counter()
     n_shards = (len(entries) + size - 1) // size
-    for s in tqdm(range(n_shards), desc=f"karpathy {spec.split}", unit="shard"):
+    for s in progress(range(n_shards), desc=f"karpathy {spec.split}", unit="shard"):
         marker = dest / "progress" / f"{s}.json"
         if marker.exists():
             skipped.update(read_json(marker)["skipped"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dinov2clip.io_utils import follow_umask
+from dinov2clip.models.loaders import quiet_model_bars
 
 # dinov2-base's reference preprocessing (its preprocessor_config.json on the hub).
 DINO_PROCESSOR = {
@@ -49,7 +50,8 @@ def build_tiny_dinov2(out_dir: Path, hidden: int = 48, layers: int = 2, register
             Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
     else:
         model = Dinov2Model(Dinov2Config(**common))
-    model.eval().save_pretrained(out_dir)
+    with quiet_model_bars():
+        model.eval().save_pretrained(out_dir)
     BitImageProcessor(**DINO_PROCESSOR).save_pretrained(out_dir)
     follow_umask(out_dir)  # save_pretrained's safetensors file is 0600 otherwise
     return out_dir
@@ -78,7 +80,8 @@ def build_tiny_dinov3(out_dir: Path, hidden: int = 48, layers: int = 2, seed: in
     model = DINOv3ViTModel(DINOv3ViTConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=hidden * 2, image_size=224, patch_size=16, num_register_tokens=4))
-    model.eval().save_pretrained(out_dir)
+    with quiet_model_bars():
+        model.eval().save_pretrained(out_dir)
     DINOv3ViTImageProcessor(**DINOV3_PROCESSOR).save_pretrained(out_dir)
     follow_umask(out_dir)
     return out_dir

@@ -18,14 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dinov2clip.config import ConfigError, DataConfig, config_hash
 from dinov2clip.io_utils import atomic_write
+from dinov2clip.terminal import progress
 
 TEXT_FORMATS = {"tsv": "\t", "csv": ",", "tsv.gz": "\t", "csv.gz": ","}
-IMG2DATASET_FORMATS = ("tsv", "tsv.gz", "csv", "csv.gz", "parquet", "json", "json.gz", "jsonl",
-                       "jsonl.gz", "txt", "txt.gz")
 
 
 def is_remote(url_list: str) -> bool:
@@ -35,9 +32,6 @@ def is_remote(url_list: str) -> bool:
 def prepare_url_list(cfg: DataConfig, work_dir: Path) -> tuple[str, str]:
     """(url list, input format) for img2dataset; a made file is reused by a re-run."""
     fmt, remote = cfg.input_format, is_remote(cfg.url_list)
-    if fmt not in IMG2DATASET_FORMATS:
-        raise ConfigError(f"data.input_format must be one of {', '.join(IMG2DATASET_FORMATS)}, "
-                          f"got {fmt!r}")
     if not remote and not Path(cfg.url_list).exists():
         raise ConfigError(f"data.url_list not found: {cfg.url_list}")
     if not cfg.header and fmt not in TEXT_FORMATS:
@@ -96,22 +90,33 @@ def copy_rows(cfg: DataConfig, tmp: str) -> None:
         else:
             out.write(stream.readline())
         if not cfg.max_samples:  # all of it: a plain copy, not a loop over 12M lines
-            with tqdm.wrapattr(out, "write", desc="url list", unit="B", unit_scale=True,
-                               mininterval=2) as sink:
-                shutil.copyfileobj(stream, sink, length=1 << 20)
+            with progress(desc="url list", unit="B", unit_scale=True, mininterval=2) as bar:
+                shutil.copyfileobj(stream, _Counted(out, bar), length=1 << 20)
             return
         # islice stops reading at the last row kept: a remote list is fetched no further.
         rows = itertools.islice(stream, cfg.max_samples)
-        out.writelines(tqdm(rows, desc="url list", unit=" rows", total=cfg.max_samples,
-                            mininterval=2))
+        out.writelines(progress(rows, desc="url list", unit=" rows", total=cfg.max_samples,
+                                mininterval=2))
 
 
 def download(url: str, tmp: str) -> None:
     with open_binary(url) as response, open(tmp, "wb") as out:
         size = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm.wrapattr(out, "write", total=size, desc="url list", unit="B",
-                           unit_scale=True, mininterval=2) as sink:
-            shutil.copyfileobj(response, sink, length=1 << 20)
+        with progress(total=size, desc="url list", unit="B", unit_scale=True,
+                      mininterval=2) as bar:
+            shutil.copyfileobj(response, _Counted(out, bar), length=1 << 20)
+
+
+class _Counted:
+    """A file whose writes move a progress bar by the bytes written (all copyfileobj calls)."""
+
+    def __init__(self, out, bar):
+        self.out, self.bar = out, bar
+
+    def write(self, data: bytes) -> int:
+        written = self.out.write(data)
+        self.bar.update(len(data))
+        return written
 
 
 def head_parquet(source: Path, tmp: str, n: int) -> None:

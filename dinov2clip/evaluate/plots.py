@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dinov2clip.evaluate.report import DIRECTIONS, ROWS, SEED_ALIASES, SEED_PCT, metric_keys
@@ -25,19 +26,22 @@ def epochs_chart(epochs: dict, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # recall_figure lays itself out (constrained)
+        fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     _plt().close(fig)
 
 
 def recall_figure(results: dict):
-    """Grouped bars per set, each labelled with its value; the axis ends just above the data."""
+    """Grouped bars per set, each labelled with its value, and each key's chance level; the
+    axis ends just above the data."""
     import numpy as np
 
     plt = _plt()
     keys = metric_keys(results["ks"])
     sets = list(results["sets"])
-    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.5), squeeze=False,
+                             layout="constrained")
     width = 0.8 / len(ROWS)
     for ax, name in zip(axes[0], sets, strict=True):
         x = np.arange(len(keys))
@@ -47,12 +51,38 @@ def recall_figure(results: dict):
             bars = ax.bar(x + (j - (len(ROWS) - 1) / 2) * width, vals, width=width, label=row)
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
             top = max(top, *vals)
+        chance = [chance_recall(results["sets"][name], results["ks"])[k] for k in keys]
+        _chance_marks(ax, x, chance)
+        top = max(top, *chance)  # bars below chance (an untrained run) still show the line
         ax.set_xticks(x, keys, rotation=30)
         # Room above the tallest bar for its label; never past 100 % by much.
         ax.set(ylim=(0, min(105.0, max(1.0, top) * 1.15)), ylabel="recall (%)", title=name)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+    # One legend above the panels: inside one it covered the first group's bars and values.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=len(labels), fontsize=8)
     return fig
+
+
+def chance_recall(res: dict, ks: list[int]) -> dict[str, float]:
+    """R@k in percent under a random ranking. Text->image: k / n_images. Image->text, with
+    m = n_captions / n_images captions per image (rounded): the chance that one of them is
+    among the k best of n_captions, 1 - C(n - m, k) / C(n, k)."""
+    n_img, n_cap = res["n_images"], res["n_captions"]
+    m = max(1, round(n_cap / n_img))
+    out = {}
+    for k in ks:
+        out[f"t2i_R@{k}"] = 100.0 * min(k, n_img) / n_img
+        miss = math.prod((n_cap - m - i) / (n_cap - i) for i in range(k)) if k <= n_cap - m else 0
+        out[f"i2t_R@{k}"] = 100.0 * (1.0 - miss)
+    return out
+
+
+def _chance_marks(ax, x, levels: list[float]) -> None:
+    """A dashed segment across each group of bars at its chance level: how far above a
+    random ranking the bars are (on a small set, not so far)."""
+    ax.hlines(levels, x - 0.45, x + 0.45, colors="black", linestyles="--", lw=1.0,
+              label="chance (random ranking)", zorder=3)
 
 
 def epochs_figure(epochs: dict):

@@ -16,6 +16,11 @@ SEED_ALIASES = {"mscoco_captions": "mscoco", "wds_mscoco_captions": "mscoco",
                 "wds_flickr30k": "flickr30k", "wds_flickr8k": "flickr8k"}
 ROWS = ("clip", "projected", "ensemble")
 DIRECTIONS = {"t2i": "text->image", "i2t": "image->text"}
+# Zero-shot numbers and their column names; mean per-class recall is CLIP_benchmark's
+# "mean_per_class_recall" (the mean over classes of top-1 recall), beside top-1 and top-5.
+ZEROSHOT_METRICS = {"top1": "top1", "top5": "top5",
+                    "mean_per_class_recall": "mean per-class recall"}
+PER_CLASS_ALL, PER_CLASS_WORST = 20, 10  # every class up to 20 of them, else the worst 10
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -93,20 +98,60 @@ def markdown(results: dict) -> str:
 
 
 def _zeroshot_lines(z: dict) -> list[str]:
+    metrics, head = list(ZEROSHOT_METRICS), list(ZEROSHOT_METRICS.values())
     lines = [f"## Zero-shot classification: `{z['data_dir']}` ({z['n_images']} images, "
              f"{z['n_classes']} classes, {z['n_templates']} prompts: {z['templates']})", "",
-             "| image embedding | top1 | top5 | top1 % of CLIP | top5 % of CLIP |",
-             "|---|---:|---:|---:|---:|"]
+             "| image embedding | " + " | ".join(head) + " | "
+             + " | ".join(f"{h} % of CLIP" for h in head) + " |",
+             "|---" + "|---:" * 2 * len(metrics) + "|"]
     for row in ROWS:
         pct = z.get(f"{row}_pct", {})
-        lines.append(f"| {row} | {fmt(z[row]['top1'], 2)} | {fmt(z[row]['top5'], 2)} | "
+        lines.append(f"| {row} | " + " | ".join(fmt(z[row][k], 2) for k in metrics) + " | "
                      + " | ".join("" if row == "clip" else fmt(pct.get(k), 1)
-                                  for k in ("top1", "top5")) + " |")
+                                  for k in metrics) + " |")
     if z.get("note"):
         lines.append(f"\n> {z['note']}")
     if z.get("skipped"):
         lines.append(f"\nSkipped, by reason: {z['skipped']}")
-    return [*lines, ""]
+    return [*lines, "", *_per_class_lines(z)]
+
+
+def _per_class_lines(z: dict) -> list[str]:
+    """The per-class top-1 table (or its largest gaps), and every class folded away below."""
+    shown, caption = per_class_view(z)
+    if not shown:
+        return []
+    lines = [f"### Per class: top-1 (%){f', {caption}' if caption else ''}", "",
+             *_per_class_table(shown), ""]
+    if caption:
+        lines += [f"<details><summary>All {len(z['per_class'])} classes</summary>", "",
+                  *_per_class_table(z["per_class"]), "", "</details>", ""]
+    return lines
+
+
+def _per_class_table(classes: list[dict]) -> list[str]:
+    return ["| class | images | " + " | ".join(ROWS) + " |", "|---|---:" + "|---:" * len(ROWS)
+            + "|", *(f"| {c['class']} | {c['n_images']} | "
+                     + " | ".join(fmt(c[row], 1) for row in ROWS) + " |" for c in classes)]
+
+
+def per_class_view(z: dict, limit: int = PER_CLASS_ALL, worst: int = PER_CLASS_WORST
+                   ) -> tuple[list[dict], str]:
+    """The classes a report shows and a caption saying which: every class up to `limit` of
+    them; beyond, the `worst` where projected DINOv2 falls furthest below CLIP, which is where
+    a researcher looks first (classes without readable images last)."""
+    classes = z.get("per_class", [])
+    if len(classes) <= limit:
+        return classes, ""
+
+    def gap(c: dict) -> tuple[bool, float]:
+        if c["clip"] is None or c["projected"] is None:
+            return True, 0.0
+        return False, c["projected"] - c["clip"]
+
+    shown = sorted(classes, key=gap)[:worst]  # stable: equal gaps stay in label order
+    return shown, (f"the {worst} of {len(classes)} classes where projected DINOv2 is furthest "
+                   "below CLIP (every class is in the results JSON)")
 
 
 def _seed_lines(c: dict, ks: list[int]) -> list[str]:

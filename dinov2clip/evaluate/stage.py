@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from pathlib import Path
 
 import torch
 
-from dinov2clip.config import Config, ConfigError, git_sha, read_run_config, to_dict
+from dinov2clip.config import Config, ConfigError, git_sha, to_dict
 from dinov2clip.device import resolve_device
 from dinov2clip.evaluate.compute import SetEval
 from dinov2clip.evaluate.embeddings import project_pooled
 from dinov2clip.evaluate.report import seed_comparison, summary
 from dinov2clip.models.projector import Projector
-from dinov2clip.store import EvalEmbeddings, load_eval_embeddings, pool
+from dinov2clip.store import (
+    EmbeddingSet,
+    EvalEmbeddings,
+    RunDir,
+    embeddings_dir,
+    embeddings_root,
+    load_eval_embeddings,
+    pool,
+)
 
 log = logging.getLogger(__name__)
 KNOWN_SETS = ("mscoco", "flickr30k", "flickr8k")  # CLIP_benchmark's; any extracted set also works
-_EPOCH_FILE = re.compile(r"epoch_(\d+)\.safetensors")
 
 
 class EvalInputs:
@@ -28,40 +33,54 @@ class EvalInputs:
 
     def __init__(self, cfg: Config):
         e = cfg.eval
-        self.run_name = e.run or cfg.train.run
-        self.run_dir = cfg.root / "runs" / self.run_name
-        if not self.run_dir.is_dir():
-            raise ConfigError(f"run directory not found: {self.run_dir} (train it first, or "
-                              "set eval.run)")
-        self.train_cfg = read_run_config(self.run_dir).train  # how the projector was trained
-        if not (self.run_dir / "model.safetensors").is_file():
-            raise ConfigError(f"run {self.run_dir} has no weights: model.safetensors missing "
-                              "(did training finish an epoch?)")
-        from dinov2clip.store import embeddings_tag
-
-        self.tag = self.train_cfg.tag or embeddings_tag(cfg.extract)
-        if not e.sets:
+        self.run = RunDir.resolve(e.run or cfg.train.run, cfg.root)
+        self.run_name = self.run.name
+        self.train_cfg = self.run.read_config().train  # how the projector was trained
+        self.run.require_weights()
+        self.trained_on = self.run.trained_on()  # the run's embeddings, never the config's
+        self.tag = self.trained_on.tag
+        self.allow_other = e.allow_other_embeddings
+        if not e.sets:  # allowed in a config that only trains
             raise ConfigError("eval.sets is empty: name at least one eval set")
-        if not e.ks or min(e.ks) < 1:
-            raise ConfigError(f"eval.ks must be positive integers, got {e.ks}")
         self.ks = sorted(set(e.ks))
         self.set_dirs = {name: self._set_dir(cfg, name) for name in e.sets}
         self.device = resolve_device(e.device, "eval.device")  # where the projector runs and ranks
 
-    def projector(self, filename: str = "model.safetensors") -> Projector:
-        return Projector.from_pretrained(self.run_dir, filename=filename, device=self.device)
+    def projector(self, weights: Path | None = None) -> Projector:
+        """The run's chosen projector, or the one in another weights file of the run."""
+        return Projector.from_pretrained(self.run.path, weights=weights, device=self.device)
 
     def _set_dir(self, cfg: Config, name: str) -> Path:
-        emb_dir = cfg.root / "embeddings" / name / self.tag
+        emb_dir = embeddings_dir(cfg.root, name, self.tag)
         if emb_dir.is_dir():
+            self._check_models(name, emb_dir)
+            EmbeddingSet(emb_dir).verified_shards()  # every set's files, before any set's work
             return emb_dir
         if name in KNOWN_SETS:
             raise ConfigError(f"eval set {name!r}: no embeddings at {emb_dir} (add "
                               f"'evalsets/{name}' to extract.datasets and run extract)")
-        found = sorted(p.parent.name for p in (cfg.root / "embeddings").glob(f"*/{self.tag}"))
+        found = sorted(p.parent.name for p in embeddings_root(cfg.root).glob(f"*/{self.tag}"))
         raise ConfigError(f"unknown eval set {name!r}: not one of {', '.join(KNOWN_SETS)} and "
                           f"not extracted with tag {self.tag!r} (found: "
                           f"{', '.join(found) or 'none'})")
+
+    def _check_models(self, name: str, emb_dir: Path) -> None:
+        """Refuse an eval set embedded by other models than the run's training set."""
+        if not self.trained_on.models:  # a run from before the record: nothing to compare
+            log.warning("run %s does not record the models of its training embeddings (trained "
+                        "by an older version); eval set %s is not checked against them",
+                        self.run, name)
+            return
+        differ = self.trained_on.differences(EmbeddingSet(emb_dir).read_plan() or {})
+        if not differ:
+            return
+        what = (f"eval set {name!r} ({emb_dir}) was embedded by other models than run "
+                f"{self.run_name!r} was trained on: " + "; ".join(differ[:4])
+                + ("; ..." if len(differ) > 4 else ""))
+        if not self.allow_other:
+            raise ConfigError(f"{what}; re-extract it with the run's models, or pass "
+                              "--allow-other-embeddings to evaluate it anyway")
+        log.warning("%s (evaluated anyway: --allow-other-embeddings)", what)
 
     def pooled(self, emb: EvalEmbeddings) -> torch.Tensor:
         return pool(emb.dino_cls, emb.dino_mean, self.train_cfg.pooling,
@@ -72,7 +91,7 @@ def evaluate_run(cfg: Config) -> dict:
     """results.json's content for the run's chosen projector (model.safetensors)."""
     inp = EvalInputs(cfg)
     projector = inp.projector()
-    results = _header(cfg, inp, checkpoint="model.safetensors")
+    results = _header(cfg, inp, checkpoint=inp.run.weights.name)
     started = time.perf_counter()
     for name, emb_dir in inp.set_dirs.items():
         set_started = time.perf_counter()
@@ -95,20 +114,19 @@ def evaluate_run(cfg: Config) -> dict:
 def evaluate_epochs(cfg: Config) -> dict:
     """% of CLIP for every checkpoints/epoch_NNN.safetensors; embeddings and CLIP's row once."""
     inp = EvalInputs(cfg)
-    checkpoints = sorted((int(m.group(1)), p.name) for p in (inp.run_dir / "checkpoints").glob(
-        "epoch_*.safetensors") if (m := _EPOCH_FILE.fullmatch(p.name)))
+    checkpoints = inp.run.checkpoint_epochs()
     if not checkpoints:
-        raise ConfigError(f"--all-epochs: no checkpoints/epoch_NNN.safetensors in {inp.run_dir}")
+        raise ConfigError(f"--all-epochs: no saved epochs in {inp.run.checkpoints}")
     sets = {}
     for name, emb_dir in inp.set_dirs.items():
         emb = load_eval_embeddings(emb_dir)
         sets[name] = (inp.pooled(emb), SetEval(emb.clip_text, emb.clip_image,
                                                emb.caption_to_image, inp.ks, inp.device))
-    out = _header(cfg, inp, checkpoint="checkpoints/epoch_*.safetensors")
+    out = _header(cfg, inp, checkpoint=RunDir.CHECKPOINTS_GLOB)
     out["epochs"] = [epoch for epoch, _ in checkpoints]
     out["sets"] = {name: {"clip": ev.clip, "per_epoch": []} for name, (_, ev) in sets.items()}
-    for epoch, filename in checkpoints:
-        projector = inp.projector(f"checkpoints/{filename}")
+    for epoch, weights in checkpoints:
+        projector = inp.projector(weights)
         for name, (x, ev) in sets.items():
             rows = ev.rows(project_pooled(projector, x, inp.train_cfg.pooling))
             out["sets"][name]["per_epoch"].append(
@@ -125,28 +143,14 @@ def _header(cfg: Config, inp: EvalInputs, checkpoint: str) -> dict:
     return {
         "run": inp.run_name, "ks": inp.ks, "sets": {}, "note": _note(cfg),
         "config": to_dict(cfg),
-        "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run_dir), "tag": inp.tag,
-                     "checkpoint": checkpoint, "best_epoch": _best_epoch(inp.run_dir),
+        "run_info": {"git_sha": git_sha(), "run_dir": str(inp.run), "tag": inp.tag,
+                     "trained_on": inp.trained_on.to_dict(),
+                     "allow_other_embeddings": inp.allow_other,
+                     "checkpoint": checkpoint, "best_epoch": inp.run.best_epoch(),
                      # The projector runs in float32, scores are float32, on this device.
                      "device": str(inp.device), "compute_dtype": "float32",
                      "train_config": to_dict(inp.train_cfg)},
     }
-
-
-def _best_epoch(run_dir: Path) -> int | None:
-    """The epoch model.safetensors holds, from the last epoch line of metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    best = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if record.get("kind") == "epoch":
-            best = record.get("best_epoch", best)
-    return best
 
 
 def _note(cfg: Config) -> str:

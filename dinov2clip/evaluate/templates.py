@@ -76,6 +76,6 @@ TEMPLATE_SETS = {"imagenet80": IMAGENET_80, "short": SHORT, "plain": ("a photo o
 
 
 def get_templates(name: str) -> tuple[str, ...]:
-    if name not in TEMPLATE_SETS:
+    if name not in TEMPLATE_SETS:  # --templates of `pipeline zeroshot`, not from a config
         raise ConfigError(f"unknown template set {name!r} (known: {', '.join(TEMPLATE_SETS)})")
     return TEMPLATE_SETS[name]

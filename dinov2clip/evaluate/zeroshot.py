@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import ConfigError, UseOptions
+from dinov2clip.evaluate.report import ZEROSHOT_METRICS, fmt, per_class_view
 from dinov2clip.evaluate.templates import get_templates
 from dinov2clip.formats.images import IMAGE_SUFFIXES, ImageCrops, collate_crops, list_images
 from dinov2clip.io_utils import atomic_write_json
-from dinov2clip.retrieval import recall_at_k
+from dinov2clip.retrieval import retrieval_ranks
+from dinov2clip.store import RunDir
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 ROWS = ("clip", "projected", "ensemble")
@@ -90,7 +92,7 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
                      ) -> torch.Tensor:
     """(n_classes, dim) L2-normalised: per class, the mean of its normalised prompt embeddings."""
     rows = []
-    for name in tqdm(classnames, desc="classifier", unit="class", leave=False):
+    for name in progress(classnames, desc="classifier", unit="class", leave=False):
         emb = encode_text([t.format(name) for t in templates])  # (n_templates, dim), unit norm
         rows.append(F.normalize(emb.float().mean(dim=0), dim=-1))
     return torch.stack(rows)
@@ -98,13 +100,48 @@ def build_classifier(encode_text, classnames: list[str], templates: tuple[str, .
 
 def topk_accuracy(images: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
                   ks=KS, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Percent of images whose label is among the k best classes (k capped at n_classes).
+    """Percent of images whose label is among the k best classes (k capped at n_classes)."""
+    return topk_of(class_ranks(images, classifier, labels, device), ks)
+
+
+def class_ranks(images: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_images,) the rank of each image's own class, 0 = first.
 
     Ranked by the one ranking function: each image is a query whose "caption" is its class, so
     equal logits go to the lower class index, as equal scores do in retrieval.
     """
-    recalls = recall_at_k(images, classifier, labels, ks, device)
-    return {f"top{k}": recalls[f"t2i_R@{k}"] for k in ks}
+    return retrieval_ranks(images, classifier, labels, device)[0]
+
+
+def topk_of(ranks: torch.Tensor, ks=KS) -> dict[str, float]:
+    return {f"top{k}": 100.0 * int((ranks < k).sum()) / len(ranks) for k in ks}
+
+
+def per_class_top1(ranks: torch.Tensor, labels: torch.Tensor, n_classes: int
+                   ) -> list[float | None]:
+    """Each class's top-1 recall in percent: the share of its images ranked it first. None for
+    a class whose images were all unreadable (no recall to speak of)."""
+    labels = labels.long().cpu()
+    seen = torch.bincount(labels, minlength=n_classes).tolist()
+    hits = torch.bincount(labels[ranks.cpu() == 0], minlength=n_classes).tolist()
+    return [100.0 * h / n if n else None for h, n in zip(hits, seen, strict=True)]
+
+
+def mean_per_class_recall(per_class: list[float | None]) -> float:
+    """CLIP_benchmark's mean_per_class_recall: every class weighs the same, however many
+    images it has (classes without images left out, as sklearn's balanced accuracy does)."""
+    recalls = [r for r in per_class if r is not None]
+    return sum(recalls) / len(recalls)
+
+
+def class_scores(images: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, float], list]:
+    """(top-k and mean per-class recall in percent, each class's top-1) from one ranking."""
+    ranks = class_ranks(images, classifier, labels, device)
+    per_class = per_class_top1(ranks, labels, classifier.shape[0])
+    return {**topk_of(ranks), "mean_per_class_recall": mean_per_class_recall(per_class)
+            }, per_class
 
 
 def trivial_note(n_classes: int, ks=KS) -> str:
@@ -118,14 +155,17 @@ def percent_of_clip(clip: dict, other: dict) -> dict:
     return {k: (100.0 * other[k] / clip[k] if clip[k] > 0 else None) for k in clip}
 
 
-def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None = None,
+def run_zeroshot(*, run: str | Path, data_dir: Path, classnames_file: Path | None = None,
                  templates: str = "imagenet80", out: Path | None = None,
-                 options: UseOptions = UseOptions(), max_per_class: int = 0) -> dict:
+                 options: UseOptions = UseOptions(), max_per_class: int = 0,
+                 root: Path | None = None) -> dict:
+    """run: a run directory, "hf-hub:ORG/NAME", or a run name under root/runs."""
     from dinov2clip.models.inference import DinoV2Clip
 
     prompts = get_templates(templates)
     data = load_folder_dataset(data_dir, classnames_file, max_per_class)  # fail before loading
-    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args(), clip_image=True)
+    run_dir = RunDir.resolve(run, root)
+    model = DinoV2Clip.from_pretrained(run_dir.path, **options.model_args(), clip_image=True)
     log.info("zero-shot: %d images, %d classes, %d prompts each", len(data.files),
              len(data.classnames), len(prompts))
     classifier = build_classifier(model.encode_text, data.classnames, prompts)
@@ -135,21 +175,34 @@ def run_zeroshot(*, run_dir: Path, data_dir: Path, classnames_file: Path | None 
     y = torch.tensor(labels)
     images = {"clip": emb["clip"], "projected": emb["projected"],
               "ensemble": F.normalize(emb["clip"] + emb["projected"], dim=-1)}
-    results = {"run_dir": str(run_dir), "data_dir": str(data_dir), "templates": templates,
+    results = {"run_dir": str(run_dir), "tag": run_dir.trained_on().tag,
+               "data_dir": str(data_dir), "templates": templates,
                "n_templates": len(prompts), "n_classes": len(data.classnames),
                "n_images": len(labels), "skipped": dict(sorted(skipped.items())),
                "note": trivial_note(len(data.classnames)),
                "compute_dtype": str(model.dtype).removeprefix("torch."),  # what actually ran
                "device": str(model.device)}
+    per_class = {}
     for row in ROWS:
-        results[row] = topk_accuracy(images[row], classifier, y, device=model.device)
+        results[row], per_class[row] = class_scores(images[row], classifier, y, model.device)
     results["projected_pct"] = percent_of_clip(results["clip"], results["projected"])
     results["ensemble_pct"] = percent_of_clip(results["clip"], results["ensemble"])
-    out = Path(out) if out else Path(run_dir) / "zeroshot" / f"{Path(data_dir).name}.json"
+    results["per_class"] = per_class_table(data, y, per_class)
+    out = Path(out) if out else run_dir.zeroshot_results(data_dir)
     atomic_write_json(out, results)
     print_zeroshot(results)
     log.info("zero-shot results in %s", out)
     return results
+
+
+def per_class_table(data: FolderDataset, labels: torch.Tensor, per_class: dict) -> list[dict]:
+    """One record per class, in label order: its folder, name, readable images, each row's
+    top-1 in percent."""
+    counts = torch.bincount(labels, minlength=len(data.folders)).tolist()
+    return [{"folder": folder, "class": name, "n_images": n,
+             **{row: per_class[row][i] for row in ROWS}}
+            for i, (folder, name, n) in enumerate(zip(data.folders, data.classnames, counts,
+                                                      strict=True))]
 
 
 def _embed(model, data: FolderDataset, options: UseOptions):
@@ -158,7 +211,7 @@ def _embed(model, data: FolderDataset, options: UseOptions):
                         collate_fn=collate_crops)
     parts = {"clip": [], "projected": []}
     labels, skipped = [], Counter()
-    bar = tqdm(total=len(data.files), desc="zero-shot", unit="img")
+    bar = progress(total=len(data.files), desc="zero-shot", unit="img")
     for batch in loader:
         for i, reason in batch.failures:
             skipped[reason] += 1
@@ -182,18 +235,34 @@ def print_zeroshot(results: dict) -> None:
     table = Table(title=f"zero-shot: {results['n_images']} images, {results['n_classes']} "
                         f"classes, {results['n_templates']} prompts ({results['templates']})")
     table.add_column("image tower")
-    for k in ("top1", "top5"):
-        table.add_column(k, justify="right")
-        table.add_column(f"{k} % of CLIP", justify="right")
+    for name in ZEROSHOT_METRICS.values():
+        table.add_column(name, justify="right")
+        table.add_column(f"{name} % of CLIP", justify="right")
     for row in ROWS:
         pct = results.get(f"{row}_pct") or {}
         cells = []
-        for k in ("top1", "top5"):
+        for k in ZEROSHOT_METRICS:
             cells.append(f"{results[row][k]:.2f}")
             cells.append("" if row == "clip" or pct.get(k) is None else f"{pct[k]:.1f}")
         table.add_row(LABELS[row], *cells)
-    make_console().print(table)
+    console = make_console()
+    console.print(table)
+    _print_per_class(console, results)
     if results.get("note"):
-        make_console().print(f"[bold yellow]{results['note']}[/]")
+        console.print(f"[bold yellow]{results['note']}[/]")
     if results["skipped"]:
-        make_console().print(f"skipped: {results['skipped']}")
+        console.print(f"skipped: {results['skipped']}")
+
+
+def _print_per_class(console, results: dict) -> None:
+    from rich.table import Table
+
+    shown, caption = per_class_view(results)
+    table = Table(title=f"per class: top-1 (%){f', {caption}' if caption else ''}")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for row in ROWS:
+        table.add_column(LABELS[row], justify="right")
+    for c in shown:
+        table.add_row(c["class"], str(c["n_images"]), *(fmt(c[row], 1) for row in ROWS))
+    console.print(table)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
 from dinov2clip.cpu_threads import clip_towers, dino_tower, threads_for_models
@@ -31,7 +30,8 @@ from dinov2clip.extract.mapper import Mapper, describe
 from dinov2clip.io_utils import shard_order
 from dinov2clip.models.identity import provenance, runtime
 from dinov2clip.models.loaders import load_clip, load_dino
-from dinov2clip.store import ShardWriter, concat, embeddings_dir, embeddings_tag
+from dinov2clip.store import ShardWriter, concat, embeddings_dir, embeddings_tag, writer_locks
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,19 @@ def list_shards(src: Source, pattern: str) -> list[Path]:
     return shards
 
 
-def run(cfg: Config) -> None:
-    e = cfg.extract
+def run(cfg: Config, wait: bool = False) -> None:
+    """Extract every source while holding this rank's lock on each set it writes: a second
+    extract on a set refuses at once (or, with wait, starts once the first has finished)."""
     sources = resolve_sources(cfg)
-    shards = {s.name: list_shards(s, e.shard_pattern) for s in sources}  # fail before loading
+    shards = {s.name: list_shards(s, cfg.extract.shard_pattern) for s in sources}  # fail first
+    tag = embeddings_tag(cfg.extract)
+    rank, _ = rank_and_world()
+    with writer_locks([embeddings_dir(cfg.root, s.name, tag) for s in sources], rank, wait):
+        _extract(cfg, sources, shards)
+
+
+def _extract(cfg: Config, sources: list[Source], shards: dict[str, list[Path]]) -> None:
+    e = cfg.extract
     device = resolve_device(e.device, "extract.device")
     dtype = compute_dtype(e.compute_dtype, device)
     rank, world = rank_and_world()
@@ -188,7 +197,7 @@ def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,
     current, pending = _Shard(), None  # pending: (shard, rows, Pending) still on the device
     writes: list[Future] = []
     # The bar closes on an error too, so the error line starts a line of its own.
-    with tqdm(desc="extract", unit="img", smoothing=0.1) as bar, \
+    with progress(desc="extract", unit="img", smoothing=0.1) as bar, \
             ThreadPoolExecutor(max_workers=1) as pool:  # one writer: shards commit in order
         t = time.perf_counter()
         for batch in batches:

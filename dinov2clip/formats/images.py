@@ -1,5 +1,5 @@
 """Image collections on disk: listing a folder, decoding in DataLoader workers, the bytes and
-thumbnails of an indexed image.
+thumbnails of an indexed image (only while it is still the file that was indexed).
 
 Each image is decoded once and cut to every model's crop with the extract stage's own
 resize_and_crop, so an image indexed or classified here is embedded as extract would embed it.
@@ -8,7 +8,10 @@ An unreadable file is a counted failure, never an exception that stops the job.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,17 +89,42 @@ def collate_crops(items: list[dict]) -> CropBatch:
     return batch
 
 
-def original_bytes(kind: str, path: str, key: str) -> bytes | None:
-    """The encoded bytes of an indexed image: a file ("file"), or a sample in a shard ("tar");
-    None when it can no longer be read."""
+class ImageGone(LookupError):
+    """An indexed image that can no longer be shown as it was indexed: unreadable, or a file
+    changed (or swapped for a link) since."""
+
+
+def original_bytes(kind: str, path: str, key: str, size: int | None = None,
+                   mtime_ns: int | None = None) -> bytes:
+    """The encoded bytes of an indexed image: a file ("file"), or a sample in a shard ("tar").
+    size, mtime_ns: the file's as indexed (meta.parquet; None in an index from before they were
+    kept). Raises ImageGone."""
     if kind == "file":
-        try:
-            return Path(path).read_bytes()
-        except OSError:
-            return None
-    if kind == "tar":
-        return read_tar_member(Path(path), key)
-    return None
+        return _indexed_file(path, None if size is None else [size, mtime_ns])
+    data = read_tar_member(Path(path), key) if kind == "tar" else None
+    if data is None:
+        raise ImageGone(f"is no longer readable in {path}")
+    return data
+
+
+def _indexed_file(path: str, stamp: list[int] | None) -> bytes:
+    """The file's bytes if it is still the one indexed. The index keeps the resolved path, so a
+    symlink on it now (say an image replaced by a link to /etc/passwd) is a change, and so is
+    another size or mtime, read from the opened file itself so nothing can swap in between."""
+    changed = ImageGone(f"has changed since it was indexed ({path})")
+    if os.path.realpath(path) != path:
+        raise changed
+    try:  # O_NOFOLLOW: a link swapped in after the check; O_NONBLOCK: a FIFO must not hang us
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or (
+                    stamp is not None and [st.st_size, st.st_mtime_ns] != stamp):
+                raise changed
+            return f.read()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise changed from None
+        raise ImageGone(f"is no longer readable at {path}") from None
 
 
 def thumbnail_jpeg(data: bytes, size: int) -> bytes:

@@ -1,17 +1,6 @@
 """`pipeline index`: embed an image collection with projected DINOv2, then index it with FAISS.
 
-Layout of an index directory:
-    chunks/emb/<chunk>.npy      float16 (n, 512) L2-normalised projected DINOv2 embeddings
-    chunks/dino/<chunk>.npy     float16 (n, D) L2-normalised pooled DINOv2 features, the same
-                                rows: image-to-image similarity is judged in DINOv2's own space
-    chunks/meta/<chunk>.parquet one row per embedded image: key, path, url, caption, kind
-    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys
-                                and each file's [size, mtime_ns] as embedded
-    index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
-    dino.faiss                  the same rows' DINOv2 features, the same ids
-    meta.parquet                key, path, url, caption, kind, chunk
-    index.json                  written last: run, models, kind, counts, chunks, skipped files
-                                by name and reason
+The directory's layout is IndexDir's (dinov2clip/store/index.py).
 
 Re-running on a grown folder embeds only the new files and those changed in place (see
 sources.plan_chunks); files gone from the folder, and the old rows of changed ones, drop out of
@@ -29,15 +18,15 @@ import logging
 import shutil
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from dinov2clip.config import ConfigError, UseOptions, config_hash, read_run_config, to_dict
+from dinov2clip.config import ConfigError, UseOptions, config_hash, to_dict
 from dinov2clip.cpu_threads import dino_tower, threads_for_models
 from dinov2clip.device import rank_and_world
 from dinov2clip.formats.images import ImageCrops, collate_crops
@@ -47,11 +36,12 @@ from dinov2clip.io_utils import (
     atomic_save_npy,
     atomic_write,
     atomic_write_json,
-    read_json,
     remove_dead_temps,
     remove_temps,
 )
-from dinov2clip.store import DoneMarkers
+from dinov2clip.store import IndexDir, RunDir, WriterLock
+from dinov2clip.store.index import VECTORS
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 RETRAIN_GROWTH = 2  # an IVF index is trained again once the collection doubles since training
@@ -60,38 +50,47 @@ META_SCHEMA = pa.schema([("key", pa.string()), ("path", pa.string()), ("url", pa
                          ("caption", pa.string()), ("kind", pa.string())])
 
 
-def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
-                chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
-                options: UseOptions = UseOptions(), force: bool = False) -> dict:
-    from dinov2clip.hub import is_hub_run, resolve_run
+def build_index(**args) -> dict:
+    """_build_index(**args); the lock it takes on the index directory is released at the end."""
+    with ExitStack() as held:
+        return _build_index(held=held, **args)
+
+
+def _build_index(*, held: ExitStack, run: str | Path, images: Path, root: Path | None = None,
+                 out_dir: Path | None = None,
+                 chunk_size: int = 4096, exact_max: int = 100_000, kind: str = "auto",
+                 options: UseOptions = UseOptions(), force: bool = False,
+                 wait: bool = False) -> dict:
     from dinov2clip.models.inference import DinoV2Clip
 
-    run_label = str(run_dir)  # what index.json names: a hub run stays "hf-hub:ORG/NAME"
-    if out_dir is None and is_hub_run(run_label):
+    hub = RunDir.is_hub(run)
+    if out_dir is None and hub:
         raise ConfigError("--out is needed with a hub run (its files live in the hub cache)")
-    run_dir, images = resolve_run(run_dir), Path(images)
-    if not is_hub_run(run_label):
-        run_label = str(run_dir.resolve())
+    run_dir, images = RunDir.resolve(run, root), Path(images)
+    # what index.json names: a hub run stays "hf-hub:ORG/NAME"
+    run_label = str(run) if hub else str(run_dir.path.resolve())
     faiss_index.choose_kind(kind, 0, exact_max)  # a bad kind fails before any work
     rank, world = rank_and_world()
     if force and world > 1:  # one rank deleting what another already wrote would lose chunks
         raise ConfigError("--force with several ranks: delete the old index first, or rebuild "
                           "it in one process")
-    out_dir = Path(out_dir) if out_dir else run_dir / "index" / images.stem
-    if force and out_dir.exists():
-        _remove_old_index(out_dir)
-    read_run_config(run_dir)  # a missing run is one clear error, before any work
-    store = ChunkStore(out_dir / "chunks", models_hash(run_dir))
-    remove_dead_temps(out_dir)  # index.faiss, meta.parquet, index.json of a killed rank 0
-    previous = _previous_summary(out_dir, store.models_hash)
+    out = IndexDir(out_dir if out_dir else run_dir.index_dir(images.stem))
+    run_dir.read_config()  # a missing run is one clear error, before any work
+    # This rank's lock, before --force deletes anything: a second build refuses (or waits).
+    held.enter_context(WriterLock(out.path, rank, "index").acquire(wait))
+    if force and out.path.exists():
+        _remove_old_index(out)
+    store = ChunkStore(out, models_hash(run_dir))
+    remove_dead_temps(out.path)  # index.faiss, meta.parquet, index.json of a killed rank 0
+    previous = _previous_summary(out, store.models_hash)
     chunks = plan_chunks(images, chunk_size, store.indexed_files(previous.get("chunks", [])))
-    model = DinoV2Clip.from_pretrained(run_dir, **options.model_args())
+    model = DinoV2Clip.from_pretrained(run_dir.path, **options.model_args())
     mine = chunks[rank::world]
     todo = [c for c in mine if not store.is_done(c)]
     for chunk in todo:
         store.remove_temps(chunk)
     log.info("index %s: %d chunks, %d for rank %d/%d, %d of them already done, into %s", images,
-             len(chunks), len(mine), rank, world, len(mine) - len(todo), out_dir)
+             len(chunks), len(mine), rank, world, len(mine) - len(todo), out)
     t0, n_new = time.perf_counter(), 0
     with threads_for_models(model.device, options.num_workers,
                             [dino_tower(model.dino, model.dino_spec.crop)]):
@@ -102,19 +101,18 @@ def build_index(*, run_dir: Path, images: Path, out_dir: Path | None = None,
                  n_new / max(time.perf_counter() - t0, 1e-9))
     if rank != 0:
         log.info("rank %d done; rank 0 builds the index once every chunk is embedded", rank)
-        return {"rank": rank, "n_embedded": n_new, "out_dir": str(out_dir)}
+        return {"rank": rank, "n_embedded": n_new, "out_dir": str(out)}
     wait_for_chunks(store, chunks)
-    return _assemble(store, chunks, out_dir, run_label, images, kind, exact_max, previous)
+    return _assemble(store, chunks, run_label, images, kind, exact_max, previous)
 
 
-def _previous_summary(out_dir: Path, models_hash: str) -> dict:
+def _previous_summary(out: IndexDir, models_hash: str) -> dict:
     """The last finished index's index.json, if it was built by this run ({} if none)."""
-    path = out_dir / "index.json"
-    if not path.is_file():
+    if not out.is_finished():
         return {}
-    summary = read_json(path)
+    summary = out.read_summary()
     if summary.get("models_hash") != models_hash:
-        raise ConfigError(f"{out_dir} was built with another run or projector; use --force to "
+        raise ConfigError(f"{out} was built with another run or projector; use --force to "
                           "rebuild it or --out for a new index")
     return summary
 
@@ -136,18 +134,19 @@ def wait_for_chunks(store: ChunkStore, chunks: list[Chunk], poll_s: float = 2.0,
         time.sleep(poll_s)
 
 
-def _remove_old_index(out_dir: Path) -> None:
+def _remove_old_index(out: IndexDir) -> None:
     # --force deletes a directory only if it is an index: a mistyped --out must not cost data.
-    looks_like_index = (out_dir / "chunks").is_dir() or (out_dir / "index.json").is_file()
-    if not looks_like_index and any(out_dir.iterdir()):
-        raise ConfigError(f"--force: {out_dir} is not an index directory; not deleting it")
-    shutil.rmtree(out_dir)
+    if not out.looks_like_index() and any(out.path.iterdir()):
+        raise ConfigError(f"--force: {out} is not an index directory; not deleting it")
+    shutil.rmtree(out.path)
 
 
 class ChunkStore:
-    def __init__(self, root: Path, models_hash: str):
-        self.root, self.models_hash = root, models_hash
-        self.markers = DoneMarkers(root / "done")
+    """The chunks of one index directory: which are done, and writing and reading them."""
+
+    def __init__(self, out: IndexDir, models_hash: str):
+        self.out, self.models_hash = out, models_hash
+        self.markers = out.markers
 
     def is_done(self, chunk: Chunk) -> bool:
         """Embedded, by this run, from these files; a stale chunk is embedded again."""
@@ -155,19 +154,20 @@ class ChunkStore:
         if record is None:
             return False
         if record.get("models_hash") != self.models_hash:
-            raise ConfigError(f"{self.root.parent} was built with another run or projector; "
+            raise ConfigError(f"{self.out} was built with another run or projector; "
                               "use --force to rebuild it or --out for a new index")
         if record.get("fingerprint") != chunk.fingerprint():
             log.warning("chunk %s: its files changed since it was embedded; embedding it again",
                         chunk.name)
             return False
-        return (self.root / "dino" / f"{chunk.name}.npy").is_file()  # older indexes lack it
+        return self.out.chunk_array("dino", chunk.name).is_file()  # older indexes lack it
 
     def remove_temps(self, chunk: Chunk) -> None:
         """Temp files a killed run left while writing this chunk (this rank owns it)."""
-        for folder, name in (("emb", f"{chunk.name}.npy"), ("dino", f"{chunk.name}.npy"),
-                             ("meta", f"{chunk.name}.parquet"), ("done", f"{chunk.name}.json")):
-            remove_temps(self.root / folder, name)
+        for path in (self.out.chunk_array("emb", chunk.name),
+                     self.out.chunk_array("dino", chunk.name), self.out.chunk_meta(chunk.name),
+                     self.markers.path(chunk.name)):
+            remove_temps(path.parent, path.name)
 
     def indexed_files(self, names: list[str]) -> dict[str, dict[str, list[int] | None]]:
         """{chunk: {file key: its stamp when embedded}} for the folder chunks of a finished index
@@ -177,10 +177,10 @@ class ChunkStore:
 
     def write(self, chunk: Chunk, emb: np.ndarray, dino: np.ndarray, rows: list[dict],
               items: ChunkItems) -> None:
-        atomic_save_npy(self.root / "emb" / f"{chunk.name}.npy", emb)
-        atomic_save_npy(self.root / "dino" / f"{chunk.name}.npy", dino)
+        atomic_save_npy(self.out.chunk_array("emb", chunk.name), emb)
+        atomic_save_npy(self.out.chunk_array("dino", chunk.name), dino)
         table = pa.Table.from_pylist(rows, schema=META_SCHEMA)
-        atomic_write(self.root / "meta" / f"{chunk.name}.parquet",
+        atomic_write(self.out.chunk_meta(chunk.name),
                      lambda tmp: pq.write_table(table, tmp))
         record = {"chunk": chunk.name, "n_images": len(rows),
                   "skipped": dict(sorted(items.skipped.items())),
@@ -195,19 +195,19 @@ class ChunkStore:
         """A callable yielding each chunk's kept (n, dim) float32 rows, in order."""
         def chunks():
             for name in names:
-                x = np.load(self.root / array / f"{name}.npy")
+                x = np.load(self.out.chunk_array(array, name))
                 yield x[keep[name]].astype(np.float32)
         return chunks
 
 
-def models_hash(run_dir: Path) -> str:
+def models_hash(run_dir: RunDir) -> str:
     """Identifies the run's models and projector weights: a changed run means a new index."""
     h = hashlib.sha256()
-    for name in ("projector.json", "model.safetensors"):
-        with open(run_dir / name, "rb") as fh:
+    for path in (run_dir.projector_config, run_dir.weights):
+        with open(path, "rb") as fh:
             for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 h.update(block)
-    cfg = read_run_config(run_dir)
+    cfg = run_dir.read_config()
     return config_hash({"weights": h.hexdigest(), "extract": to_dict(cfg.extract),
                         "pooling": cfg.train.pooling})
 
@@ -219,7 +219,7 @@ def _embed_chunk(model, chunk: Chunk, root: Path, store: ChunkStore, options: Us
                         batch_size=options.batch_size, num_workers=options.num_workers,
                         collate_fn=collate_crops)
     projected, raw, rows = [], [], []
-    bar = tqdm(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
+    bar = progress(total=len(items.images), desc=f"index {chunk.name}", unit="img", leave=False)
     for batch in loader:
         for i, reason in batch.failures:
             items.skipped[reason] += 1
@@ -251,7 +251,7 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
     records: the chunks' done-markers."""
     tables, keep = [], {}
     for c, record in zip(chunks, records, strict=True):
-        t = pq.read_table(store.root / "meta" / f"{c.name}.parquet")
+        t = pq.read_table(store.out.chunk_meta(c.name))
         rows = t.to_pydict()
         stamps = _stamps(record) if c.shard is None else {}
         keep[c.name] = np.array([kind != "file" or _unchanged(path, stamps.get(key))
@@ -259,8 +259,18 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
                                                             rows["key"], strict=True)],
                                 dtype=bool)
         t = t.filter(pa.array(keep[c.name], pa.bool_()))
-        tables.append(t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string())))
+        t = t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string()))
+        tables.append(_with_stamps(t, stamps))
     return pa.concat_tables(tables), keep
+
+
+def _with_stamps(t: pa.Table, stamps: dict[str, list[int] | None]) -> pa.Table:
+    """t with each file's size and mtime_ns as embedded (null: a shard sample, or a marker
+    from before stamps were kept)."""
+    kept = [stamps.get(key) for key in t.column("key").to_pylist()]
+    for i, name in enumerate(("size", "mtime_ns")):
+        t = t.append_column(name, pa.array([s[i] if s else None for s in kept], pa.int64()))
+    return t
 
 
 def _unchanged(path: str, stamp: list[int] | None) -> bool:
@@ -288,8 +298,9 @@ def _still_skipped(chunks: list[Chunk], records: list[dict], images: Path
     return skipped, skipped_files
 
 
-def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: str,
-              images: Path, kind: str, exact_max: int, previous: dict) -> dict:
+def _assemble(store: ChunkStore, chunks: list[Chunk], run_label: str, images: Path, kind: str,
+              exact_max: int, previous: dict) -> dict:
+    out = store.out
     records = [store.markers.read(c.name) for c in chunks]
     skipped, skipped_files = _still_skipped(chunks, records, images)
     meta, keep = _live_rows(store, chunks, records)
@@ -302,25 +313,25 @@ def _assemble(store: ChunkStore, chunks: list[Chunk], out_dir: Path, run_label: 
              "left out)", chosen, n, removed)
     appended = names[:len(previous.get("chunks", []))] == previous.get("chunks") and not removed
     info = {}
-    for array, filename in (("emb", "index.faiss"), ("dino", "dino.faiss")):
-        dim = np.load(store.root / array / f"{names[0]}.npy", mmap_mode="r").shape[1]
-        old = _reusable(out_dir / filename, previous, chosen, n, appended)
+    for array in VECTORS:
+        dim = np.load(out.chunk_array(array, names[0]), mmap_mode="r").shape[1]
+        old = _reusable(out.faiss(array), previous, chosen, n, appended)
         index, built = faiss_index.build(chosen, dim, n, store.embeddings(names, keep, array),
                                          reuse=old, reused_info=previous)
         info = info or {**built, "dim": dim}
-        atomic_write(out_dir / filename, lambda tmp, index=index: _write_index(index, tmp))
-    atomic_write(out_dir / "meta.parquet", lambda tmp: pq.write_table(meta, tmp))
+        atomic_write(out.faiss(array), lambda tmp, index=index: _write_index(index, tmp))
+    atomic_write(out.meta, lambda tmp: pq.write_table(meta, tmp))
     summary = {"run_dir": run_label, "source": str(images.resolve()),
                "n_images": n, **info, "exact_max": exact_max, "n_chunks": len(chunks),
                "chunks": names, "n_removed": removed, "skipped": dict(sorted(skipped.items())),
                "skipped_files": dict(sorted(skipped_files.items())),
                "models_hash": store.models_hash}
-    atomic_write_json(out_dir / "index.json", summary)  # last: the index is complete
+    atomic_write_json(out.summary, summary)  # last: the index is complete
     if skipped:
         log.warning("skipped %d images: %s (by name in index.json)", sum(skipped.values()),
                     dict(skipped))
-    log.info("index of %d images (%s) in %s", n, info["kind"], out_dir)
-    return {**summary, "out_dir": str(out_dir)}
+    log.info("index of %d images (%s) in %s", n, info["kind"], out)
+    return {**summary, "out_dir": str(out)}
 
 
 def _reusable(path: Path, previous: dict, kind: str, n: int, appended: bool):

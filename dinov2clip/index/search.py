@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +13,8 @@ import pyarrow.parquet as pq
 from dinov2clip.config import ConfigError, UseOptions
 from dinov2clip.formats.images import original_bytes, thumbnail_jpeg
 from dinov2clip.index import faiss_index
-from dinov2clip.io_utils import atomic_write_text, read_json
+from dinov2clip.io_utils import atomic_write_text
+from dinov2clip.store import IndexDir
 
 log = logging.getLogger(__name__)
 THUMBNAIL_PX = 256
@@ -22,24 +24,42 @@ def load_index(index_dir: Path):
     """(faiss index, index.json summary, meta table) of a completed index."""
     import faiss
 
-    index_dir = Path(index_dir)
-    summary_path = index_dir / "index.json"
-    if not summary_path.is_file():
-        raise ConfigError(f"no finished index at {index_dir} (index.json missing; run "
-                          "`pipeline index`, or re-run it to finish)")
-    summary = read_json(summary_path)
-    index = faiss.read_index(str(index_dir / "index.faiss"))
+    out = IndexDir(index_dir)
+    summary = out.read_summary()
+    index = faiss.read_index(str(out.faiss("emb")))
     faiss_index.configure_search(index, summary)
-    meta = pq.read_table(index_dir / "meta.parquet")
+    meta = pq.read_table(out.meta)
     if index.ntotal != meta.num_rows:
-        raise ConfigError(f"{index_dir}: index holds {index.ntotal} vectors but meta.parquet "
+        raise ConfigError(f"{out}: index holds {index.ntotal} vectors but {out.meta.name} "
                           f"{meta.num_rows} rows")
     return index, summary, meta
 
 
+def load_dino_index(index_dir: Path, summary: dict):
+    """dino.faiss, ready to search and to reconstruct rows by id; None for an older index."""
+    import faiss
+
+    path = IndexDir(index_dir).faiss("dino")
+    if not path.is_file():
+        log.warning("%s has no %s (built before DINOv2 vectors were kept): similar-image "
+                    "search is off until it is rebuilt with `pipeline index --force`", index_dir,
+                    path.name)
+        return None
+    t0 = time.perf_counter()
+    index = faiss.read_index(str(path))
+    faiss_index.configure_search(index, summary)
+    if summary.get("kind") == "ivf":
+        faiss.extract_index_ivf(index).make_direct_map()  # reconstruct(id) needs it
+    log.info("loaded %s (%d vectors) in %.1fs", path.name, index.ntotal, time.perf_counter() - t0)
+    return index
+
+
 def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = None,
-           run_dir: Path | None = None, options: UseOptions = UseOptions(), nprobe: int = 0
+           run: str | Path | None = None, root: Path | None = None,
+           options: UseOptions = UseOptions(), nprobe: int = 0, table: bool = True
            ) -> list[dict]:
+    """The k hits for query, each its rank, score, id and meta.parquet row; printed as a table
+    unless table is False."""
     from dinov2clip.models.inference import DinoV2Clip
 
     if not query or not query.strip():
@@ -49,8 +69,8 @@ def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = 
     index, summary, meta = load_index(index_dir)
     if nprobe:
         faiss_index.configure_search(index, summary, nprobe)
-    model = DinoV2Clip.from_pretrained(run_dir or summary["run_dir"], **options.model_args(),
-                                       image_tower=False)
+    model = DinoV2Clip.from_pretrained(run or summary["run_dir"], root=root,
+                                       **options.model_args(), image_tower=False)
     if model.dim != index.d:
         raise ConfigError(f"the index holds {index.d}-d embeddings but the run's text tower "
                           f"gives {model.dim}-d")
@@ -62,7 +82,8 @@ def search(*, index_dir: Path, query: str, k: int = 10, html_out: Path | None = 
             continue
         row = {c: meta.column(c)[int(i)].as_py() for c in meta.column_names}
         hits.append({"rank": rank, "score": float(score), "id": int(i), **row})
-    print_hits(query, hits)
+    if table:
+        print_hits(query, hits)
     if html_out:
         write_html(Path(html_out), query, hits)
         log.info("wrote %s", html_out)
@@ -112,12 +133,11 @@ def write_html(path: Path, query: str, hits: list[dict]) -> None:
 
 
 def _thumbnail_uri(hit: dict) -> str:
-    data = original_bytes(hit["kind"], hit["path"], hit["key"])
     link = Path(hit["path"]).as_uri() if hit["kind"] == "file" else hit.get("url") or ""
-    if data is None:
-        return link
-    try:
+    try:  # size, mtime_ns: absent from an index written before meta.parquet kept them
+        data = original_bytes(hit["kind"], hit["path"], hit["key"], hit.get("size"),
+                              hit.get("mtime_ns"))
         jpeg = thumbnail_jpeg(data, THUMBNAIL_PX)
-    except Exception:  # noqa: BLE001 - a hit whose image no longer decodes keeps its link
+    except Exception:  # noqa: BLE001 - a hit whose image changed or no longer decodes keeps its link
         return link
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()

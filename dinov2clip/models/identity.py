@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from dinov2clip.io_utils import atomic_write_json, read_json
 LIBRARIES = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers",
              "open_clip": "open_clip_torch", "Pillow": "pillow", "numpy": "numpy"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+RACY_NS = 2 * 10**9  # a file changed this recently is not cached (see file_sha256)
 
 
 def dino_weights(model, name: str, revision: str = "") -> dict:
@@ -134,23 +136,35 @@ def _git_dirty() -> bool | None:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, hashed once: cached by path, size and mtime."""
+    """sha256 of a file's bytes, hashed once: cached by path, size, mtime, inode and ctime.
+
+    mtime alone can be set back (os.utime, cp -p, tar) after other bytes of the same size are
+    written; ctime cannot, and a file replaced by rename gets a new inode. A file changed in the
+    last RACY_NS is hashed again next time: a write within the same timestamp tick as the hash
+    would leave the stamp as it was (git's "racy clean" problem).
+    """
     path = Path(path).resolve()
     st = path.stat()
-    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+    key, stamp = str(path), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     cache = _read_cache()
-    if key in cache and cache[key][:2] == stamp:
-        return cache[key][2]
+    if key in cache and cache[key][:-1] == stamp:  # entries of older versions never match
+        return cache[key][-1]
+    digest = _hash_file(path)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+        cache = {k: v for k, v in _read_cache().items() if os.path.exists(k)}
+        cache[key] = [*stamp, digest]
+        try:
+            atomic_write_json(_cache_path(), cache)
+        except OSError:  # a read-only home: hash again next time
+            pass
+    return digest
+
+
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    cache = {k: v for k, v in _read_cache().items() if os.path.exists(k)}
-    cache[key] = [*stamp, h.hexdigest()]
-    try:
-        atomic_write_json(_cache_path(), cache)
-    except OSError:  # a read-only home: hash again next time
-        pass
     return h.hexdigest()
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dinov2clip.config import ConfigError, read_run_config
+from dinov2clip.config import ConfigError
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.models.loaders import (
     cls_and_patch_mean,
@@ -30,7 +30,7 @@ from dinov2clip.models.loaders import (
 )
 from dinov2clip.models.preprocess import PreprocessSpec, decode, normalise, resize_and_crop
 from dinov2clip.models.projector import Projector
-from dinov2clip.store import pool, pooled_dim
+from dinov2clip.store import RunDir, pool, pooled_dim
 
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
@@ -49,43 +49,45 @@ class DinoV2Clip:
         self.n_registers = register_count(dino) if dino else 0
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, *, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype = "bf16", image_tower: bool = True,
-                        clip_image: bool = False, batch_size: int = 64) -> DinoV2Clip:
-        """Load the run's DINOv2 backbone, projector and CLIP text tower.
+    def from_pretrained(cls, run: str | Path, *, root: str | Path | None = None,
+                        device: str | torch.device = "auto", dtype: str | torch.dtype = "bf16",
+                        image_tower: bool = True, clip_image: bool = False,
+                        batch_size: int = 64) -> DinoV2Clip:
+        """Load the run's DINOv2 backbone, projector and CLIP text tower: the models that made
+        the embeddings it was trained on, as the run records them.
 
-        run_dir: a training run directory, or "hf-hub:ORG/NAME" for one `pipeline push` shared.
+        run: a training run directory, "hf-hub:ORG/NAME" for one `pipeline push` shared, or a
+        run name under root/runs (root: an artifacts directory).
 
         dtype is the autocast compute dtype on GPU (bf16 | fp16 | fp32, or the torch dtype);
         CPU always runs fp32.
         image_tower=False skips DINOv2 (text-only use, e.g. search); clip_image=True keeps
         CLIP's own image tower (for comparing with CLIP, as zero-shot does), else it is dropped.
         """
-        from dinov2clip.hub import resolve_run
-
-        run_dir = resolve_run(run_dir)  # "hf-hub:ORG/NAME" downloads a pushed projector
-        cfg = read_run_config(run_dir)
+        run_dir = RunDir.resolve(run, root)  # "hf-hub:ORG/NAME" downloads a pushed projector
+        cfg = run_dir.read_config()
+        models = run_dir.trained_models()
         try:  # a bad device or dtype name is a user error: one line, exit 2 in the CLI
             dev = device if isinstance(device, torch.device) else resolve_device(device)
             amp = compute_dtype(_DTYPE_NAMES.get(dtype, dtype), dev)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        projector = Projector.from_pretrained(run_dir, device=dev)  # raises when weights are gone
+        projector = Projector.from_pretrained(run_dir.path, device=dev)  # raises if weights gone
         projector.requires_grad_(False)
-        ex, tr = cfg.extract, cfg.train
-        clip, tokenizer, clip_spec = load_clip(ex.clip_model, ex.clip_pretrained, dev)
+        tr = cfg.train
+        clip, tokenizer, clip_spec = load_clip(models.clip_model, models.clip_pretrained, dev)
         clip_dim = int(getattr(clip.visual, "output_dim", 0) or 0)  # 0: a tower that hides it
         if clip_dim and clip_dim != projector.cfg.out_dim:
             raise ConfigError(f"the projector in {run_dir} outputs {projector.cfg.out_dim}-d "
-                              f"embeddings but CLIP {ex.clip_model!r} is {clip_dim}-d")
+                              f"embeddings but CLIP {models.clip_model!r} is {clip_dim}-d")
         if not clip_image:
             clip.visual = None  # frees CLIP's image tower; encode_text does not use it
         dino = dino_spec = None
         if image_tower:
-            dino, dino_spec = load_dino(ex.dino_model, dev, ex.dino_revision)
+            dino, dino_spec = load_dino(models.dino_model, dev, models.dino_revision)
             d_in = pooled_dim(int(dino.config.hidden_size), tr.pooling)
             if d_in != projector.cfg.in_dim:
-                raise ConfigError(f"DINOv2 {ex.dino_model!r} gives {d_in}-d {tr.pooling} "
+                raise ConfigError(f"DINOv2 {models.dino_model!r} gives {d_in}-d {tr.pooling} "
                                   f"features but the projector expects {projector.cfg.in_dim}")
         return cls(projector=projector, clip=clip, tokenizer=tokenizer, clip_spec=clip_spec,
                    dino=dino, dino_spec=dino_spec, pooling=tr.pooling,

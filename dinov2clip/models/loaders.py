@@ -44,7 +44,7 @@ def load_dino(name: str, device: torch.device, revision: str = ""):
 
 def _hf_load(auto_class, name: str, revision: str = ""):
     try:
-        with _no_weight_loading_bar():
+        with quiet_model_bars():
             return auto_class.from_pretrained(name, revision=revision or None)
     except (OSError, ValueError) as err:
         if _is_gated(err):
@@ -70,9 +70,9 @@ def _is_gated(err: BaseException) -> bool:
 
 
 @contextmanager
-def _no_weight_loading_bar():
-    """Hide transformers' "Loading weights" bar (one per model, nothing to act on); download
-    bars stay."""
+def quiet_model_bars():
+    """Hide transformers' "Loading weights" and "Writing model shards" bars (one per model,
+    nothing to act on, and \r-redrawn into every log); download bars stay."""
     from transformers.utils import logging as hf_logging
 
     if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: no such bar either
@@ -80,7 +80,7 @@ def _no_weight_loading_bar():
         return
 
     def hook(factory, args, kwargs):
-        quiet = kwargs.get("desc") == "Loading weights"
+        quiet = kwargs.get("desc") in ("Loading weights", "Writing model shards")
         return factory(*args, **{**kwargs, "disable": True} if quiet else kwargs)
 
     previous = hf_logging.set_tqdm_hook(hook)

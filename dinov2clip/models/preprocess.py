@@ -196,18 +196,35 @@ class TooLarge(ValueError):
     """More pixels than PIL decodes safely (Image.MAX_IMAGE_PIXELS, a decompression bomb)."""
 
 
-def decode(image_bytes: bytes) -> Image.Image:
+def decode(image_bytes: bytes, *, max_pixels: int | None = None, min_side: int = 0
+           ) -> Image.Image:
     """A decoded PIL image in its own mode (GIF: the first frame); resize_and_crop makes it RGB
     as each reference does. Raises NotAnImage, TooLarge, or another OSError/ValueError for a
-    corrupt or cut file."""
+    corrupt or cut file.
+
+    max_pixels: TooLarge before any pixel is decoded when the header says more (a one-colour
+    PNG of 156 M pixels is a few hundred KB). min_side: a JPEG is decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) that keeps both sides at least this long, for a caller that shrinks
+    it anyway; other formats decode in full.
+    """
     try:
-        img = Image.open(io.BytesIO(image_bytes))
+        img = Image.open(io.BytesIO(image_bytes))  # reads the header only
+        _check_pixels(img, max_pixels)
+        if min_side and img.format == "JPEG":
+            img.draft(img.mode, (min_side, min_side))
         img.load()  # decode now, so a truncated file fails here and is counted
     except UnidentifiedImageError:
         raise NotAnImage("not an image") from None
     except Image.DecompressionBombError as err:
         raise TooLarge(str(err)) from None
     return img
+
+
+def _check_pixels(img: Image.Image, max_pixels: int | None) -> None:
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise TooLarge(f"{w} x {h} is {w * h / 1e6:.1f} M pixels, more than the "
+                       f"{max_pixels / 1e6:g} M allowed")
 
 
 def decode_or_skip(image_bytes: bytes) -> tuple[Image.Image | None, str]:

@@ -55,12 +55,12 @@ class PreNormBlock(nn.Module):
         return x + self.fc2(nn.functional.gelu(self.fc1(self.ln(x))))
 
 
+CONFIG_NAME, WEIGHTS_NAME = "projector.json", "model.safetensors"
+
+
 class Projector(nn.Module):
     def __init__(self, cfg: ProjectorConfig):
         super().__init__()
-        if cfg.kind not in PROJECTORS:
-            raise ConfigError(f"train.projector.kind: unknown {cfg.kind!r} "
-                              f"(known: {', '.join(sorted(PROJECTORS))})")
         self.cfg = cfg
         self.input_norm = InputNorm(cfg.in_dim) if cfg.standardize else None
         self.net = PROJECTORS[cfg.kind](cfg)
@@ -71,16 +71,18 @@ class Projector(nn.Module):
             x = self.input_norm(x)
         return self.net(x)
 
-    def save_pretrained(self, out_dir: str | Path, filename: str = "model.safetensors") -> None:
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """CONFIG_NAME + WEIGHTS_NAME in out_dir, the projector's own format."""
         out_dir = Path(out_dir)
-        atomic_write_json(out_dir / "projector.json", asdict(self.cfg))
-        save_weights(self, out_dir / filename)
+        atomic_write_json(out_dir / CONFIG_NAME, asdict(self.cfg))
+        save_weights(self, out_dir / WEIGHTS_NAME)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, filename: str = "model.safetensors",
+    def from_pretrained(cls, run_dir: str | Path, weights: str | Path | None = None,
                         device: str | torch.device = "cpu") -> Projector:
+        """The projector saved in run_dir; weights: another file of its weights (an epoch's)."""
         run_dir = Path(run_dir)
-        cfg_path, weights = run_dir / "projector.json", run_dir / filename
+        cfg_path, weights = run_dir / CONFIG_NAME, Path(weights or run_dir / WEIGHTS_NAME)
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise ConfigError(f"no projector at {run_dir}: {p.name} missing")

@@ -4,11 +4,12 @@ Starlette rather than FastAPI: five routes whose input is a query string, a path
 uploaded file need no request models, and Starlette is what FastAPI runs on, with fewer
 dependencies (no pydantic). uvicorn is its standard server.
 
-    GET  /api/search?q=TEXT&k=K      text search through the projector
+    GET  /api/search?q=TEXT&k=K      text search through the projector (q: 1,000 characters)
     GET  /api/similar?id=ID&k=K      images most like an indexed one, by DINOv2 features
     POST /api/search_image           the same for an uploaded image (multipart field "image",
-                                     or the raw bytes as the body)
-    GET  /api/image/ID?size=PX       a JPEG thumbnail (size=0: the original bytes)
+                                     or the raw bytes as the body; 20 MiB, 40 M pixels)
+    GET  /api/image/ID?size=PX       a JPEG thumbnail (size=0: the original bytes), while the
+                                     file is still the one indexed
     GET  /api/info  /healthz  /      what is served; liveness; the page
 
 Bad input is a 4xx with {"error": "..."}; nothing a client sends produces a traceback.
@@ -22,6 +23,7 @@ import time
 from contextlib import asynccontextmanager
 from importlib import resources
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -30,16 +32,22 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dinov2clip.serve.engine import BadImage, SearchEngine, UnknownImage
+from dinov2clip.serve.engine import BadImage, ImageTooLarge, SearchEngine, UnknownImage
 
 log = logging.getLogger(__name__)
 MAX_K = 200
 MAX_UPLOAD_BYTES = 20 << 20
+MAX_QUERY_CHARS = 1000  # the text tower reads 77 tokens; a longer q is only echoed back
+# Uploads decoded at once: each may take a few hundred MB (engine.MAX_UPLOAD_PIXELS), so three
+# concurrent 156 M-pixel PNGs once took the server to 5.8 GB. Waiting uploads hold no thread.
+MAX_DECODES = 2
 THUMBNAIL_PX, MAX_THUMBNAIL_PX = 256, 1024
 
 
 def create_app(engine: SearchEngine, max_k: int = MAX_K,
                max_upload: int = MAX_UPLOAD_BYTES) -> Starlette:
+    decode_slots = anyio.CapacityLimiter(MAX_DECODES)
+
     def int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int:
         raw = request.query_params.get(name)
         if raw is None or raw == "":
@@ -62,6 +70,9 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         q = request.query_params.get("q", "").strip()
         if not q:
             raise HTTPException(400, "empty query: give the text to search for as ?q=")
+        if len(q) > MAX_QUERY_CHARS:
+            raise HTTPException(400, f"query too long: at most {MAX_QUERY_CHARS} characters, "
+                                     f"got {len(q)}")
         k = k_param(request)
         scores, ids = await asyncio.wrap_future(engine.search_text(q, k))
         return _results(engine.hits(scores, ids), t0, query=q)
@@ -80,7 +91,8 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         _require_dino(engine)
         k = k_param(request)
         data = await _upload(request, max_upload)
-        scores, ids = await run_in_threadpool(engine.search_image, data, k)
+        scores, ids = await anyio.to_thread.run_sync(engine.search_image, data, k,
+                                                     limiter=decode_slots)
         return _results(engine.hits(scores[0], ids[0]), t0)
 
     async def image(request: Request) -> Response:
@@ -99,7 +111,9 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         return Response(data, media_type="image/jpeg", headers=_CACHE)
 
     async def info(request: Request) -> Response:
-        return JSONResponse({**engine.info(), "max_k": max_k, "max_upload_bytes": max_upload})
+        return JSONResponse({**engine.info(), "max_k": max_k, "max_upload_bytes": max_upload,
+                             "max_upload_pixels": engine.max_upload_pixels,
+                             "max_query_chars": MAX_QUERY_CHARS})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "n_images": engine.size})
@@ -120,7 +134,7 @@ def create_app(engine: SearchEngine, max_k: int = MAX_K,
         Mount("/static", StaticFiles(packages=[("dinov2clip.serve", "static")]), name="static"),
     ]
     handlers = {HTTPException: _http_error, UnknownImage: _not_found, BadImage: _bad_image,
-                Exception: _server_error}
+                ImageTooLarge: _too_large, Exception: _server_error}
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
@@ -176,6 +190,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _bad_image(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _too_large(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=413)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,6 @@ import logging
 import mimetypes
 import queue
 import threading
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -21,19 +20,27 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.formats.images import original_bytes, thumbnail_jpeg
-from dinov2clip.index import faiss_index
-from dinov2clip.index.search import load_index
+from dinov2clip.formats.images import ImageGone, original_bytes, thumbnail_jpeg
+from dinov2clip.index.search import load_dino_index, load_index
 
 log = logging.getLogger(__name__)
 
 
 class UnknownImage(LookupError):
-    """An id the index does not hold, or whose image is no longer on disk."""
+    """An id the index does not hold, or whose image is no longer on disk as it was indexed."""
 
 
 class BadImage(ValueError):
     """Uploaded bytes that do not decode as an image."""
+
+
+class ImageTooLarge(BadImage):
+    """An upload whose header declares more pixels than the server decodes."""
+
+
+# 40 M pixels: an 8000 x 5000 photo. Decoded as RGB that is 120 MB, several times that while
+# converted and resized: the cap, with the app's bound on concurrent decodes, bounds memory.
+MAX_UPLOAD_PIXELS = 40_000_000
 
 
 class Batcher:
@@ -79,15 +86,18 @@ class Batcher:
 
 class SearchEngine:
     def __init__(self, index_dir: Path, run: str | Path | None = None, device: str = "auto",
-                 max_batch: int = 32):
+                 max_batch: int = 32, root: Path | None = None,
+                 max_upload_pixels: int = MAX_UPLOAD_PIXELS):
+        """run: the run whose towers encode queries (default: the index's); a directory,
+        "hf-hub:ORG/NAME", or a run name under root/runs."""
         from dinov2clip.models.inference import DinoV2Clip
 
-        self.index_dir = Path(index_dir)
+        self.index_dir, self.max_upload_pixels = Path(index_dir), max_upload_pixels
         self.index, self.summary, meta = load_index(self.index_dir)
-        self.meta = meta.to_pydict()  # column -> list; row i is FAISS id i
+        self.meta = with_stamps(meta.to_pydict(), self.index_dir)  # row i is FAISS id i
         self.dino_index = load_dino_index(self.index_dir, self.summary)
         self.run = str(run or self.summary["run_dir"])
-        self.model = DinoV2Clip.from_pretrained(self.run, device=device,
+        self.model = DinoV2Clip.from_pretrained(self.run, root=root, device=device,
                                                 image_tower=self.dino_index is not None)
         if self.model.dim != self.index.d:
             raise ConfigError(f"the index holds {self.index.d}-d embeddings but the run's text "
@@ -131,13 +141,17 @@ class SearchEngine:
 
     def search_image(self, data: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Images most like an uploaded one, by DINOv2 features."""
-        from dinov2clip.models.preprocess import decode, resize_and_crop
+        from dinov2clip.models.preprocess import TooLarge, decode, resize_and_crop
 
-        try:
-            img = decode(data)
+        spec = self.model.dino_spec
+        try:  # a JPEG larger than the crop needs is decoded at 1/2, 1/4 or 1/8 scale
+            img = decode(data, max_pixels=self.max_upload_pixels,
+                         min_side=max(spec.resize, spec.crop))
+        except TooLarge as err:
+            raise ImageTooLarge(f"image too large: {err}") from None
         except Exception as err:  # noqa: BLE001 - whatever the decoder says, the upload is bad
             raise BadImage(f"not an image the server can read ({type(err).__name__})") from None
-        crop = torch.from_numpy(resize_and_crop(img, self.model.dino_spec)[None])
+        crop = torch.from_numpy(resize_and_crop(img, spec)[None])
         _, raw = self.model.encode_image_and_dino(crop)
         return self.dino_index.search(raw.numpy(), min(k, self.size))
 
@@ -169,10 +183,12 @@ class SearchEngine:
     def original(self, image_id: int) -> tuple[bytes, str]:
         """(bytes, content type) of an indexed image, from its file or its shard."""
         self.check_id(image_id)
-        kind, path, key = (self.meta[c][image_id] for c in ("kind", "path", "key"))
-        data = original_bytes(kind, path, key)
-        if not data:
-            raise UnknownImage(f"image {image_id} ({key}) is no longer readable at {path}")
+        kind, path, key, size, mtime_ns = (self.meta[c][image_id] for c in
+                                           ("kind", "path", "key", "size", "mtime_ns"))
+        try:
+            data = original_bytes(kind, path, key, size, mtime_ns)
+        except ImageGone as err:
+            raise UnknownImage(f"image {image_id} ({key}) {err}") from None
         return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
 
     @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
@@ -184,22 +200,15 @@ class SearchEngine:
             raise UnknownImage(f"image {image_id} no longer decodes") from err
 
 
-def load_dino_index(index_dir: Path, summary: dict):
-    """dino.faiss, ready to search and to reconstruct rows by id; None for an older index."""
-    import faiss
-
-    path = Path(index_dir) / "dino.faiss"
-    if not path.is_file():
-        log.warning("%s has no dino.faiss (built before DINOv2 vectors were kept): similar-image "
-                    "search is off until it is rebuilt with `pipeline index --force`", index_dir)
-        return None
-    t0 = time.perf_counter()
-    index = faiss.read_index(str(path))
-    faiss_index.configure_search(index, summary)
-    if summary.get("kind") == "ivf":
-        faiss.extract_index_ivf(index).make_direct_map()  # reconstruct(id) needs it
-    log.info("loaded dino.faiss (%d vectors) in %.1fs", index.ntotal, time.perf_counter() - t0)
-    return index
+def with_stamps(meta: dict[str, list], index_dir: Path) -> dict[str, list]:
+    """meta with each file's size and mtime_ns as indexed; an index written before meta.parquet
+    kept them gets None (its files are checked for symlinks only) and a warning."""
+    if "size" not in meta:
+        log.warning("%s records no file sizes or mtimes: an image file changed since it was "
+                    "indexed is served as it is now; re-run `pipeline index` (nothing is "
+                    "embedded again) to record them", index_dir)
+        meta["size"] = meta["mtime_ns"] = [None] * len(meta["key"])
+    return meta
 
 
 def _sniff_type(data: bytes) -> str:

@@ -9,11 +9,13 @@
     config.json             the resolved config of the extract run
 
 A set is complete when every shard of its plan has a done-marker; readers refuse anything else,
-so a killed extract never passes for a finished one.
+so a killed extract never passes for a finished one. A done shard whose files do not match its
+marker (store/integrity.py) is damaged: readers refuse it naming the file, extract re-does it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 from dinov2clip.config import ConfigError
 from dinov2clip.io_utils import atomic_write_json, read_json, shard_order
 from dinov2clip.models.loaders import OPEN_CLIP_SCHEMAS
+from dinov2clip.store.integrity import first_nonfinite_row, npy_problem, parquet_problem
 
 ARRAYS = ("dino_cls", "dino_mean", "clip_image", "clip_text")
 PLAN, MANIFEST = "plan.json", "manifest.json"
@@ -91,6 +94,7 @@ class EmbeddingSet:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.markers = DoneMarkers(self.path / "done")
+        self._manifest: dict | None = None
 
     def array_path(self, array: str, shard: str) -> Path:
         return self.path / array / f"{shard}.npy"
@@ -137,28 +141,126 @@ class EmbeddingSet:
             out.append([s, record.get("n_images"), record.get("models_hash")])
         return out
 
+    def manifest(self) -> dict:
+        """manifest.json, read once ({} before extract wrote it)."""
+        path = self.path / MANIFEST
+        if self._manifest is None:
+            try:
+                self._manifest = read_json(path) if path.is_file() else {}
+            except ValueError as err:
+                raise ConfigError(f"{path} does not parse as JSON ({err}); run `pipeline "
+                                  "extract` to write it again") from None
+        return self._manifest
+
+    def verified_shards(self) -> list[str]:
+        """complete_shards(), every file of each checked against its done-marker and the
+        manifest: stat and headers, no data read, so a damaged set fails before any work."""
+        shards = self.complete_shards()
+        for s in shards:
+            self.check(s)
+        return shards
+
+    def check(self, shard: str) -> None:
+        problem = self.damage(shard)
+        if problem:
+            raise ConfigError(f"{problem}; {_redo(shard)}")
+
+    def damage(self, shard: str) -> str | None:
+        """How the first of a done shard's files differs from what its done-marker and the
+        manifest say, naming it; None when every file matches."""
+        try:
+            record = self.markers.read(shard) or {}
+        except ValueError as err:
+            return f"{self.markers.path(shard)} does not parse as JSON ({err})"
+        expect = self._expected(shard, record)
+        for array in ARRAYS:
+            problem = npy_problem(self.array_path(array, shard), expect[array])
+            if problem:
+                return problem
+        return parquet_problem(self.meta_path(shard), expect["meta"])
+
+    def _expected(self, shard: str, record: dict) -> dict[str, dict]:
+        """Per file, what it must be: the done-marker's record of it where one was kept (markers
+        written since files are recorded), else what the marker's counts and the manifest say."""
+        manifest = self.manifest()
+        counts = {**manifest.get("shards", {}).get(shard, {}), **record}
+        files, dims = record.get("files", {}), manifest.get("dims", {})
+        out = {"meta": {"rows": counts.get("n_images"), **files.get("meta", {})}}
+        for array in ARRAYS:
+            kept = files.get(array, {})
+            rows, cols = kept.get("shape") or (
+                counts.get("n_captions" if array == "clip_text" else "n_images"),
+                dims.get(array.split("_")[0]))  # dims: {"dino": D, "clip": d}
+            dtype = kept.get("dtype") or manifest.get("dtypes", {}).get(array, "float16")
+            out[array] = {"rows": rows, "cols": cols, "dtype": dtype, "bytes": kept.get("bytes")}
+        return out
+
     def mmap(self, array: str, shard: str) -> np.ndarray:
-        return np.load(self.array_path(array, shard), mmap_mode="r")
+        path = self.array_path(array, shard)
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError as err:  # a checked file does not get here; one damaged since may
+            raise ConfigError(f"{path} is not a readable npy file ({err}); {_redo(shard)}"
+                              ) from None
+
+    def load(self, array: str, shard: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """One array of a shard in memory (only `rows` of it, if given). No marker records the
+        values, so they are looked at here, as they are loaded: a NaN or inf is refused."""
+        data = self.mmap(array, shard)
+        data = np.array(data if rows is None else data[rows])
+        bad = first_nonfinite_row(data)
+        if bad:
+            row = bad[0] if rows is None else int(rows[bad[0]])
+            raise ConfigError(
+                f"{self.array_path(array, shard)}: row {row} holds NaN or inf ({bad[1]} of "
+                f"{len(data)} rows); shard {shard} is damaged: delete {self.markers.path(shard)} "
+                "and run `pipeline extract` to re-do it")
+        return data
 
     def meta_column(self, shard: str, column: str) -> list:
-        return pq.read_table(self.meta_path(shard), columns=[column]).column(0).to_pylist()
+        path = self.meta_path(shard)
+        try:
+            return pq.read_table(path, columns=[column]).column(0).to_pylist()
+        except pa.ArrowInvalid as err:  # as in mmap: damaged since it was checked
+            raise ConfigError(f"{path} does not parse as Parquet ({err}); {_redo(shard)}"
+                              ) from None
 
     def dims(self) -> tuple[int, int]:
         """(D_dino, D_clip) from the npy headers of the first shard (read, not loaded)."""
         first = self.complete_shards()[0]
+        self.check(first)
         return self.mmap("dino_cls", first).shape[1], self.mmap("clip_image", first).shape[1]
 
 
-def changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two descriptions, with both values, short."""
+def _redo(shard: str) -> str:
+    return f"shard {shard} is damaged: run `pipeline extract` to re-do it"
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two descriptions, with both values, short; what
+    identifies the weights first, as the change a user least expects.
+
+    Both are compared as JSON holds them: a description read back from plan.json has lists where
+    a fresh one has tuples, and that is no change.
+    """
+    found = _differences(_as_json(old), _as_json(new))
+    return [line for _, line in sorted(found, key=lambda kv: (not kv[0].startswith("weights."),
+                                                              kv[0]))]
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, str]]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += changes(a, b, f"{prefix}{key}.")
+            out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+            out.append((prefix + key, f"{prefix}{key} {_short(a)} -> {_short(b)}"))
     return out
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _short(value) -> str:

@@ -16,11 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2clip.config import ConfigError
-from dinov2clip.io_utils import read_json
-from dinov2clip.store.layout import ARRAYS, MANIFEST, EmbeddingSet
-
-POOLINGS = ("cls", "patch_mean", "token_mean", "concat")
+from dinov2clip.config import POOLINGS, ConfigError
+from dinov2clip.store.layout import ARRAYS, EmbeddingSet
 
 
 @dataclass
@@ -31,9 +28,6 @@ class Split:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.clip_img.to(device), self.clip_txt.to(device))
 
 
 @dataclass
@@ -67,8 +61,7 @@ def pool(cls: torch.Tensor, patch_mean: torch.Tensor, pooling: str,
 def recorded_patch_tokens(emb_dir: Path) -> int:
     """The backbone's patch tokens per image as extract recorded them in the manifest (256 for
     DINOv2 at 224 px, 196 for DINOv3), or 0 for embeddings extracted before it was recorded."""
-    path = Path(emb_dir) / MANIFEST
-    return int(read_json(path).get("dino_patch_tokens") or 0) if path.is_file() else 0
+    return int(EmbeddingSet(emb_dir).manifest().get("dino_patch_tokens") or 0)
 
 
 def pooled_dim(d_dino: int, pooling: str) -> int:
@@ -92,9 +85,9 @@ def on_cpu(n_bytes: int) -> tuple[torch.device, bool]:
 def load_split(emb_dir: Path, pooling: str, val_fraction: float, num_patch_tokens: int = 256,
                place_train: Placer = on_cpu, place_val: Placer = on_cpu) -> tuple[Split, Split]:
     """All shards of a complete set, pooled and split into (train, val) by key hash, placed as
-    asked."""
+    asked. Every file is checked before the first is loaded; values as each is loaded."""
     store = EmbeddingSet(emb_dir)
-    shards = store.complete_shards()
+    shards = store.verified_shards()
     masks = [_val_mask(store, s, val_fraction) for s in shards]
     n_val = sum(int(m.sum()) for m in masks)
     n_all = sum(len(m) for m in masks)
@@ -127,13 +120,14 @@ class EvalEmbeddings:
 
 
 def load_eval_embeddings(emb_dir: Path) -> EvalEmbeddings:
-    """A complete eval set, every caption of every image, as float32 tensors."""
+    """A complete eval set, every caption of every image, as float32 tensors; every file is
+    checked before the first is loaded, and values as each is loaded."""
     store = EmbeddingSet(emb_dir)
     arrays = {n: [] for n in ARRAYS}
     owners, n_images = [], 0
-    for s in store.complete_shards():
+    for s in store.verified_shards():
         for n in arrays:
-            arrays[n].append(np.load(store.array_path(n, s)))
+            arrays[n].append(store.load(n, s))
         counts = np.asarray(store.meta_column(s, "n_captions"), dtype=np.int64)
         if counts.sum() != arrays["clip_text"][-1].shape[0]:
             raise ConfigError(f"{emb_dir} shard {s}: meta lists {counts.sum()} captions but "
@@ -180,8 +174,8 @@ def _read_shard(store: EmbeddingSet, shard: str, pooling: str,
         if arr[a].shape[0] != n:
             raise ConfigError(f"{store.path}: shard {shard} has {arr[a].shape[0]} rows in {a} "
                               f"but {n} in its meta (re-run extract)")
-    cls, mean = (torch.from_numpy(np.array(arr[a])) for a in ARRAYS[:2])
+    cls, mean = (torch.from_numpy(store.load(a, shard)) for a in ARRAYS[:2])
     x = pool(cls, mean, pooling, num_patch_tokens).to(torch.float16)
-    img = torch.from_numpy(np.array(arr["clip_image"])).to(torch.float16)
-    txt = torch.from_numpy(arr["clip_text"][first_caption])
+    img = torch.from_numpy(store.load("clip_image", shard)).to(torch.float16)
+    txt = torch.from_numpy(store.load("clip_text", shard, rows=first_caption))
     return x, img, txt.to(torch.float16)

@@ -2,11 +2,14 @@
 
 Where each file goes and what "complete" means belong to the store (dinov2clip/store). A shard's
 files are written under temporary names and renamed into place; its done-marker is renamed in
-last. A shard without a marker is treated as absent, whatever files it left behind.
+last. A shard without a marker is treated as absent, whatever files it left behind. The marker
+records each file's shape, dtype and size, so a file damaged since is found (store/integrity.py)
+and its shard extracted again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,10 @@ from dinov2clip.io_utils import (
     remove_dead_temps,
     remove_temps,
 )
+from dinov2clip.store.integrity import file_record
 from dinov2clip.store.layout import ARRAYS, MANIFEST, META_SCHEMA, EmbeddingSet, changes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +58,10 @@ class ShardWriter:
         """Before the first shard (every rank): refuse to add to a set made by other models or
         library versions, then write the plan. shards: name -> the input it comes from."""
         remove_dead_temps(self.out_dir)  # plan, manifest, config temps of killed writers
+        try:
+            self.store.manifest()
+        except ConfigError:  # it is made from the markers: written again once all are done
+            (self.out_dir / MANIFEST).unlink()
         old = self.store.read_plan()
         if old is not None and self.store.markers.names():
             self._refuse_changes(old.get("models_hash"), old.get("models", {}),
@@ -59,10 +69,22 @@ class ShardWriter:
         self.store.write_plan(shards, self.models_hash, models, self.runtime)
 
     def is_done(self, shard: str) -> bool:
-        record = self.store.markers.read(shard)
-        if record is None:
+        """The shard has its done-marker, from these models, and its files match the marker; a
+        damaged shard loses its marker (it no longer exists) and is extracted again."""
+        if not self.store.markers.path(shard).exists():
             return False
-        self._refuse_changes(record.get("models_hash"), None, record.get("runtime", {}), None)
+        try:
+            record = self.store.markers.read(shard)
+        except ValueError:  # a marker that does not parse: damage() names it below
+            record = None
+        if record is not None:
+            self._refuse_changes(record.get("models_hash"), None, record.get("runtime", {}),
+                                 None)
+        problem = self.store.damage(shard)
+        if problem:
+            log.warning("%s: extracting shard %s again", problem, shard)
+            self.store.markers.path(shard).unlink()
+            return False
         return True
 
     def _refuse_changes(self, old_hash: str | None, old_models: dict | None, old_runtime: dict,
@@ -84,11 +106,15 @@ class ShardWriter:
         self._remove_temps(shard)
         n = len(meta)
         assert emb.dino_cls.shape[0] == emb.clip_image.shape[0] == n, "rows must line up"
+        files = {}
         for name in ARRAYS:
-            atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
+            path = atomic_save_npy(self.store.array_path(name, shard), getattr(emb, name))
+            files[name] = file_record(path, getattr(emb, name))
         table = pa.Table.from_pylist(meta, schema=META_SCHEMA)
-        atomic_write(self.store.meta_path(shard), lambda tmp: pq.write_table(table, tmp))
+        path = atomic_write(self.store.meta_path(shard), lambda tmp: pq.write_table(table, tmp))
+        files["meta"] = file_record(path, rows=n)
         record = {"shard": shard, "source": source, "models_hash": self.models_hash,
+                  "files": files,  # what a reader checks each file against
                   "runtime": self.runtime, "provenance": self.provenance,
                   "n_images": n, "n_captions": int(emb.clip_text.shape[0]),
                   "skipped": dict(sorted(skipped.items())),

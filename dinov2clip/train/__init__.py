@@ -15,6 +15,7 @@ def run(cfg: Config, resume: bool = False, force: bool = False) -> Path:
 
 def average(cfg: Config, spec: str) -> Path:
     """runs/<run>-avg-<spec>: the uniform average of the run's chosen epochs."""
+    from dinov2clip.store import RunDir
     from dinov2clip.train.weight_average import average_run
 
-    return average_run(cfg.root / "runs" / cfg.train.run, spec)
+    return average_run(RunDir.named(cfg.root, cfg.train.run), spec)

@@ -14,12 +14,10 @@ from collections.abc import Iterator
 
 import torch
 
-from dinov2clip.config import ConfigError
 from dinov2clip.store import Placer, Split
 
 log = logging.getLogger(__name__)
 
-PLACEMENTS = ("auto", "device", "pinned")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, clip_img, clip_txt: float32
 
 
@@ -29,10 +27,6 @@ def placer(placement: str, device: torch.device, reserve_bytes: int) -> Placer:
     'Fits' is judged from the GPU's free memory now, less reserve_bytes for the model, optimiser
     state and activations.
     """
-    if placement not in PLACEMENTS:
-        raise ConfigError(f"train.placement: unknown {placement!r} "
-                          f"(known: {', '.join(PLACEMENTS)})")
-
     def place(n_bytes: int) -> tuple[torch.device, bool]:
         if device.type != "cuda":
             return torch.device("cpu"), False

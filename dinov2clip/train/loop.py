@@ -10,7 +10,6 @@ train_state.pt, the commit point for --resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -18,30 +17,31 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict, write_resolved
+from dinov2clip.config import RESUME_AND_FORCE, Config, ConfigError, to_dict
 from dinov2clip.device import autocast, compute_dtype, resolve_device
 from dinov2clip.io_utils import remove_dead_temps
 from dinov2clip.models.projector import Projector, count_parameters, save_weights, unwrap
 from dinov2clip.store import (
     MANIFEST,
-    POOLINGS,
     EmbeddingSet,
+    RunDir,
+    TrainedOn,
+    embeddings_dir,
     embeddings_tag,
     load_eval_pairs,
     load_split,
     pooled_dim,
     recorded_patch_tokens,
 )
+from dinov2clip.terminal import progress
 from dinov2clip.train import validate as V
-from dinov2clip.train.feed import PLACEMENTS, Feed, placer, reserve_bytes
+from dinov2clip.train.feed import Feed, placer, reserve_bytes
 from dinov2clip.train.losses import WeightedLoss
 from dinov2clip.train.plots import draw_curves
 from dinov2clip.train.state import EMA, load_state, save_state
 
 log = logging.getLogger(__name__)
-SCHEDULERS = ("onecycle", "cosine", "constant")
 
 
 def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
@@ -49,9 +49,9 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         raise ConfigError(RESUME_AND_FORCE)
     t, pcfg = cfg.train, cfg.train.projector
     tag = t.tag or embeddings_tag(cfg.extract)
-    run_dir = cfg.root / "runs" / t.run
-    emb_dir = cfg.root / "embeddings" / t.dataset / tag
-    select_sign = _check_options(cfg)  # cheap checks first: fail before loading gigabytes
+    run = RunDir.named(cfg.root, t.run)
+    emb_dir = embeddings_dir(cfg.root, t.dataset, tag)
+    select_sign = _select_sign(t.select_metric)
     device = resolve_device(t.device, "train.device")
     dtype = compute_dtype(t.compute_dtype, device)
     _check_dims(cfg, emb_dir)
@@ -61,7 +61,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     torch.manual_seed(t.seed)
     model = Projector(pcfg)
     loss_fn = WeightedLoss(t.loss)
-    _prepare_run_dir(run_dir, resume, force)
+    _refuse_existing_run(run, resume, force)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 loss matmuls (B x B logits)
 
@@ -70,6 +70,8 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     place = placer(t.placement, device, reserve)
     train_set, val_set = load_split(emb_dir, t.pooling, t.val_fraction, t.num_patch_tokens,
                                     place_train=place, place_val=place)
+    _prepare_run_dir(run, resume, force)  # after the data passed its checks: a damaged set
+    # leaves no empty run directory, and --force keeps the old run
     if pcfg.standardize:
         mean, std = _feature_stats(train_set.x)
         model.input_norm.mean.copy_(mean)
@@ -88,22 +90,22 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     fingerprint = _fingerprint(cfg, emb_dir, len(train_set), len(val_set))
     start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
     if resume:
-        start_epoch, best = load_state(run_dir, fingerprint, model, loss_fn, opt, sched, ema)
+        start_epoch, best = load_state(run, fingerprint, model, loss_fn, opt, sched, ema)
         if start_epoch >= t.epochs:
             log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
-                     "resume (--force starts it over)", run_dir, t.epochs, best["epoch"])
-            return run_dir
+                     "resume (--force starts it over)", run, t.epochs, best["epoch"])
+            return run.path
     if start_epoch == 0:
-        write_resolved(cfg, run_dir)
+        run.write_config(cfg, trained_on(emb_dir, tag, t.dataset))
     log.info("training %s projector (%.1fM params) on %d pairs (%s), validating on %d, %s/%s",
              pcfg.kind, count_parameters(model) / 1e6, len(train_set), train_set.x.device,
              len(val_set), device, dtype)
 
-    metrics = open(run_dir / "metrics.jsonl", "a")
+    metrics = open(run.metrics, "a")
     for epoch in range(start_epoch, t.epochs):
         model.train()
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        bar = tqdm(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = progress(feed.epoch(epoch), total=len(feed), desc=f"epoch {epoch + 1}/{t.epochs}",
                    unit="step")
         t0 = time.perf_counter()
         for i, (x, img, txt) in enumerate(bar):
@@ -120,10 +122,10 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
                 ema.update()
             nonfinite |= ~torch.isfinite(loss)  # stays on device: no sync per step
             if i % t.log_every == 0 or i == len(feed) - 1:  # the only syncs in the loop
-                _stop_if_nonfinite(nonfinite, epoch, i, run_dir)
+                _stop_if_nonfinite(nonfinite, epoch, i, run)
                 rate = (i + 1) * t.batch_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:,.0f}")
-                _log(metrics, {"kind": "step", "epoch": epoch + 1,
+                run.append_metrics(metrics, {"kind": "step", "epoch": epoch + 1,
                                "step": epoch * len(feed) + i + 1, "loss": loss.item(),
                                "lr": sched.get_last_lr()[0],
                                **{f"loss_{k}": v.item() for k, v in parts.items()}})
@@ -138,31 +140,31 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         record = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(feed),
                   "train_loss": loss.item(), "train_seconds": seconds,
                   "train_samples_per_s": len(train_set) / seconds, **val}
-        save_weights(eval_model, run_dir / "checkpoints" / f"epoch_{epoch + 1:03d}.safetensors")
+        save_weights(eval_model, run.checkpoint(epoch + 1))
         score = select_sign * val[t.select_metric]
         if best["epoch"] < 0 or score > best["score"]:  # a nan score never beats a real one
             best = {"epoch": epoch + 1, "score": score}
-            unwrap(eval_model).save_pretrained(run_dir)
+            unwrap(eval_model).save_pretrained(run.path)
         record["best_epoch"] = best["epoch"]
-        _log(metrics, record)
-        draw_curves(run_dir)
-        save_state(run_dir, epoch + 1, best, fingerprint, model, loss_fn, opt, sched, ema)
+        run.append_metrics(metrics, record)
+        draw_curves(run)
+        save_state(run, epoch + 1, best, fingerprint, model, loss_fn, opt, sched, ema)
         log.info("epoch %d (%.0f samples/s): %s", epoch + 1, record["train_samples_per_s"],
                  ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
     metrics.close()
     log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
              t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
-             run_dir)
-    return run_dir
+             run)
+    return run.path
 
 
-def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
+def _stop_if_nonfinite(nonfinite: torch.Tensor, epoch: int, step: int, run: RunDir) -> None:
     if nonfinite.item():
-        kept = sorted((run_dir / "checkpoints").glob("epoch_*.safetensors"))
-        where = f"checkpoints/{kept[-1].name}" if kept else "no checkpoint yet"
+        kept = run.checkpoint_epochs()
+        where = str(kept[-1][1].relative_to(run.path)) if kept else "no checkpoint yet"
         raise FloatingPointError(
             f"the loss became nan or inf in epoch {epoch + 1} (by step {step + 1}); stopped "
-            f"without saving this epoch. Last good weights: {where} in {run_dir}; try a lower "
+            f"without saving this epoch. Last good weights: {where} in {run}; try a lower "
             "train.lr or train.grad_clip")
 
 
@@ -196,27 +198,9 @@ def _check_dims(cfg: Config, emb_dir: Path) -> None:
             f"is {d_clip}-d")
 
 
-def _check_options(cfg: Config) -> float:
-    """+1 if a higher select_metric is better, -1 for the val loss; unknown names fail now."""
-    t = cfg.train
-    if t.pooling not in POOLINGS:
-        raise ConfigError(f"train.pooling: unknown {t.pooling!r} (known: {', '.join(POOLINGS)})")
-    if t.scheduler not in SCHEDULERS:
-        raise ConfigError(f"train.scheduler: unknown {t.scheduler!r} (known: "
-                          f"{', '.join(SCHEDULERS)})")
-    if t.placement not in PLACEMENTS:
-        raise ConfigError(f"train.placement: unknown {t.placement!r} (known: "
-                          f"{', '.join(PLACEMENTS)})")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    known = V.metric_names(with_evalset=bool(t.val_evalset))
-    if t.select_metric not in known:
-        raise ConfigError(f"train.select_metric: unknown {t.select_metric!r} (known: "
-                          f"{', '.join(known)})")
-    if t.val_evalset and t.val_evalset in cfg.eval.sets:
-        raise ConfigError(f"train.val_evalset {t.val_evalset!r} is also in eval.sets: model "
-                          "selection must not see a test set")
-    return -1.0 if t.select_metric == "val_loss" else 1.0
+def _select_sign(select_metric: str) -> float:
+    """+1 if a higher select_metric is better, -1 for the val loss."""
+    return -1.0 if select_metric == "val_loss" else 1.0
 
 
 def _load_evalset(cfg: Config, tag: str):
@@ -224,7 +208,7 @@ def _load_evalset(cfg: Config, tag: str):
     name = cfg.train.val_evalset
     if not name:
         return None
-    emb_dir = cfg.root / "embeddings" / name / tag
+    emb_dir = embeddings_dir(cfg.root, name, tag)
     pairs = load_eval_pairs(emb_dir, cfg.train.pooling, cfg.train.num_patch_tokens)
     p = cfg.train.projector
     if (pairs.x.shape[1], pairs.clip_image.shape[1]) != (p.in_dim, p.out_dim):
@@ -263,15 +247,29 @@ def _fingerprint(cfg: Config, emb_dir: Path, n_train: int, n_val: int) -> dict:
     }
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
-        raise ConfigError(f"run directory {run_dir} exists; pass --resume to continue it or "
+def _refuse_existing_run(run: RunDir, resume: bool, force: bool) -> None:
+    path = run.path
+    if path.exists() and any(path.iterdir()) and not (resume or force):
+        raise ConfigError(f"run directory {path} exists; pass --resume to continue it or "
                           "--force to start over")
-    if force and run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (run_dir, run_dir / "checkpoints"):  # what a killed run was writing
+
+
+def _prepare_run_dir(run: RunDir, resume: bool, force: bool) -> None:
+    _refuse_existing_run(run, resume, force)
+    path = run.path
+    if force and path.exists() and not resume:
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in (path, run.checkpoints):  # what a killed run was writing
         remove_dead_temps(folder)
+
+
+def trained_on(emb_dir: Path, tag: str, dataset: str) -> TrainedOn:
+    """What the run records of its embeddings: the tag, and the identity of the models that
+    made them (the set's plan: model names, weights, preprocessing), for every later user."""
+    plan = EmbeddingSet(emb_dir).read_plan() or {}
+    return TrainedOn(tag=tag, dataset=dataset, models_hash=str(plan.get("models_hash", "")),
+                     models=dict(plan.get("models") or {}))
 
 
 def _scheduler(opt, kind: str, lr: float, total_steps: int, warmup_fraction: float):
@@ -287,11 +285,7 @@ def _scheduler(opt, kind: str, lr: float, total_steps: int, warmup_fraction: flo
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / decay)))
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    raise ConfigError(f"train.scheduler: unknown {kind!r} (known: {', '.join(SCHEDULERS)})")
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # "constant"
 
 
-def _log(fh, record: dict) -> None:
-    fh.write(json.dumps(record) + "\n")
-    fh.flush()
+

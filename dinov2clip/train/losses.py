@@ -83,6 +83,27 @@ LOSSES = {
 }
 
 
+# What each loss is called where a person reads it (a plot's title, a report).
+LABELS = {
+    "unit_mse": "unit-norm MSE",
+    "cosine": "cosine distance",
+    "cos_smoothl1": "0.9 cosine + 0.1 smooth-L1",
+    "text_infonce": "text InfoNCE",
+    "image_infonce": "image InfoNCE",
+    "retrieval_kd": "retrieval KD",
+}
+
+
+def describe(weights: dict[str, float]) -> str:
+    """train.loss in words, e.g. "unit-norm MSE + 0.2 x text InfoNCE" (a weight of 1 unsaid)."""
+    def term(name: str, w: float) -> str:
+        label = LABELS.get(name, name)
+        label = f"({label})" if "+" in label and w != 1 else label
+        return label if w == 1 else f"{w:g} x {label}"
+
+    return " + ".join(term(name, w) for name, w in weights.items())
+
+
 class WeightedLoss(nn.Module):
     def __init__(self, weights: dict[str, float]):
         super().__init__()

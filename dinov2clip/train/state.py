@@ -9,21 +9,17 @@ are bitwise those of an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from dinov2clip.config import ConfigError
-from dinov2clip.io_utils import atomic_write, atomic_write_text
+from dinov2clip.io_utils import atomic_write
 from dinov2clip.models.projector import unwrap
+from dinov2clip.store import RunDir
 
 log = logging.getLogger(__name__)
-
-STATE = "train_state.pt"
-
 
 class EMA:
     """An exponential moving average of the weights: ema += (1 - decay) * (weights - ema)."""
@@ -44,7 +40,7 @@ def fingerprint_diff(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
-def save_state(run_dir: Path, epoch: int, best: dict, fingerprint: dict, model, loss_fn, opt,
+def save_state(run: RunDir, epoch: int, best: dict, fingerprint: dict, model, loss_fn, opt,
                sched, ema: EMA | None) -> None:
     state = {"epoch": epoch, "best": best, "fingerprint": fingerprint,
              "model": unwrap(model).state_dict(), "loss": loss_fn.state_dict(),
@@ -57,21 +53,21 @@ def save_state(run_dir: Path, epoch: int, best: dict, fingerprint: dict, model, 
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
 
-    atomic_write(run_dir / STATE, write)
+    atomic_write(run.state, write)
 
 
-def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
+def load_state(run: RunDir, fingerprint: dict, model, loss_fn, opt, sched,
                ema: EMA | None) -> tuple[int, dict]:
     """(last completed epoch, best so far); refuses a run whose architecture or data differ."""
-    path = run_dir / STATE
+    path = run.state
     if not path.exists():  # killed before the first epoch ended: start over in place
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        run.truncate_metrics(0)
         return 0, {"epoch": -1, "score": float("-inf")}
     # train_state.pt is written by this trainer for its own resume, never downloaded.
     state = torch.load(path, map_location="cpu", weights_only=False)
     differ = fingerprint_diff(state["fingerprint"], fingerprint)
     if differ:
-        raise ConfigError(f"cannot resume {run_dir}: this config changes its "
+        raise ConfigError(f"cannot resume {run}: this config changes its "
                           f"{_and(differ)} (use --force to start over, or a new "
                           "train.run)")
     unwrap(model).load_state_dict(state["model"], strict=True)
@@ -80,23 +76,10 @@ def load_state(run_dir: Path, fingerprint: dict, model, loss_fn, opt, sched,
     sched.load_state_dict(state["sched"])
     if ema is not None:
         ema.module.load_state_dict(state["ema"], strict=True)
-    truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    run.truncate_metrics(state["epoch"])
+    log.info("resuming %s after epoch %d", run, state["epoch"])
     return state["epoch"], state["best"]
 
 
 def _and(words: list[str]) -> str:
     return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
-
-
-def truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop lines logged after the last completed epoch, so a resumed log has no duplicates."""
-    if path.exists():
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["epoch"] <= epoch:
-                    keep.append(line)
-            except (ValueError, KeyError):  # a line cut short by the kill
-                continue
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))

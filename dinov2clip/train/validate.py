@@ -10,20 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dinov2clip.config import VAL_KS as KS
 from dinov2clip.device import autocast
 from dinov2clip.retrieval import percent_of, recall_at_k
 from dinov2clip.store import EvalPairs, Split
-
-KS = [1, 5]
-RECALLS = [f"{d}_R@{k}" for d in ("t2i", "i2t") for k in KS]
-
-
-def metric_names(with_evalset: bool) -> list[str]:
-    """Every per-epoch metric train.select_metric may name."""
-    names = ["val_loss", "val_cosine", "val_pct_clip", *(f"val_{r}" for r in RECALLS)]
-    if with_evalset:
-        names += ["evalset_pct_clip", *(f"evalset_{r}" for r in RECALLS)]
-    return names
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from dinov2clip.config import ConfigError
 from dinov2clip.io_utils import atomic_write_json, atomic_write_text
 from dinov2clip.models.projector import save_tensors
+from dinov2clip.store import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,22 @@ def parse_epochs(spec: str, available: list[int]) -> list[int]:
     return epochs
 
 
-def saved_epochs(run_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("_")[1]) for p in
-                  (run_dir / "checkpoints").glob("epoch_*.safetensors"))
-
-
-def average_run(run_dir: Path, spec: str) -> Path:
-    """Write the averaged run next to run_dir; returns its directory."""
-    if not (run_dir / "projector.json").is_file():
-        raise ConfigError(f"no trained run at {run_dir} (projector.json missing)")
-    epochs = parse_epochs(spec, saved_epochs(run_dir))
-    states = [load_file(str(run_dir / "checkpoints" / f"epoch_{e:03d}.safetensors"))
-              for e in epochs]
+def average_run(run: RunDir, spec: str) -> Path:
+    """Write the averaged run next to run; returns its directory."""
+    if not run.projector_config.is_file():
+        raise ConfigError(f"no trained run at {run} ({run.projector_config.name} missing)")
+    saved = dict(run.checkpoint_epochs())
+    epochs = parse_epochs(spec, sorted(saved))
+    states = [load_file(str(saved[e])) for e in epochs]
     mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype).contiguous()
             for k, v in states[0].items()}
     label = spec.replace(":", "").replace(",", "-")
-    out = run_dir.parent / f"{run_dir.name}-avg-{label}"
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("projector.json", "config.json"):  # copies, atomic as every other write
-        atomic_write_text(out / name, (run_dir / name).read_text())
-    save_tensors(mean, out / "model.safetensors")
-    atomic_write_json(out / "average.json", {"source_run": str(run_dir), "epochs": epochs})
-    log.info("averaged epochs %s of %s into %s", epochs, run_dir, out)
-    return out
+    out = RunDir(run.path.parent / f"{run.name}-avg-{label}")
+    out.path.mkdir(parents=True, exist_ok=True)
+    # copies, atomic as every other write: the averaged run was trained on the same embeddings
+    for src, dst in ((run.projector_config, out.projector_config), (run.config, out.config)):
+        atomic_write_text(dst, src.read_text())
+    save_tensors(mean, out.weights)
+    atomic_write_json(out.average_record, {"source_run": str(run), "epochs": epochs})
+    log.info("averaged epochs %s of %s into %s", epochs, run, out)
+    return out.path
