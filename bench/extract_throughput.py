@@ -8,7 +8,15 @@
 Both read the same local shards (photo-like JPEGs, shortest side 256 px as img2dataset writes
 them) with tiny models, so the data path dominates. Runs alternate; medians are reported.
 
+--real-size is the CPU user's case instead: random dinov2-base + open_clip ViT-B-16 built from
+their configs (no download; speed does not depend on weight values), where the models dominate.
+Side by side, alternating, it times (a) the stage with the cores split by cpu_threads, (b) the
+stage with the old split (a core left to each worker), (c) the models alone on ready batches on
+the stage's threads, the ceiling; the stage should come within 15 % of (c). A few minutes on 2
+cores.
+
     .venv/bin/python bench/extract_throughput.py   # -> bench/results/extract_throughput.json
+    .venv/bin/python bench/extract_throughput.py --real-size  # -> ..._real_cpu.json
 """
 
 from __future__ import annotations
@@ -30,16 +38,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dinov2clip import cpu_threads
 from dinov2clip.config import ExtractConfig
 from dinov2clip.data.tiny_models import build_tiny_dinov2
 from dinov2clip.extract.dataset import ShardJob
 from dinov2clip.extract.mapper import Mapper
 from dinov2clip.extract.runner import PhaseTimer, extract_shards
 from dinov2clip.formats.webdataset import read_shard
+from dinov2clip.io_utils import follow_umask
 from dinov2clip.models.loaders import load_clip, load_dino
 from dinov2clip.store.writer import ShardWriter
 
 RESULTS = Path(__file__).parent / "results" / "extract_throughput.json"
+RESULTS_REAL = RESULTS.with_name("extract_throughput_real_cpu.json")
 
 
 def photo_jpeg(rng: np.random.Generator) -> bytes:
@@ -90,6 +101,7 @@ def build_tinier_clip(out: Path) -> tuple[Path, Path]:
     model = open_clip.create_model("bench-clip")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(out / "model.safetensors"))
+    follow_umask(out / "model.safetensors")  # save_file ignores the umask
     return config, out / "model.safetensors"
 
 
@@ -156,17 +168,127 @@ def agreement(stage_dir: Path, base_dir: Path, n_shards: int) -> dict:
     return out
 
 
+def towers(mapper: Mapper) -> list[tuple[int, int]]:
+    return [cpu_threads.dino_tower(mapper.dino, mapper.dino_spec.crop),
+            *cpu_threads.clip_towers(mapper.clip, mapper.clip_spec.crop)]
+
+
+def stage_threads(mapper: Mapper, workers: int) -> int:
+    """The torch threads extract_shards gives these models on this CPU."""
+    with cpu_threads.threads_for_models(torch.device("cpu"), workers, towers(mapper)) as n:
+        return n
+
+
+def old_split(cores: int, num_workers: int, model_core_s: float) -> int:
+    """The split before cpu_threads: a core left to each decoding worker, whatever it costs."""
+    return max(1, cores - num_workers) if num_workers else cores
+
+
+def models_only_rate(mapper: Mapper, tokenizer, batch: int, steps: int) -> float:
+    """Both towers on ready uint8 batches on this process's threads, nothing else: the ceiling."""
+    g = torch.Generator().manual_seed(0)
+    d, c = mapper.dino_spec.crop, mapper.clip_spec.crop
+    dino = torch.randint(0, 256, (batch, d, d, 3), dtype=torch.uint8, generator=g)
+    clip = torch.randint(0, 256, (batch, c, c, 3), dtype=torch.uint8, generator=g)
+    tokens = tokenizer([f"a photo of thing number {i} with 3 colours" for i in range(batch)])
+    t = time.perf_counter()
+    for _ in range(steps):
+        mapper(dino, clip, tokens)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def real_size_row(args) -> dict:
+    """(a) the stage, (b) the stage with the old split, (c) the models alone; alternating."""
+    from gpu_check import build_models  # here, not at the top: gpu_check imports this module
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-real-"))
+    paths = make_shards(tmp / "shards", args.shards, args.per_shard)
+    models = build_models(tmp / "models", smoke=False)
+    cpu = torch.device("cpu")
+    dino, dino_spec = load_dino(models["dino"], cpu)
+    clip, tokenizer, clip_spec = load_clip(models["clip"], models["clip_pretrained"], cpu)
+    mapper = Mapper(dino, dino_spec, clip, clip_spec, cpu, torch.float32)
+    e = replace(ExtractConfig(), batch_size=args.batch, num_workers=args.workers, device="cpu")
+    n, steps = args.shards * args.per_shard, -(-args.shards * args.per_shard // args.batch)
+    threads = stage_threads(mapper, args.workers)
+    with cpu_threads.threads_for_models(cpu, args.workers, towers(mapper)):
+        models_only_rate(mapper, tokenizer, args.batch, 1)  # warm-up, unmeasured
+    run_stage(paths[:1], mapper, tokenizer, e, tmp / "warm")
+    rates: dict[str, list[float]] = {"stage": [], "stage_old_split": [], "models_only": []}
+    phases: dict[str, list[dict]] = {"stage": [], "stage_old_split": []}
+
+    def stage(r: int) -> None:
+        seconds, timing = run_stage(paths, mapper, tokenizer, e, tmp / f"stage{r}")
+        rates["stage"].append(n / seconds)
+        phases["stage"].append(timing)
+
+    def stage_old_split(r: int) -> None:
+        split, cpu_threads.model_threads = cpu_threads.model_threads, old_split
+        try:
+            seconds, timing = run_stage(paths, mapper, tokenizer, e, tmp / f"old{r}")
+        finally:
+            cpu_threads.model_threads = split
+        rates["stage_old_split"].append(n / seconds)
+        phases["stage_old_split"].append(timing)
+
+    def models_only(r: int) -> None:
+        with cpu_threads.threads_for_models(cpu, args.workers, towers(mapper)):
+            rates["models_only"].append(models_only_rate(mapper, tokenizer, args.batch, steps))
+
+    order = [stage, stage_old_split, models_only]
+    for r in range(args.repeats):  # rotate the order, so drifting load hits each alike
+        for measure in order[r % 3:] + order[:r % 3]:
+            measure(r)
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in rates.items()),
+              flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "models": models["what"] + ", fp32",
+        "model_core_seconds_per_image_estimate": round(
+            cpu_threads.model_core_seconds(towers(mapper)), 3),
+        "torch_threads": {"stage": threads, "stage_old_split": old_split(
+            cpu_threads.available_cores(), args.workers, 0), "models_only": threads},
+        "images_per_run": n, "shards": args.shards, "batch_size": args.batch,
+        "num_workers": args.workers, "repeats": args.repeats,
+        "images_per_s": {k: [round(x, 3) for x in v] for k, v in rates.items()},
+        "median_images_per_s": {k: round(v, 3) for k, v in med.items()},
+        "stage_over_models_only": round(med["stage"] / med["models_only"], 3),
+        "old_split_over_models_only": round(med["stage_old_split"] / med["models_only"], 3),
+        "median_of_paired_ratios_stage_over_models_only": round(statistics.median(
+            a / b for a, b in zip(rates["stage"], rates["models_only"], strict=True)), 3),
+        "phase_seconds": phases,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--per-shard", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--real-size", action="store_true",
+                    help="dinov2-base + ViT-B-16 on the CPU: the stage against the models alone")
+    ap.add_argument("--shards", type=int, default=None, help="default: 4, --real-size 2")
+    ap.add_argument("--per-shard", type=int, default=None, help="default: 256, --real-size 12")
+    ap.add_argument("--repeats", type=int, default=None, help="default: 5, --real-size 3")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="default: 64, --real-size 8")
     ap.add_argument("--baseline-threads", type=int, default=0, help="0: torch's default")
-    ap.add_argument("--machine", default=f"cpu: {os.cpu_count()} cores, shared with other jobs")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--machine", default=None, help="default: the CPU's name and cores")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    defaults = (2, 12, 3, 8, RESULTS_REAL) if args.real_size else (4, 256, 5, 64, RESULTS)
+    for key, value in zip(("shards", "per_shard", "repeats", "batch", "out"), defaults,
+                          strict=True):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.machine = args.machine or (f"{cpu_name()}, {cpu_threads.available_cores()} cores "
+                                    "(load average at start and end below)")
+    if args.real_size:
+        return write_real_size(args)
     load_at_start = os.getloadavg()[0]
 
     import open_clip
@@ -217,8 +339,7 @@ def main() -> None:
                                                round(os.getloadavg()[0], 2)],
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "torch_threads_stage_main": max(1, min(torch.get_num_threads(),
-                                               (os.cpu_count() or 1) - args.workers)),
+        "torch_threads_stage_main": stage_threads(mapper, args.workers),
         "torch_threads_baseline": args.baseline_threads or torch.get_num_threads(),
         "models": "random DINOv2 (16-d, 1 layer, 224 px, 256 patches) + open_clip ViT "
                   "(32-d, 1 layer, 224 px) and text tower (32-d, 1 layer)",
@@ -241,6 +362,19 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in (
         "median_stage_images_per_s", "median_baseline_images_per_s", "ratio_of_medians",
         "median_of_paired_ratios", "min_cosine_stage_vs_baseline")}))
+
+
+def write_real_size(args) -> None:
+    load_at_start = os.getloadavg()[0]
+    row = real_size_row(args)
+    result = {"benchmark": "extract_throughput --real-size", "machine": args.machine,
+              "load_average_1min_at_start_and_end": [round(load_at_start, 2),
+                                                     round(os.getloadavg()[0], 2)],
+              "platform": platform.platform(), "torch": torch.__version__, **row}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("median_images_per_s", "stage_over_models_only",
+                                             "old_split_over_models_only")}))
 
 
 if __name__ == "__main__":
