@@ -12,8 +12,10 @@ them) with tiny models, so the data path dominates. Runs alternate; medians are 
 their configs (no download; speed does not depend on weight values), where the models dominate.
 Side by side, alternating, it times (a) the stage with the cores split by cpu_threads, (b) the
 stage with the old split (a core left to each worker), (c) the models alone on ready batches on
-the stage's threads, the ceiling; the stage should come within 15 % of (c). A few minutes on 2
-cores.
+the stage's threads, the ceiling; the stage should come within 15 % of (c). Each measurement
+also records how many cores other processes kept busy meanwhile, and medians are given over all
+repeats and over the quiet ones: on a shared machine a repeat that ran beside other work says
+little. A few minutes on 2 cores.
 
     .venv/bin/python bench/extract_throughput.py   # -> bench/results/extract_throughput.json
     .venv/bin/python bench/extract_throughput.py --real-size  # -> ..._real_cpu.json
@@ -204,67 +206,97 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def real_size_row(args) -> dict:
-    """(a) the stage, (b) the stage with the old split, (c) the models alone; alternating."""
+def machine_busy() -> tuple[float, float, float]:
+    """(core-seconds the whole machine has been busy, ours with our reaped children, wall)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # less idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), cpu_seconds(), time.perf_counter()
+
+
+def others_cores(before: tuple[float, float, float]) -> float:
+    """Cores other processes kept busy since before (machine_busy()): on a shared machine, which
+    repeats ran alone."""
+    busy, own, wall = (now - then for now, then in zip(machine_busy(), before, strict=True))
+    return max(0.0, (busy - own) / wall)
+
+
+def real_size_models(tmp: Path) -> tuple[Mapper, object, str]:
     from gpu_check import build_models  # here, not at the top: gpu_check imports this module
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-real-"))
-    paths = make_shards(tmp / "shards", args.shards, args.per_shard)
     models = build_models(tmp / "models", smoke=False)
     cpu = torch.device("cpu")
     dino, dino_spec = load_dino(models["dino"], cpu)
     clip, tokenizer, clip_spec = load_clip(models["clip"], models["clip_pretrained"], cpu)
-    mapper = Mapper(dino, dino_spec, clip, clip_spec, cpu, torch.float32)
+    return Mapper(dino, dino_spec, clip, clip_spec, cpu, torch.float32), tokenizer, models["what"]
+
+
+def real_size_row(args) -> dict:
+    """(a) the stage, (b) the stage with the old split, (c) the models alone; alternating."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-real-"))
+    paths = make_shards(tmp / "shards", args.shards, args.per_shard)
+    mapper, tokenizer, what = real_size_models(tmp)
+    cpu = torch.device("cpu")
     e = replace(ExtractConfig(), batch_size=args.batch, num_workers=args.workers, device="cpu")
     n, steps = args.shards * args.per_shard, -(-args.shards * args.per_shard // args.batch)
-    threads = stage_threads(mapper, args.workers)
-    with cpu_threads.threads_for_models(cpu, args.workers, towers(mapper)):
-        models_only_rate(mapper, tokenizer, args.batch, 1)  # warm-up, unmeasured
-    run_stage(paths[:1], mapper, tokenizer, e, tmp / "warm")
-    rates: dict[str, list[float]] = {"stage": [], "stage_old_split": [], "models_only": []}
-    phases: dict[str, list[dict]] = {"stage": [], "stage_old_split": []}
 
-    def stage(r: int) -> None:
-        seconds, timing = run_stage(paths, mapper, tokenizer, e, tmp / f"stage{r}")
-        rates["stage"].append(n / seconds)
-        phases["stage"].append(timing)
-
-    def stage_old_split(r: int) -> None:
-        split, cpu_threads.model_threads = cpu_threads.model_threads, old_split
-        try:
-            seconds, timing = run_stage(paths, mapper, tokenizer, e, tmp / f"old{r}")
-        finally:
-            cpu_threads.model_threads = split
-        rates["stage_old_split"].append(n / seconds)
-        phases["stage_old_split"].append(timing)
-
-    def models_only(r: int) -> None:
+    def models_only() -> float:
         with cpu_threads.threads_for_models(cpu, args.workers, towers(mapper)):
-            rates["models_only"].append(models_only_rate(mapper, tokenizer, args.batch, steps))
+            return models_only_rate(mapper, tokenizer, args.batch, steps)
 
-    order = [stage, stage_old_split, models_only]
+    def stage(r: int, split) -> float:
+        saved, cpu_threads.model_threads = cpu_threads.model_threads, split
+        try:
+            seconds, timing = run_stage(paths, mapper, tokenizer, e, tmp / f"{split.__name__}{r}")
+        finally:
+            cpu_threads.model_threads = saved
+        phases[split.__name__].append(timing)
+        return n / seconds
+
+    runs = {"stage": lambda r: stage(r, cpu_threads.model_threads),
+            "stage_old_split": lambda r: stage(r, old_split),
+            "models_only": lambda r: models_only()}
+    phases = {"model_threads": [], "old_split": []}
+    rates, others = {k: [] for k in runs}, {k: [] for k in runs}
+    models_only_rate(mapper, tokenizer, args.batch, 1)  # warm-ups, unmeasured
+    run_stage(paths[:1], mapper, tokenizer, e, tmp / "warm")
+    names = list(runs)
     for r in range(args.repeats):  # rotate the order, so drifting load hits each alike
-        for measure in order[r % 3:] + order[:r % 3]:
-            measure(r)
-        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in rates.items()),
-              flush=True)
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    return {
-        "models": models["what"] + ", fp32",
-        "model_core_seconds_per_image_estimate": round(
-            cpu_threads.model_core_seconds(towers(mapper)), 3),
-        "torch_threads": {"stage": threads, "stage_old_split": old_split(
-            cpu_threads.available_cores(), args.workers, 0), "models_only": threads},
-        "images_per_run": n, "shards": args.shards, "batch_size": args.batch,
-        "num_workers": args.workers, "repeats": args.repeats,
-        "images_per_s": {k: [round(x, 3) for x in v] for k, v in rates.items()},
-        "median_images_per_s": {k: round(v, 3) for k, v in med.items()},
-        "stage_over_models_only": round(med["stage"] / med["models_only"], 3),
-        "old_split_over_models_only": round(med["stage_old_split"] / med["models_only"], 3),
-        "median_of_paired_ratios_stage_over_models_only": round(statistics.median(
-            a / b for a, b in zip(rates["stage"], rates["models_only"], strict=True)), 3),
-        "phase_seconds": phases,
-    }
+        for name in names[r % 3:] + names[:r % 3]:
+            before = machine_busy()
+            rates[name].append(runs[name](r))
+            others[name].append(others_cores(before))
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in rates.items())
+              + f"; other processes {max(o[-1] for o in others.values()):.2f} cores", flush=True)
+    return {"models": what + ", fp32",
+            "model_core_seconds_per_image_estimate": round(
+                cpu_threads.model_core_seconds(towers(mapper)), 3),
+            "torch_threads": {"stage": stage_threads(mapper, args.workers), "stage_old_split":
+                              old_split(cpu_threads.available_cores(), args.workers, 0),
+                              "models_only": stage_threads(mapper, args.workers)},
+            "images_per_run": n, "shards": args.shards, "batch_size": args.batch,
+            "num_workers": args.workers, "repeats": args.repeats,
+            **summary(rates, others), "stage_phase_seconds": phases}
+
+
+QUIET = 0.15  # other processes' cores under which a repeat counts as run alone
+
+
+def summary(rates: dict, others: dict) -> dict:
+    """Medians over all repeats, and over the quiet ones (no measurement of the repeat shared
+    the machine with more than QUIET cores of other work), each with the two ratios."""
+    quiet = [r for r in range(len(rates["stage"])) if max(o[r] for o in others.values()) < QUIET]
+    out = {"images_per_s": {k: [round(x, 3) for x in v] for k, v in rates.items()},
+           "other_processes_cores": {k: [round(x, 2) for x in v] for k, v in others.items()},
+           "quiet_repeats": quiet}
+    for label, keep in (("all", range(len(rates["stage"]))), ("quiet", quiet)):
+        if not keep:
+            continue
+        med = {k: statistics.median(v[r] for r in keep) for k, v in rates.items()}
+        out[f"median_images_per_s_{label}"] = {k: round(v, 3) for k, v in med.items()}
+        out[f"stage_over_models_only_{label}"] = round(med["stage"] / med["models_only"], 3)
+        out[f"old_split_over_models_only_{label}"] = round(
+            med["stage_old_split"] / med["models_only"], 3)
+    return out
 
 
 def main() -> None:
@@ -373,8 +405,8 @@ def write_real_size(args) -> None:
               "platform": platform.platform(), "torch": torch.__version__, **row}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_images_per_s", "stage_over_models_only",
-                                             "old_split_over_models_only")}))
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("median", "stage_over",
+                                                                      "old_split_over"))}))
 
 
 if __name__ == "__main__":
