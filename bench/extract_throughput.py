@@ -15,10 +15,11 @@ stage with the old split (a core left to each worker), (c) the models alone on r
 the stage's threads, the ceiling; the stage should come within 15 % of (c). Each measurement
 also records how many cores other processes kept busy meanwhile, and medians are given over all
 repeats and over the quiet ones: on a shared machine a repeat that ran beside other work says
-little. A few minutes on 2 cores.
+little (--max-repeats goes on until --repeats of them ran alone). A few minutes on 2 cores.
 
     .venv/bin/python bench/extract_throughput.py   # -> bench/results/extract_throughput.json
     .venv/bin/python bench/extract_throughput.py --real-size  # -> ..._real_cpu.json
+    .venv/bin/python bench/extract_throughput.py --real-size --max-repeats 12  # a shared machine
 """
 
 from __future__ import annotations
@@ -259,14 +260,15 @@ def real_size_row(args) -> dict:
     rates, others = {k: [] for k in runs}, {k: [] for k in runs}
     models_only_rate(mapper, tokenizer, args.batch, 1)  # warm-ups, unmeasured
     run_stage(paths[:1], mapper, tokenizer, e, tmp / "warm")
-    names = list(runs)
-    for r in range(args.repeats):  # rotate the order, so drifting load hits each alike
-        for name in names[r % 3:] + names[:r % 3]:
+    names, r = list(runs), 0
+    while r < args.repeats or (r < args.max_repeats and len(quiet_repeats(others)) < args.repeats):
+        for name in names[r % 3:] + names[:r % 3]:  # rotated: drifting load hits each alike
             before = machine_busy()
             rates[name].append(runs[name](r))
             others[name].append(others_cores(before))
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in rates.items())
               + f"; other processes {max(o[-1] for o in others.values()):.2f} cores", flush=True)
+        r += 1
     return {"models": what + ", fp32",
             "model_core_seconds_per_image_estimate": round(
                 cpu_threads.model_core_seconds(towers(mapper)), 3),
@@ -274,17 +276,21 @@ def real_size_row(args) -> dict:
                               old_split(cpu_threads.available_cores(), args.workers, 0),
                               "models_only": stage_threads(mapper, args.workers)},
             "images_per_run": n, "shards": args.shards, "batch_size": args.batch,
-            "num_workers": args.workers, "repeats": args.repeats,
+            "num_workers": args.workers, "repeats": len(rates["stage"]),
             **summary(rates, others), "stage_phase_seconds": phases}
 
 
 QUIET = 0.15  # other processes' cores under which a repeat counts as run alone
 
 
+def quiet_repeats(others: dict) -> list[int]:
+    return [r for r in range(len(others["stage"])) if max(o[r] for o in others.values()) < QUIET]
+
+
 def summary(rates: dict, others: dict) -> dict:
     """Medians over all repeats, and over the quiet ones (no measurement of the repeat shared
     the machine with more than QUIET cores of other work), each with the two ratios."""
-    quiet = [r for r in range(len(rates["stage"])) if max(o[r] for o in others.values()) < QUIET]
+    quiet = quiet_repeats(others)
     out = {"images_per_s": {k: [round(x, 3) for x in v] for k, v in rates.items()},
            "other_processes_cores": {k: [round(x, 2) for x in v] for k, v in others.items()},
            "quiet_repeats": quiet}
@@ -306,6 +312,9 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=None, help="default: 4, --real-size 2")
     ap.add_argument("--per-shard", type=int, default=None, help="default: 256, --real-size 12")
     ap.add_argument("--repeats", type=int, default=None, help="default: 5, --real-size 3")
+    ap.add_argument("--max-repeats", type=int, default=0,
+                    help="--real-size: repeat up to this many times until --repeats ran alone "
+                         "(on a shared machine); default: --repeats")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None, help="default: 64, --real-size 8")
     ap.add_argument("--baseline-threads", type=int, default=0, help="0: torch's default")
@@ -317,6 +326,7 @@ def main() -> None:
                           strict=True):
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.max_repeats = max(args.max_repeats, args.repeats)
     args.machine = args.machine or (f"{cpu_name()}, {cpu_threads.available_cores()} cores "
                                     "(load average at start and end below)")
     if args.real_size:
