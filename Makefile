@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PIPELINE = $(UV) run --frozen pipeline
 .DEFAULT_GOAL := help
 
-.PHONY: help setup demo test test-fast lint data extract train eval all clean
+.PHONY: help setup demo test test-fast test-deps lint data extract train eval all clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -21,11 +21,18 @@ demo: setup clean ## Run the whole pipeline offline on tiny random models and sy
 	@# From a clean artifacts/demo: a set left by an older version would be refused as mixed.
 	$(PIPELINE) run --stage all --config configs/demo.toml --force
 
-test: setup lint ## Lint, then run the whole test suite (what CI runs)
+test: setup test-deps lint ## Lint, then run the whole test suite (what CI runs)
 	$(UV) run --frozen pytest -q
 
-test-fast: setup lint ## Lint, then all but the slow tests (img2dataset, torchrun, kills): ~1 min
+test-fast: setup test-deps lint ## Lint, then all but the slow tests (img2dataset, torchrun, kills): ~1 min
 	$(UV) run --frozen pytest -q -m "not slow"
+
+# Java only for the whole suite: pyspark's test is a slow one. A prerequisite sees the variable
+# of the target that asked for it.
+TEST_TOOLS ?= chromium java
+test-fast: TEST_TOOLS = chromium
+test-deps: ## Install Debian's chromium and a Java runtime for the tests when missing (root or sudo)
+	@bash scripts/test-deps.sh $(TEST_TOOLS)
 
 lint: setup ## ruff check, and uv.lock in step with pyproject.toml
 	$(UV) run --frozen ruff check dinov2clip tests bench

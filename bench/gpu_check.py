@@ -54,6 +54,7 @@ from train_throughput import PROJECTORS, load_config_projector, peak_flops  # no
 
 from dinov2clip.config import ExtractConfig  # noqa: E402
 from dinov2clip.extract.mapper import Mapper  # noqa: E402
+from dinov2clip.io_utils import follow_umask  # noqa: E402
 from dinov2clip.models.loaders import load_clip, load_dino  # noqa: E402
 
 SIZES = {  # what each mode runs
@@ -92,6 +93,7 @@ def build_models(out: Path, smoke: bool) -> dict:
     clip = open_clip.create_model("ViT-B-16", pretrained=None)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()},
               str(out / "vit-b-16.safetensors"))
+    follow_umask(out)  # save_file and save_pretrained ignore the umask
     return {"dino": str(out / "dinov2-base"), "clip": "ViT-B-16",
             "clip_pretrained": str(out / "vit-b-16.safetensors"),
             "what": "random dinov2-base (86.6M) and open_clip ViT-B-16 (149.6M), real sizes"}

@@ -34,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise _naming(err, path) from None
     try:
         write(tmp)
+        follow_umask(tmp)  # write may be a library's, which can replace the temp (safetensors)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -55,6 +56,36 @@ def _create_temp(path: Path) -> str:
             return tmp
         except FileExistsError:  # 2^32 names per process: a clash is rare, but retry it
             continue
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file a library wrote, or every file under a folder it wrote, the mode open() gives:
+    0666 less the umask, so that a teammate can read what the umask lets them.
+
+    Not every library leaves that: safetensors 0.8's save_file (and save_pretrained through it)
+    writes a private temp and renames it in, which leaves 0600 whatever the umask.
+    """
+    path = Path(path)
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    mode = 0o666 & ~current_umask()
+    for file in files:
+        if not file.is_symlink():  # chmod would follow it, out of what was written
+            os.chmod(file, mode)
+
+
+def current_umask() -> int:
+    """The umask, read without setting it: os.umask only reads by setting, and a thread that
+    creates a file in that moment would get the wrong mode. Linux shows it in /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
 
 
 def remove_temps(folder: Path, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from tests.helpers import (  # noqa: F401
     start_cli,
     write_shape_classes,
 )
+
+# The demo run's umask: not the usual 022, so a file that ignores it (0600, or a fixed 0644)
+# shows in tests/test_demo_pipeline.py.
+DEMO_UMASK = 0o002
 
 # Every test runs torch on one thread: tiny CPU ops on a shared 2-core machine run several times
 # faster so, and match the subprocesses run with ONE_THREAD. (Modules still name it, from when
@@ -43,7 +48,8 @@ def demo_started(request, tmp_path_factory):
     artifacts = root / "artifacts"
     config = demo_config(root / "demo.toml", artifacts)
     log = root / "demo.log"  # what a user sees
-    proc = start_cli(log, "run", "--stage", "all", "--config", str(config), env=ONE_THREAD)
+    proc = start_cli(log, "run", "--stage", "all", "--config", str(config), env=ONE_THREAD,
+                     umask=DEMO_UMASK)
     yield config, artifacts, proc, log
     if proc.poll() is None:  # the session ended before a test waited for it
         proc.kill()
@@ -52,9 +58,14 @@ def demo_started(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(demo_started) -> tuple[Path, Path]:
-    """(config path, artifacts dir) after one `pipeline run --stage all` on the tiny config."""
+    """(config path, artifacts dir) after one `pipeline run --stage all` on the tiny config.
+    Beside the config, modes.json: the mode of every path under artifacts as the run left it,
+    before any test writes there with pytest's umask."""
     config, artifacts, proc, log = demo_started
     finish_cli(proc, log)
+    modes = {str(p.relative_to(artifacts)): p.lstat().st_mode & 0o777
+             for p in artifacts.rglob("*")}
+    (config.parent / "modes.json").write_text(json.dumps(modes))
     return config, artifacts
 
 

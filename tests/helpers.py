@@ -40,13 +40,15 @@ def run_cli(*args: str, cwd: Path = REPO, check: bool = True,
     return proc
 
 
-def start_cli(log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+def start_cli(log: Path, *args: str, env: dict | None = None,
+              umask: int = -1) -> subprocess.Popen:
     """The real entry point started in a subprocess, as run_cli runs it, without waiting; its
-    stdout and stderr go to LOG, interleaved as a terminal shows them. finish_cli waits."""
+    stdout and stderr go to LOG, interleaved as a terminal shows them. finish_cli waits.
+    UMASK, if given, is the subprocess's (-1: this process's)."""
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", "dinov2clip.pipeline", *args], cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, umask=umask)
 
 
 def finish_cli(proc: subprocess.Popen, log: Path) -> str:

@@ -1,10 +1,17 @@
 """The real entry point, end to end, on the tiny demo config: every artifact DESIGN.md names."""
 
 import json
+import os
 import re
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from dinov2clip.compare import compare
+from dinov2clip.config import UseOptions
+from dinov2clip.index import build_index, search
+from tests.conftest import DEMO_UMASK
+from tests.helpers import write_shape_classes
 
 
 def test_the_log_has_no_library_noise_users_cannot_act_on(demo_run):
@@ -115,3 +122,43 @@ def test_eval_writes_results_report_and_chart(demo_run):
     assert "## Zero-shot classification" in report and "| projected |" in report
     assert "mean per-class recall" in report and "### Per class: top-1 (%)" in report
     assert [c["n_images"] for c in zs["per_class"]] == [3, 3, 3, 3]
+
+
+def modes_under(root) -> dict:
+    return {str(p.relative_to(root)): p.lstat().st_mode & 0o777 for p in root.rglob("*")}
+
+
+def wrong_modes(modes: dict, umask: int, root) -> dict:
+    """The paths whose mode is not what open() and mkdir() give under umask."""
+    want = {True: 0o777 & ~umask, False: 0o666 & ~umask}
+    return {path: oct(mode) for path, mode in modes.items()
+            if mode != want[(root / path).is_dir()]}
+
+
+def test_every_file_the_demo_writes_follows_the_umask(demo_run):
+    """Whichever library wrote it (safetensors and transformers' save_pretrained, pyarrow,
+    numpy, matplotlib, PIL, tarfile): 0664 files and 0775 folders under umask 002."""
+    config, art = demo_run
+    modes = json.loads((config.parent / "modes.json").read_text())
+    assert "models/tiny-dinov2/model.safetensors" in modes  # the two safetensors 0.8 left 0600
+    assert "models/tiny-clip/open_clip_model.safetensors" in modes
+    assert len(modes) > 100 and wrong_modes(modes, DEMO_UMASK, art) == {}
+
+
+def test_an_index_compare_and_a_search_page_follow_the_umask(demo_run, tmp_path):
+    """faiss.write_index, pyarrow, matplotlib's savefig and the search page, under umask 027."""
+    _, art = demo_run
+    photos = write_shape_classes(tmp_path / "photos", per_class=2, classes=("circle", "star"))
+    out = tmp_path / "out"
+    old = os.umask(0o027)
+    try:
+        build_index(run=art / "runs" / "demo", images=photos, out_dir=out / "index",
+                    options=UseOptions(device="cpu", num_workers=0))
+        search(index_dir=out / "index", query="a circle", k=2, html_out=out / "hits.html")
+        compare([str(art / "runs" / "demo")], out_dir=out)
+    finally:
+        os.umask(old)
+    modes = modes_under(out)
+    assert {"index/index.faiss", "index/dino.faiss", "index/meta.parquet", "hits.html",
+            "compare.png", "compare.md", "compare.csv"} <= set(modes), sorted(modes)
+    assert wrong_modes(modes, 0o027, out) == {}

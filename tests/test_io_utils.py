@@ -7,7 +7,10 @@ import pytest
 from dinov2clip.io_utils import (
     HOST,
     atomic_save_npy,
+    atomic_write,
     atomic_write_text,
+    current_umask,
+    follow_umask,
     remove_dead_temps,
     temp_is_orphan,
 )
@@ -35,6 +38,42 @@ def test_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
         assert (plain.stat().st_mode & 0o777) == expected
         assert (text.stat().st_mode & 0o777) == expected
         assert (npy.stat().st_mode & 0o777) == expected
+
+
+def test_a_library_that_replaces_the_temp_still_leaves_the_umasks_mode(tmp_path, umask):
+    """safetensors' save_file writes its own private file and renames it over the temp."""
+    import torch
+    from safetensors.torch import save_file
+
+    for mask in (0o022, 0o002, 0o077):
+        umask(mask)
+        path = atomic_write(tmp_path / f"w-{mask:o}.safetensors",
+                            lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_follow_umask_fixes_every_file_of_a_folder_and_no_link_target(tmp_path, umask):
+    umask(0o027)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not ours")
+    outside.chmod(0o600)
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    for f in (folder / "a.safetensors", folder / "sub" / "b.json"):
+        f.write_text("x")
+        f.chmod(0o600)
+    (folder / "link").symlink_to(outside)
+    follow_umask(folder)
+    assert {f.name: f.stat().st_mode & 0o777 for f in folder.rglob("*") if f.is_file()
+            and not f.is_symlink()} == {"a.safetensors": 0o640, "b.json": 0o640}
+    assert outside.stat().st_mode & 0o777 == 0o600
+
+
+def test_current_umask_reads_it_and_leaves_it(umask):
+    for mask in (0o022, 0o077, 0o002):
+        umask(mask)
+        assert current_umask() == mask
+        assert os.umask(mask) == mask  # still set
 
 
 def test_only_temps_of_dead_writers_or_this_process_are_removed(tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "dinov2clip"
 STAGES = {"data", "extract", "train", "evaluate"}
 USE = {"compare", "hub", "pipeline", "segment"}  # commands over finished runs, and the CLI
-FLOOR = {"models", "formats", "terminal", "io_utils", "device", "retrieval", "dense"}
+FLOOR = {"models", "formats", "terminal", "io_utils", "device", "cpu_threads", "retrieval",
+         "dense"}
 LOW = FLOOR | {"store", "config"}
 # part -> the parts it must never import (itself aside)
 FORBIDDEN = {

@@ -20,7 +20,8 @@ from dinov2clip.index import build_index
 from dinov2clip.serve import SearchEngine, create_app
 from tests.conftest import write_shape_classes
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; .ci/run installs it (apt-get install chromium)
+# Debian's, found as scripts/test-deps.sh finds it (make test installs it when missing).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
@@ -60,7 +61,7 @@ def site(demo_run, tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: apt-get install chromium"
+    assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: run make test-deps"
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dinov2clip.io_utils import follow_umask
 from dinov2clip.models.loaders import quiet_model_bars
 
 # dinov2-base's reference preprocessing (its preprocessor_config.json on the hub).
@@ -52,6 +53,7 @@ def build_tiny_dinov2(out_dir: Path, hidden: int = 48, layers: int = 2, register
     with quiet_model_bars():
         model.eval().save_pretrained(out_dir)
     BitImageProcessor(**DINO_PROCESSOR).save_pretrained(out_dir)
+    follow_umask(out_dir)  # save_pretrained's safetensors file is 0600 otherwise
     return out_dir
 
 
@@ -81,6 +83,7 @@ def build_tiny_dinov3(out_dir: Path, hidden: int = 48, layers: int = 2, seed: in
     with quiet_model_bars():
         model.eval().save_pretrained(out_dir)
     DINOv3ViTImageProcessor(**DINOV3_PROCESSOR).save_pretrained(out_dir)
+    follow_umask(out_dir)
     return out_dir
 
 
@@ -110,6 +113,7 @@ def build_tiny_clip(out_dir: Path, name: str = "tiny-clip", seed: int = 0) -> tu
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     ckpt = out_dir / "open_clip_model.safetensors"
     save_file(state, str(ckpt))
+    follow_umask(ckpt)  # save_file ignores the umask
     return config_path, ckpt
 
 
@@ -185,6 +189,7 @@ def build_tiny_siglip(out_dir: Path, seed: int = 0) -> str:
     model = open_clip.create_model(f"local-dir:{out_dir}", pretrained=None, load_weights=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "open_clip_model.safetensors"))
+    follow_umask(out_dir)  # the weights and the tokenizer's files
     return f"local-dir:{out_dir}"
 
 

@@ -7,7 +7,6 @@ any rank can be restarted alone, since finished shards carry done-markers.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -15,10 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
+from dinov2clip.cpu_threads import clip_towers, dino_tower, threads_for_models
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
 from dinov2clip.extract.gpu_decode import (
@@ -177,13 +176,13 @@ def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tok
     on_device = resolve_decode(e.decode, mapper.device, [mapper.dino_spec, mapper.clip_spec])
     if not jobs:
         return
-    threads = torch.get_num_threads()
-    if mapper.device.type == "cpu" and e.num_workers:  # leave the decoding workers their cores
-        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - e.num_workers)))
-    try:
+    towers = [dino_tower(mapper.dino, mapper.dino_spec.crop),
+              *clip_towers(mapper.clip, mapper.clip_spec.crop)]
+    with threads_for_models(mapper.device, e.num_workers, towers) as threads:
+        if mapper.device.type == "cpu":
+            log.info("CPU: models on %d threads beside %d decoding workers", threads,
+                     e.num_workers)
         _stream(jobs, mapper, tokenizer, e, timer, root, on_device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _stream(jobs, mapper: Mapper, tokenizer, e, timer: PhaseTimer, root: Path,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 
 from dinov2clip.config import ConfigError, UseOptions, config_hash, to_dict
+from dinov2clip.cpu_threads import dino_tower, threads_for_models
 from dinov2clip.device import rank_and_world
 from dinov2clip.formats.images import ImageCrops, collate_crops
 from dinov2clip.index import faiss_index
@@ -91,8 +92,10 @@ def _build_index(*, held: ExitStack, run: str | Path, images: Path, root: Path |
     log.info("index %s: %d chunks, %d for rank %d/%d, %d of them already done, into %s", images,
              len(chunks), len(mine), rank, world, len(mine) - len(todo), out)
     t0, n_new = time.perf_counter(), 0
-    for chunk in todo:
-        n_new += _embed_chunk(model, chunk, images, store, options)
+    with threads_for_models(model.device, options.num_workers,
+                            [dino_tower(model.dino, model.dino_spec.crop)]):
+        for chunk in todo:
+            n_new += _embed_chunk(model, chunk, images, store, options)
     if n_new:
         log.info("embedded %d images in %.1fs (%.1f img/s)", n_new, time.perf_counter() - t0,
                  n_new / max(time.perf_counter() - t0, 1e-9))
