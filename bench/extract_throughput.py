@@ -171,14 +171,9 @@ def agreement(stage_dir: Path, base_dir: Path, n_shards: int) -> dict:
     return out
 
 
-def towers(mapper: Mapper) -> list[tuple[int, int]]:
-    return [cpu_threads.dino_tower(mapper.dino, mapper.dino_spec.crop),
-            *cpu_threads.clip_towers(mapper.clip, mapper.clip_spec.crop)]
-
-
 def stage_threads(mapper: Mapper, workers: int) -> int:
     """The torch threads extract_shards gives these models on this CPU."""
-    with cpu_threads.threads_for_models(torch.device("cpu"), workers, towers(mapper)) as n:
+    with cpu_threads.threads_for_models(torch.device("cpu"), workers, mapper.towers()) as n:
         return n
 
 
@@ -241,7 +236,7 @@ def real_size_row(args) -> dict:
     n, steps = args.shards * args.per_shard, -(-args.shards * args.per_shard // args.batch)
 
     def models_only() -> float:
-        with cpu_threads.threads_for_models(cpu, args.workers, towers(mapper)):
+        with cpu_threads.threads_for_models(cpu, args.workers, mapper.towers()):
             return models_only_rate(mapper, tokenizer, args.batch, steps)
 
     def stage(r: int, split) -> float:
@@ -271,7 +266,7 @@ def real_size_row(args) -> dict:
         r += 1
     return {"models": what + ", fp32",
             "model_core_seconds_per_image_estimate": round(
-                cpu_threads.model_core_seconds(towers(mapper)), 3),
+                cpu_threads.model_core_seconds(mapper.towers()), 3),
             "torch_threads": {"stage": stage_threads(mapper, args.workers), "stage_old_split":
                               old_split(cpu_threads.available_cores(), args.workers, 0),
                               "models_only": stage_threads(mapper, args.workers)},

@@ -74,6 +74,13 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def text_encoder_tower(encoder) -> tuple[int, int]:
+    """A models.text_encoders.TextEncoder's (weights_per_token, tokens): a caption is padded to
+    a few dozen tokens, about."""
+    module = encoder.st if encoder.st is not None else encoder.model
+    return weights_per_token(module), min(32, encoder.max_length)
+
+
 @contextmanager
 def threads_for_models(device: torch.device, num_workers: int,
                        towers: Sequence[tuple[int, int]]) -> Iterator[int]:

@@ -82,3 +82,24 @@ def test_threads_are_set_for_the_block_capped_by_the_caller_and_restored(monkeyp
         assert torch.get_num_threads() == 12
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_mapper_counts_the_models_it_runs(tiny_models, tmp_path):
+    """A teacher adds its two towers, a text encoder its own; without a teacher (a set for a
+    text encoder alone) there is no CLIP to count."""
+    from dinov2clip.data.tiny_models import build_tiny_bert
+    from dinov2clip.extract.mapper import Mapper
+    from dinov2clip.models.loaders import load_clip, load_dino
+    from dinov2clip.models.text_encoders import TextEncoder
+
+    cpu = torch.device("cpu")
+    dino, spec = load_dino(tiny_models["dino"], cpu)
+    clip, _, clip_spec = load_clip(tiny_models["clip"], tiny_models["clip_pretrained"], cpu)
+    text = TextEncoder(str(build_tiny_bert(tmp_path / "bert")), "mean", cpu)
+    backbone = dino_tower(dino, spec.crop)
+    assert Mapper(dino, spec, clip, clip_spec, cpu, torch.float32).towers() == [
+        backbone, *clip_towers(clip, clip_spec.crop)]
+    alone = Mapper(dino, spec, None, None, cpu, torch.float32, text_encoder=text).towers()
+    assert alone[0] == backbone and len(alone) == 2
+    # the tiny BERT: 2 layers of attention (4 x 32 x 32) and MLP (2 x 32 x 64), and its pooler
+    assert alone[1] == (2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32, 32)

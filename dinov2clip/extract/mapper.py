@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dinov2clip.cpu_threads import clip_towers, dino_tower, text_encoder_tower
 from dinov2clip.dense.attention import ClsAttention, head_pooled
 from dinov2clip.device import autocast
 from dinov2clip.models.identity import clip_weights, dino_weights, tokenizer_info
@@ -42,6 +43,15 @@ class Mapper:
         if buf is None or buf.shape[0] < b or buf.shape[2:] != (h, w):
             buf = self._buffers[tower] = torch.empty((b, 3, h, w))
         return buf[:b]
+
+    def towers(self) -> list[tuple[int, int]]:
+        """(weights per token, tokens per image) of each model this runs: cpu_threads' costs."""
+        towers = [dino_tower(self.dino, self.dino_spec.crop)]
+        if self.clip is not None:
+            towers += clip_towers(self.clip, self.clip_spec.crop)
+        if self.text_encoder is not None:
+            towers.append(text_encoder_tower(self.text_encoder))
+        return towers
 
     def _probe_clip_dim(self) -> int:
         x = torch.zeros(1, 3, self.clip_spec.crop, self.clip_spec.crop, device=self.device)

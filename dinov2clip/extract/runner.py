@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dinov2clip.config import Config, ConfigError, config_hash, require, write_resolved
-from dinov2clip.cpu_threads import clip_towers, dino_tower, threads_for_models
+from dinov2clip.cpu_threads import threads_for_models
 from dinov2clip.device import compute_dtype, rank_and_world, resolve_device
 from dinov2clip.extract.dataset import DecodeSamples, ShardBatches, ShardJob, collate
 from dinov2clip.extract.gpu_decode import (
@@ -177,9 +177,7 @@ def extract_shards(jobs: list[tuple[ShardJob, ShardWriter]], mapper: Mapper, tok
     on_device = resolve_decode(e.decode, mapper.device, [mapper.dino_spec, mapper.clip_spec])
     if not jobs:
         return
-    towers = [dino_tower(mapper.dino, mapper.dino_spec.crop),
-              *clip_towers(mapper.clip, mapper.clip_spec.crop)]
-    with threads_for_models(mapper.device, e.num_workers, towers) as threads:
+    with threads_for_models(mapper.device, e.num_workers, mapper.towers()) as threads:
         if mapper.device.type == "cpu":
             log.info("CPU: models on %d threads beside %d decoding workers", threads,
                      e.num_workers)
