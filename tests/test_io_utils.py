@@ -95,3 +95,18 @@ def test_only_temps_of_dead_writers_or_this_process_are_removed(tmp_path):
         assert {p.name for p in tmp_path.iterdir()} == left
     remove_dead_temps(tmp_path)  # its writer has gone now
     assert {p.name for p in tmp_path.iterdir()} == {names["other_host"]}
+
+
+def test_every_tiny_model_builder_leaves_the_umasks_mode(tmp_path, umask):
+    """The demo's and the tests' models: save_pretrained, save_file and sentence-transformers'
+    save all go through safetensors, which leaves 0600 whatever the umask."""
+    from dinov2clip.data import tiny_models as tm
+
+    umask(0o002)
+    for build in (tm.build_tiny_dinov2, tm.build_tiny_dinov3, tm.build_tiny_clip,
+                  tm.build_tiny_siglip, tm.build_tiny_bert, tm.build_tiny_sentence_transformer):
+        build(tmp_path / build.__name__)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert sum(p.suffix == ".safetensors" for p in files) == 6
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files
+            if p.stat().st_mode & 0o777 != 0o664} == {}

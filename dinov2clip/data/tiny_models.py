@@ -211,6 +211,7 @@ def build_tiny_bert(out_dir: Path, hidden: int = 32, layers: int = 2, seed: int 
                                  max_position_embeddings=64))
     with quiet_model_bars():
         model.eval().save_pretrained(out_dir)
+    follow_umask(out_dir)
     return out_dir
 
 
@@ -229,4 +230,5 @@ def build_tiny_sentence_transformer(out_dir: Path, seed: int = 0) -> Path:
         with _quiet_root_warning("No sentence-transformers model found"):
             model = SentenceTransformer(str(bert), device="cpu")
         model.save(str(out_dir))
+    follow_umask(out_dir)  # its weights go through safetensors' save_file too
     return out_dir
