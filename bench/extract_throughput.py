@@ -196,10 +196,13 @@ def models_only_rate(mapper: Mapper, tokenizer, batch: int, steps: int) -> float
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name and widest vector unit (a VM's name can be as bare as "Processor")."""
+    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    vector = next((f for f in ("avx512f", "avx2") if f in flags), "no AVX2")
+    return f"{info.get('model name', platform.processor() or 'unknown CPU')} ({vector})"
 
 
 def machine_busy() -> tuple[float, float, float]:
