@@ -24,7 +24,7 @@ demo: setup clean ## Run the whole pipeline offline on tiny random models and sy
 test: setup test-deps lint ## Lint, then run the whole test suite (what CI runs)
 	$(UV) run --frozen pytest -q
 
-test-fast: setup test-deps lint ## Lint, then all but the slow tests (img2dataset, torchrun, kills): ~1 min
+test-fast: setup test-deps lint ## Lint, then all but the slow tests (img2dataset, torchrun, kills): ~3 min
 	$(UV) run --frozen pytest -q -m "not slow"
 
 # Java only for the whole suite: pyspark's test is a slow one. A prerequisite sees the variable

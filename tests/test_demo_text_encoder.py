@@ -107,6 +107,13 @@ def test_push_index_and_search_a_two_tower_run(demo_text, tmp_path, monkeypatch)
             assert shown  # the best hit is a real, described image
             best = torch.from_numpy(np.asarray(scores))[0]
             assert float(best) <= 1.0 + 1e-5 and query.shape[0] == local.dim
+            from starlette.testclient import TestClient
+
+            from dinov2clip.serve import create_app
+
+            with TestClient(create_app(engine)) as client:  # the HTTP API over the same engine
+                served = client.get("/api/search", params={"q": "a circle", "k": 3}).json()
+            assert [hit["id"] for hit in served["results"]] == [int(i) for i in ids]
         finally:
             engine.close()
     finally:
