@@ -175,10 +175,17 @@ def test_the_talk2dino_head_of_a_run_without_one_is_a_409(demo_run, served, tmp_
 
 def test_at_most_two_heatmaps_are_drawn_at_once(served, monkeypatch):
     client, engine, _ = served
-    running, most, lock = [0], [0], threading.Lock()
-    real = engine.heatmap
+    most = slowed(monkeypatch, engine, "heatmap")
+    codes = all_at_once(6, lambda i: client.get("/api/heatmap", params={"id": i, "q": "a shape"}))
+    assert codes == [200] * 6 and most[0] == 2
 
-    def slow_heatmap(*args):
+
+def slowed(monkeypatch, engine, method: str) -> list[int]:
+    """Make engine.<method> take 0.2 s; [the most calls seen running at once], kept up to date."""
+    running, most, lock = [0], [0], threading.Lock()
+    real = getattr(engine, method)
+
+    def slow(*args):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -187,15 +194,20 @@ def test_at_most_two_heatmaps_are_drawn_at_once(served, monkeypatch):
             running[0] -= 1
         return real(*args)
 
-    monkeypatch.setattr(engine, "heatmap", slow_heatmap)
+    monkeypatch.setattr(engine, method, slow)
+    return most
+
+
+def all_at_once(n: int, request) -> list[int]:
+    """The status codes of request(i) for i < n, sent from n threads at once."""
     codes = []
-    threads = [threading.Thread(target=lambda i=i: codes.append(client.get(
-        "/api/heatmap", params={"id": i, "q": "a shape"}).status_code)) for i in range(6)]
+    threads = [threading.Thread(target=lambda i=i: codes.append(request(i).status_code))
+               for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert codes == [200] * 6 and most[0] == 2
+    return codes
 
 
 @pytest.fixture(scope="module")
@@ -253,27 +265,9 @@ def test_an_upload_of_too_many_pixels_is_refused_before_it_is_decoded(served, hu
 
 def test_at_most_two_uploads_are_decoded_at_once(served, monkeypatch):
     client, engine, out = served
-    running, most, lock = [0], [0], threading.Lock()
-    real = engine.search_image
-
-    def slow_search(data, k):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.2)
-        with lock:
-            running[0] -= 1
-        return real(data, k)
-
-    monkeypatch.setattr(engine, "search_image", slow_search)
+    most = slowed(monkeypatch, engine, "search_image")
     data = open(pq.read_table(out / "meta.parquet").column("path")[0].as_py(), "rb").read()
-    codes = []
-    threads = [threading.Thread(target=lambda: codes.append(client.post(
-        "/api/search_image?k=1", content=data).status_code)) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    codes = all_at_once(6, lambda _: client.post("/api/search_image?k=1", content=data))
     assert codes == [200] * 6 and most[0] == 2
 
 
