@@ -274,12 +274,15 @@ class RunDir:
     def trained_on(self) -> TrainedOn:
         """What the run was trained on: as recorded, or for a run from before that record,
         the tag its own config.json implies (never the config at hand)."""
-        cfg = self.read_config()
-        recorded = read_json(self.config).get("embeddings")
+        try:  # the record alone: no strict parse of the whole config for a recorded run
+            recorded = read_json(self.config).get("embeddings")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # read_config below names what is wrong with the file
         if isinstance(recorded, dict) and recorded.get("tag"):
             return TrainedOn(tag=str(recorded["tag"]), dataset=str(recorded.get("dataset", "")),
                              models_hash=str(recorded.get("models_hash", "")),
                              models=dict(recorded.get("models") or {}))
+        cfg = self.read_config()
         return TrainedOn(tag=cfg.train.tag or embeddings_tag(cfg.extract),
                          dataset=cfg.train.dataset)
 
