@@ -237,11 +237,12 @@ TRAIN_SETTINGS = {
 
 
 def make_embeddings(art: Path, n: int = 600, shard_size: int = 200, dataset: str = "syn",
-                    captions: int = 1, seed: int = 1) -> Path:
+                    captions: int = 1, seed: int = 1, heads: int = 0) -> Path:
+    """heads > 0: with dino_heads of that many heads, for a dense head to train on."""
     from dinov2clip.data.synthetic_task import AlignmentTask, write_embeddings
 
     task = AlignmentTask(d_dino=D_DINO, d_clip=D_CLIP, latent=8, seed=0)
-    emb = task.sample(n, captions_per_image=captions, seed=seed)
+    emb = task.sample(n, captions_per_image=captions, seed=seed, heads=heads)
     return write_embeddings(art / "embeddings" / dataset / "t", emb, captions, shard_size,
                             prefix=f"{dataset}-")
 

@@ -36,9 +36,10 @@ class AlignmentTask:
         self.text_out = text_rng.normal(size=(2 * d_text, d_text)) / np.sqrt(d_text)
 
     def sample(self, n: int, captions_per_image: int = 1, seed: int = 1,
-               with_text: bool = False) -> Embeddings:
+               with_text: bool = False, heads: int = 0) -> Embeddings:
         """n images; clip_text (and with_text, text_enc) holds captions_per_image rows per image,
-        image after image."""
+        image after image. heads > 0: dino_heads too, (n, heads, d_dino), each head the patch
+        mean seen through its own noise."""
         rng = np.random.default_rng(seed)
         z = rng.normal(size=(n, self.latent))
         h = np.tanh(3.0 * z[:, :self.seen] @ self.dino_in)  # (n, 2 * d_dino)
@@ -57,8 +58,12 @@ class AlignmentTask:
             # as noisy as CLIP's captions: the same noise norm, spread over d_text dims
             spread = 3 * self.noise * np.sqrt(self.clip_out.shape[1] / t.shape[1])
             enc = _unit(_unit(t) + spread * rng.normal(size=t.shape)).astype(f16)
+        pooled = None
+        if heads:  # drawn last too
+            noise = rng.normal(size=(n, heads, patch.shape[1]))
+            pooled = (patch[:, None, :] + self.noise * noise).astype(f16)
         return Embeddings(cls.astype(f16), patch.astype(f16), image.astype(f16),
-                          text.astype(f16), enc)
+                          text.astype(f16), enc, pooled)
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -76,6 +81,8 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
     if emb.text_enc is not None:  # the set then holds text_enc (store/layout.py)
         description["text_encoder"] = {"name": "synthetic text view"}
         description["dims"]["text"] = emb.text_enc.shape[1]
+    if emb.dino_heads is not None:  # the set then holds dino_heads
+        description["dino_heads"] = {"pooling": "synthetic: the patch mean, noisy per head"}
     starts = range(0, n, shard_size)
     writer.start({f"{i:05d}": "synthetic" for i in range(len(starts))}, description)
     for i, start in enumerate(starts):
@@ -83,7 +90,8 @@ def write_embeddings(out_dir: Path, emb: Embeddings, captions_per_image: int = 1
         name = f"{i:05d}"
         part = Embeddings(emb.dino_cls[start:stop], emb.dino_mean[start:stop],
                           emb.clip_image[start:stop], emb.clip_text[start * k:stop * k],
-                          None if emb.text_enc is None else emb.text_enc[start * k:stop * k])
+                          None if emb.text_enc is None else emb.text_enc[start * k:stop * k],
+                          None if emb.dino_heads is None else emb.dino_heads[start:stop])
         meta = [{"key": f"{prefix}{i:08d}", "captions": [f"caption {j}" for j in range(k)],
                  "url": "", "row": i - start, "caption_start": (i - start) * k, "n_captions": k}
                 for i in range(start, stop)]
