@@ -93,7 +93,8 @@ class _Selected:
 
 def test_test_fast_leaves_out_exactly_the_img2dataset_kill_and_torchrun_tests():
     files = ["tests/test_data_download.py", "tests/test_img2dataset.py",
-             "tests/test_extract_resume.py", "tests/test_train_resume.py"]
+             "tests/test_extract_resume.py", "tests/test_train_resume.py",
+             "tests/test_train_dense_resume.py"]
     slow = _Selected()  # in this process: the modules are imported already, no torch to load
     code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
                         "-m", "slow", *(str(REPO / f) for f in files)], plugins=[slow])
@@ -105,6 +106,8 @@ def test_test_fast_leaves_out_exactly_the_img2dataset_kill_and_torchrun_tests():
         "tests/test_extract_resume.py::test_torchrun_two_ranks_union_equals_one_process",
         "tests/test_train_resume.py::test_sigkill_then_resume_is_bitwise_equal_to_an_"
         "uninterrupted_run",
+        "tests/test_train_dense_resume.py::test_sigkill_in_the_head_then_resume_is_bitwise_"
+        "equal_to_an_uninterrupted_run",
     }
 
 

@@ -6,6 +6,7 @@
     projector.json + model.safetensors   the chosen projector
     talk2dino.json + talk2dino.safetensors   the talk2dino dense head (train.dense.head), its
                             best epoch by validation text->image R@1
+    talk2dino_state.pt      the head's resume commit point, written last at the end of its epoch
     checkpoints/epoch_NNN.safetensors    every epoch's weights
     train_state.pt          the resume commit point, written last at the end of an epoch
     metrics.jsonl           one JSON line per logged step and per epoch
@@ -144,6 +145,10 @@ class RunDir:
 
     def dense_head_weights(self, head: str) -> Path:
         return self.path / f"{head}.safetensors"
+
+    def dense_head_state(self, head: str) -> Path:
+        """<head>_state.pt: the head's training state after its last finished epoch."""
+        return self.path / f"{head}_state.pt"
 
     @property
     def checkpoints(self) -> Path:
@@ -308,11 +313,14 @@ class RunDir:
         fh.write(json.dumps(record) + "\n")
         fh.flush()
 
-    def truncate_metrics(self, epoch: int) -> None:
-        """Drop lines logged after the last completed epoch, so a resumed log has no
-        duplicates (lines are written by append_metrics, so they read back to the same text)."""
+    def truncate_metrics(self, epoch: int, kinds: tuple[str, ...]) -> None:
+        """Drop the lines of these kinds logged after their last completed epoch, so a resumed
+        log has no duplicates; the other kinds' lines stay (the projector's and a dense head's
+        lines are resumed apart). Lines are written by append_metrics, so they read back to the
+        same text."""
         if self.metrics.exists():
-            keep = [r for r in self.read_metrics() if r.get("epoch", epoch + 1) <= epoch]
+            keep = [r for r in self.read_metrics()
+                    if r.get("kind") not in kinds or r.get("epoch", epoch + 1) <= epoch]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
 
     def best_epoch(self) -> int | None:

@@ -5,8 +5,14 @@ backbone's space; the loss is Talk2DINO's InfoNCE against the image's per-head a
 patch embeddings (extract.dino_heads), the best head per pair (dense/talk2dino.py). The loop's
 machinery is the projector's: the same key-hash split, Feed's index slices of a seeded
 permutation, the scheduler, autocast and metrics.jsonl lines ("dense_step", "dense_epoch"). The
-best epoch by validation text->image R@1 is saved through RunDir. It is short (minutes at COCO
-scale) and is not resumed: a re-run trains it again.
+best epoch by validation text->image R@1 is saved through RunDir.
+
+It resumes as the projector does (train/state.py): after each head epoch, the best weights, the
+epoch's metrics lines and last <head>_state.pt (weights, optimiser, scheduler, RNG, best so far),
+the commit point. `train --resume` on a run killed in the head replays it from its last finished
+epoch, bitwise on a CPU; a finished head is not trained again; a config that changes the head's
+training (train.dense, the seed, the split, the schedule, the data) is refused, naming the key.
+A head none of whose epochs finished starts over, under the config at hand.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import time
 
 import torch
 
-from dinov2clip.config import Config, ConfigError
+from dinov2clip.config import Config, ConfigError, to_dict
 from dinov2clip.dense.talk2dino import Talk2DinoConfig, Talk2DinoMap, best_head_similarity, infonce
 from dinov2clip.device import autocast
 from dinov2clip.retrieval import recall_of
 from dinov2clip.store import EmbeddingSet, HeadPairs, RunDir, Split, load_head_pairs
 from dinov2clip.terminal import progress
 from dinov2clip.train.feed import Feed
+from dinov2clip.train.state import read_head_state, restore_head_state, save_head_state
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +43,24 @@ def require_heads(cfg: Config, emb_dir) -> None:
 
 
 def after_projector(cfg: Config, run: RunDir, emb_dir, device, dtype, scheduler,
-                    only_missing: bool = False) -> None:
-    """train.dense.head once the projector is trained; on --resume of a finished run, only
-    when the run has none yet."""
-    head = cfg.train.dense.head
-    if head and not (only_missing and run.dense_head_weights(head).is_file()):
-        train_dense_head(cfg, run, emb_dir, device, dtype, scheduler)
+                    resume: bool = False) -> None:
+    """train.dense.head once the projector is trained; with resume, from the head's last
+    finished epoch, and not at all when it is finished."""
+    if cfg.train.dense.head:
+        train_dense_head(cfg, run, emb_dir, device, dtype, scheduler, resume)
 
 
 def train_dense_head(cfg: Config, run: RunDir, emb_dir, device: torch.device,
-                     dtype: torch.dtype, scheduler) -> dict:
+                     dtype: torch.dtype, scheduler, resume: bool = False) -> dict:
     """Train cfg.train.dense's head; its best validation record. scheduler: the loop's own
     (optimizer, kind, lr, total steps, warm-up) -> LR scheduler."""
     t, d = cfg.train, cfg.train.dense
+    fingerprint = _fingerprint(cfg, emb_dir)
+    state = read_head_state(run, d.head, fingerprint) if resume else None  # refuses first
+    if state is not None and state["epoch"] >= d.epochs:
+        log.info("the %s head of %s is finished: all %d epochs are trained (best epoch %d)",
+                 d.head, run, d.epochs, state["best"]["epoch"])
+        return state["best"]
     train_set, val_set = load_head_pairs(emb_dir, t.val_fraction)
     n_heads, d_dino = train_set.heads.shape[1:]
     torch.manual_seed(t.seed)
@@ -59,12 +71,13 @@ def train_dense_head(cfg: Config, run: RunDir, emb_dir, device: torch.device,
     feed = Feed(Split(train_set.heads.flatten(1), train_set.text, train_set.text),
                 d.batch_size, device, t.seed)
     sched = scheduler(opt, t.scheduler, d.lr, d.epochs * len(feed), t.warmup_fraction)
-    log.info("training the %s head (%d params) on %d images x %d heads, validating on %d",
+    start, best = restore_head_state(run, state, model, opt, sched) if resume else (
+        0, {"epoch": -1, "val_t2i_R@1": -math.inf})
+    log.info("training the %s head (%d params) on %d images x %d heads, validating on %d%s",
              d.head, sum(p.numel() for p in model.parameters()), len(train_set), n_heads,
-             len(val_set))
-    best = {"epoch": -1, "val_t2i_R@1": -math.inf}
+             len(val_set), f", from its epoch {start + 1}" if start else "")
     with open(run.metrics, "a") as metrics:
-        for epoch in range(d.epochs):
+        for epoch in range(start, d.epochs):
             model.train()
             t0 = time.perf_counter()
             bar = progress(feed.epoch(epoch), total=len(feed),
@@ -88,9 +101,18 @@ def train_dense_head(cfg: Config, run: RunDir, emb_dir, device: torch.device,
                 model.save(run.dense_head_config(d.head), run.dense_head_weights(d.head))
             record["best_epoch"] = best["epoch"]
             run.append_metrics(metrics, record)
+            save_head_state(run, d.head, epoch + 1, best, fingerprint, model, opt, sched)
             log.info("%s epoch %d: val loss %.4g, t2i R@1 %.2f", d.head, epoch + 1,
                      val["val_loss"], val["val_t2i_R@1"])
     return best
+
+
+def _fingerprint(cfg: Config, emb_dir) -> dict:
+    """What the head's training must keep under --resume, as the config spells it."""
+    t = cfg.train
+    kept = ("seed", "val_fraction", "scheduler", "warmup_fraction", "val_retrieval_max")
+    return {"train": {"dense": to_dict(t.dense), **{k: getattr(t, k) for k in kept}},
+            "data": {"dir": str(emb_dir), "shards": EmbeddingSet(emb_dir).fingerprint()}}
 
 
 @torch.no_grad()

@@ -97,7 +97,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
         if start_epoch >= t.epochs:
             log.info("run %s is finished: all %d epochs are trained (best epoch %d); nothing to "
                      "resume (--force starts it over)", run, t.epochs, best["epoch"])
-            after_projector(cfg, run, emb_dir, device, dtype, _scheduler, only_missing=True)
+            after_projector(cfg, run, emb_dir, device, dtype, _scheduler, resume=True)
             return run.path
     if start_epoch == 0:
         run.write_config(cfg, trained_on(emb_dir, tag, t.dataset))
@@ -160,7 +160,7 @@ def train(cfg: Config, resume: bool = False, force: bool = False) -> Path:
     log.info("best epoch %d: %s %.4g (%s is better); projector in %s", best["epoch"],
              t.select_metric, select_sign * best["score"], "lower" if select_sign < 0 else "higher",
              run)
-    after_projector(cfg, run, emb_dir, device, dtype, _scheduler)  # train.dense.head, if any
+    after_projector(cfg, run, emb_dir, device, dtype, _scheduler, resume)  # train.dense.head
     return run.path
 
 
