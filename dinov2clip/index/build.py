@@ -41,6 +41,7 @@ from dinov2clip.io_utils import (
 )
 from dinov2clip.store import IndexDir, RunDir, WriterLock
 from dinov2clip.store.index import VECTORS
+from dinov2clip.store.integrity import file_record, npy_problem, parquet_problem
 from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,33 @@ class ChunkStore:
             log.warning("chunk %s: its files changed since it was embedded; embedding it again",
                         chunk.name)
             return False
-        return self.out.chunk_array("dino", chunk.name).is_file()  # older indexes lack it
+        if not self.out.chunk_array("dino", chunk.name).is_file():  # older indexes lack it
+            return False
+        problem = self.file_problem(chunk.name, record)
+        if problem:
+            log.warning("chunk %s: %s; embedding it again", chunk.name, problem)
+        return problem is None
+
+    def file_problem(self, name: str, record: dict) -> str | None:
+        """What is wrong with a done chunk's files against its marker (store/integrity.py), or
+        None. Markers from before files were recorded get the npy headers' own checks."""
+        files = record.get("files", {})
+        for array in VECTORS:
+            expect = {"rows": record["n_images"], **files.get(array, {})}
+            problem = npy_problem(self.out.chunk_array(array, name), expect)
+            if problem:
+                return problem
+        return parquet_problem(self.out.chunk_meta(name),
+                               {"rows": record["n_images"], **files.get("meta", {})})
+
+    def check_files(self, names: list[str]) -> None:
+        """Before assembling: every chunk sound, or one line naming the damaged file (another
+        rank's chunk, damaged after it was written, is not this rank's to re-embed)."""
+        for name in names:
+            problem = self.file_problem(name, self.markers.read(name))
+            if problem:
+                raise ConfigError(f"index {self.out}: {problem}; re-run `pipeline index` to "
+                                  "embed that chunk again")
 
     def remove_temps(self, chunk: Chunk) -> None:
         """Temp files a killed run left while writing this chunk (this rank owns it)."""
@@ -177,12 +204,16 @@ class ChunkStore:
 
     def write(self, chunk: Chunk, emb: np.ndarray, dino: np.ndarray, rows: list[dict],
               items: ChunkItems) -> None:
-        atomic_save_npy(self.out.chunk_array("emb", chunk.name), emb)
-        atomic_save_npy(self.out.chunk_array("dino", chunk.name), dino)
+        files = {}
+        for array, data in (("emb", emb), ("dino", dino)):
+            path = self.out.chunk_array(array, chunk.name)
+            atomic_save_npy(path, data)
+            files[array] = file_record(path, data)
         table = pa.Table.from_pylist(rows, schema=META_SCHEMA)
         atomic_write(self.out.chunk_meta(chunk.name),
                      lambda tmp: pq.write_table(table, tmp))
-        record = {"chunk": chunk.name, "n_images": len(rows),
+        files["meta"] = file_record(self.out.chunk_meta(chunk.name), rows=len(rows))
+        record = {"chunk": chunk.name, "n_images": len(rows), "files": files,
                   "skipped": dict(sorted(items.skipped.items())),
                   "skipped_files": dict(sorted(items.skipped_names.items())),
                   "fingerprint": chunk.fingerprint(), "models_hash": self.models_hash}
@@ -301,6 +332,7 @@ def _still_skipped(chunks: list[Chunk], records: list[dict], images: Path
 def _assemble(store: ChunkStore, chunks: list[Chunk], run_label: str, images: Path, kind: str,
               exact_max: int, previous: dict) -> dict:
     out = store.out
+    store.check_files([c.name for c in chunks])
     records = [store.markers.read(c.name) for c in chunks]
     skipped, skipped_files = _still_skipped(chunks, records, images)
     meta, keep = _live_rows(store, chunks, records)

@@ -4,8 +4,10 @@
     chunks/dino/<chunk>.npy     float16 (n, D) L2-normalised pooled backbone features, the same
                                 rows: image-to-image similarity is judged in the backbone's space
     chunks/meta/<chunk>.parquet one row per embedded image: key, path, url, caption, kind
-    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys
-                                and each file's [size, mtime_ns] as embedded
+    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys,
+                                each file's [size, mtime_ns] as embedded, and each chunk
+                                file's shape, dtype and bytes (store/integrity.py): a damaged
+                                chunk is embedded again, or named in one line
     index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
     dino.faiss                  the same rows' backbone features, the same ids
     meta.parquet                key, path, url, caption, kind, chunk, and a file's size and
