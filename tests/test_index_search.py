@@ -134,7 +134,8 @@ def test_a_chunk_damaged_after_its_rank_finished_stops_the_build_in_one_line(
         demo_run, collection, flat_index, tmp_path):
     """Rank 0 does not re-embed another rank's chunk: it names the file instead of FAISS or
     numpy failing on it."""
-    from dinov2clip.index.build import ChunkStore, models_hash
+    from dinov2clip.index.build import models_hash
+    from dinov2clip.index.chunks import ChunkStore
     from dinov2clip.store import IndexDir, RunDir
 
     _, art = demo_run
@@ -179,7 +180,8 @@ def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_inde
     from types import SimpleNamespace
 
     from dinov2clip.index import build
-    from dinov2clip.index.build import ChunkStore, models_hash, wait_for_chunks
+    from dinov2clip.index.build import models_hash, wait_for_chunks
+    from dinov2clip.index.chunks import ChunkStore
     from dinov2clip.index.sources import plan_chunks
     from dinov2clip.store import IndexDir, RunDir
 

@@ -8,7 +8,7 @@ again, never mixed.
 Indexes grow: the folder chunks of the last finished index keep their file lists, and files
 added since then go into new chunks after them, so re-indexing embeds only the new files. A file
 changed in place (its size or mtime moved) counts as new: it is embedded again in a new chunk,
-and its row in the old chunk is left out of the index (build._live_rows), never served stale.
+and its row in the old chunk is left out of the index (assemble._live_rows), never served stale.
 """
 
 from __future__ import annotations
