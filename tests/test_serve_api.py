@@ -354,6 +354,18 @@ def test_an_unchanged_file_is_served_and_a_restored_one_again(changing):
     assert client.get("/api/image/0?size=0").content == (root / "circle" / "0.png").read_bytes()
 
 
+def test_a_thumbnail_cached_before_its_file_changed_is_not_served(changing):
+    client, root, _, _ = changing
+    assert client.get("/api/image/2?size=64").status_code == 200  # rendered and cached
+    path = root / "circle" / "2.png"
+    data, st = path.read_bytes(), path.stat()
+    path.write_bytes(data[:-1] + b"\1")
+    r = client.get("/api/image/2?size=64")
+    assert r.status_code == 404 and "has changed since it was indexed" in r.json()["error"]
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as indexed again: served again
+    assert client.get("/api/image/2?size=64").status_code == 200
+
+
 def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, caplog):
     _, art = demo_run
     root = write_shape_classes(tmp_path / "photos", classes=("circle",), per_class=2)
