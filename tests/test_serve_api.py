@@ -247,6 +247,26 @@ def rss_growth():
         out.append(max(peak[0], rss()) - start)
 
 
+def test_a_48_megapixel_phone_jpeg_is_searched_at_the_size_it_decodes_to(served, demo_model):
+    """The pixel cap guards what is decoded: a JPEG decodes at 1/8 of 8,000 x 6,000 for a
+    224 crop, so a phone's 48 M pixel photo is searched, while a PNG that size is refused."""
+    _, engine, _ = served
+    client = TestClient(create_app(engine), raise_server_exceptions=False)  # the 20 MB cap
+    photo = Image.new("RGB", (8000, 6000), (200, 40, 40))
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=80)
+    with rss_growth() as growth:
+        r = client.post("/api/search_image", content=buf.getvalue(),
+                        headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and len(r.json()["results"]) > 0
+    assert growth[0] < 100 << 20, f"memory grew {growth[0] >> 20} MB"  # 144 MB decoded in full
+    buf = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(buf, format="PNG")
+    r = client.post("/api/search_image", content=buf.getvalue(),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "48.0 M pixels, more than the 40 M allowed" in r.json()["error"]
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, at 89 M
 @pytest.mark.parametrize("as_form", [False, True])
 def test_an_upload_of_too_many_pixels_is_refused_before_it_is_decoded(served, huge_png, as_form):

@@ -48,8 +48,9 @@ class NoDenseHead(LookupError):
     """A dense head the served run has not trained (talk2dino), or one no code knows."""
 
 
-# 40 M pixels: an 8000 x 5000 photo. Decoded as RGB that is 120 MB, several times that while
-# converted and resized: the cap, with the app's bound on concurrent decodes, bounds memory.
+# 40 M pixels decoded: an 8000 x 5000 PNG (a JPEG decodes at 1/2 to 1/8 scale first). Decoded as
+# RGB that is 120 MB, several times that while converted and resized: the cap, with the app's
+# bound on concurrent decodes, bounds memory.
 MAX_UPLOAD_PIXELS = 40_000_000
 # A heatmap is drawn on the image shrunk to this (the PNG's longest side): the protocol scores
 # it at short side 448 anyway, and a page tile shows a few hundred pixels.
