@@ -235,6 +235,15 @@ def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
         f"https://example.org/{i}.jpg" for i in range(5)}
     assert {h["caption"] for h in hits} == {"colour 0", "colour 1", "colour 2", "", "colour 4"}
     assert page.read_text().count("data:image/jpeg;base64,") == 5  # read back from the tar
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    st = (shards / "00000.tar").stat()
+    assert set(zip(meta["size"], meta["mtime_ns"], strict=True)) == {(st.st_size, st.st_mtime_ns)}
+    # The tar rewritten with other pictures under the same keys: none of them is shown as a hit.
+    with wds.TarWriter(str(shards / "00000.tar")) as sink:
+        for i in range(5):
+            sink.write({"__key__": f"k{i}", "jpg": jpeg_bytes(Image.new("RGB", (60, 40)))})
+    search(index_dir=out, query="a green photo", k=5, html_out=page, options=CPU)
+    assert "data:image" not in page.read_text()
 
 
 def _clustered(n: int, dim: int, seed: int) -> np.ndarray:

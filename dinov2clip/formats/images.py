@@ -97,10 +97,12 @@ class ImageGone(LookupError):
 def original_bytes(kind: str, path: str, key: str, size: int | None = None,
                    mtime_ns: int | None = None) -> bytes:
     """The encoded bytes of an indexed image: a file ("file"), or a sample in a shard ("tar").
-    size, mtime_ns: the file's as indexed (meta.parquet; None in an index from before they were
-    kept). Raises ImageGone."""
+    size, mtime_ns: the file's (a sample's: its tar's) as indexed (meta.parquet; None in an
+    index from before they were kept). Raises ImageGone."""
     if kind == "file":
         return _indexed_file(path, None if size is None else [size, mtime_ns])
+    if kind == "tar":
+        check_still_indexed(kind, path, size, mtime_ns)
     data = read_tar_member(Path(path), key) if kind == "tar" else None
     if data is None:
         raise ImageGone(f"is no longer readable in {path}")
@@ -109,11 +111,12 @@ def original_bytes(kind: str, path: str, key: str, size: int | None = None,
 
 def check_still_indexed(kind: str, path: str, size: int | None = None,
                         mtime_ns: int | None = None) -> None:
-    """Raises ImageGone when an indexed file is no longer the one indexed, without reading it:
-    for what was rendered from it earlier and cached (a thumbnail). Shard samples pass."""
-    if kind != "file":
+    """Raises ImageGone when an indexed file, or a sample's tar, is no longer the one indexed,
+    without reading it: for what was rendered from it earlier and cached (a thumbnail), and
+    before a tar is searched for a sample."""
+    if kind not in ("file", "tar"):
         return
-    if os.path.realpath(path) != path:
+    if kind == "file" and os.path.realpath(path) != path:
         raise _changed(path)
     try:
         st = os.lstat(path)

@@ -36,20 +36,21 @@ def _live_rows(store: ChunkStore, chunks: list[Chunk], records: list[dict]
     for c, record in zip(chunks, records, strict=True):
         t = pq.read_table(store.out.chunk_meta(c.name))
         rows = t.to_pydict()
-        stamps = stamps_of(record) if c.shard is None else {}
+        stamps = (stamps_of(record) if c.shard is None else  # a shard's rows: the tar's stamp
+                  dict.fromkeys(rows["key"], record.get("shard_stamp")))
         keep[c.name] = np.array([kind != "file" or _unchanged(path, stamps.get(key))
                                  for kind, path, key in zip(rows["kind"], rows["path"],
                                                             rows["key"], strict=True)],
                                 dtype=bool)
         t = t.filter(pa.array(keep[c.name], pa.bool_()))
         t = t.append_column("chunk", pa.array([c.name] * t.num_rows, pa.string()))
-        tables.append(_withstamps_of(t, stamps))
+        tables.append(_with_stamps(t, stamps))
     return pa.concat_tables(tables), keep
 
 
-def _withstamps_of(t: pa.Table, stamps: dict[str, list[int] | None]) -> pa.Table:
-    """t with each file's size and mtime_ns as embedded (null: a shard sample, or a marker
-    from before stamps were kept)."""
+def _with_stamps(t: pa.Table, stamps: dict[str, list[int] | None]) -> pa.Table:
+    """t with each file's size and mtime_ns as embedded, a shard sample's its tar's (null: a
+    marker from before stamps were kept)."""
     kept = [stamps.get(key) for key in t.column("key").to_pylist()]
     for i, name in enumerate(("size", "mtime_ns")):
         t = t.append_column(name, pa.array([s[i] if s else None for s in kept], pa.int64()))

@@ -102,6 +102,8 @@ class ChunkStore:
         if chunk.shard is None:  # a folder chunk's files as embedded, for growing it later
             record["keys"] = [r["key"] for r in items.rows]
             record["stamps"] = [r["stamp"] for r in items.rows]
+        else:  # what the server checks before showing one of its samples
+            record["shard_stamp"] = items.shard_stamp
         self.markers.write(chunk.name, record)  # last: the chunk now exists
 
     def embeddings(self, names: list[str], keep: dict[str, np.ndarray], array: str = "emb"):

@@ -11,8 +11,8 @@
     index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
     dino.faiss                  the same rows' backbone features, the same ids
     meta.parquet                key, path, url, caption, kind, chunk, and a file's size and
-                                mtime_ns as embedded (null for shards): what the server checks
-                                before showing a file
+                                mtime_ns as embedded (a shard sample: its tar's): what the
+                                server checks before showing an image
     index.json                  written last: run, models, kind, counts, chunks, skipped files
 
 IndexDir is the only place that knows these names: build, search and serve go through it.
