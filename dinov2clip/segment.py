@@ -1,11 +1,13 @@
 """`pipeline segment`: open-vocabulary segmentation of an image folder with a run, under the
-eval's protocol. Per image <stem>.png (the label map: value = index into the classes, with
---background 0 is background) and <stem>_overlay.png (image | prediction, with a legend);
-segment.json, written last, names the classes, the protocol and every skipped file."""
+eval's protocol (with --pamr, refined as the eval's "+ PAMR" rows are). Per image <stem>.png
+(the label map: value = index into the classes, with --background 0 is background) and
+<stem>_overlay.png (image | prediction, with a legend); segment.json, written last, names the
+classes, the protocol and every skipped file."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,9 @@ def parse_classes(text: str) -> list[str]:
 
 
 def segment_folder(*, run: str, images: Path, classes: str, out: Path | None = None,
-                   background: float | None = None, root: Path = Path("artifacts"),
-                   options: UseOptions | None = None, protocol: Protocol | None = None) -> dict:
+                   background: float | None = None, pamr: bool = False,
+                   root: Path = Path("artifacts"), options: UseOptions | None = None,
+                   protocol: Protocol | None = None) -> dict:
     from dinov2clip.evaluate.seg_report import overlay_picture
     from dinov2clip.models.inference import DinoV2Clip
 
@@ -49,12 +52,13 @@ def segment_folder(*, run: str, images: Path, classes: str, out: Path | None = N
     out = Path(out) if out else run_dir.segment_dir(images)
     out.mkdir(parents=True, exist_ok=True)
     model = DinoV2Clip.from_pretrained(run_dir.path, **(options or UseOptions()).model_args())
-    protocol = protocol or Protocol()
+    protocol = replace(protocol or Protocol(), bg_threshold=background, pamr=pamr)
     shown = ["background", *names] if background is not None else names
     done, skipped = [], {}
     for path in progress(files, desc="segment", unit="img"):
         try:
-            labels = model.segment(path, names, background=background, protocol=protocol)
+            labels = model.segment(path, names, background=background, protocol=protocol,
+                                   pamr=pamr)
         except (OSError, ValueError) as err:  # an unreadable file is counted, never fatal
             skipped[str(path)] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             continue

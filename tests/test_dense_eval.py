@@ -54,23 +54,66 @@ def test_the_demo_scores_its_shapes_set_with_both_heads(demo_run):
     assert by_head["projector"]["per_class_iou"] != by_head["talk2dino"]["per_class_iou"]
 
 
-def test_saved_masks_score_what_the_json_says(demo_run, tmp_path):
+def test_saved_masks_and_pamr_rows_score_what_their_json_says(demo_run, tmp_path):
+    # a threshold per head, and PAMR: each head's plain and refined results from one pass (on
+    # 4 images, in smaller windows: PAMR is most of the time on a CPU)
     config, art = demo_run
     copy = tmp_path / "demo-copy"
     shutil.copytree(art / "runs" / "demo", copy)
     run_cli("eval", "--config", str(config), "--run", str(copy), "--save-masks",
-            "--set", "eval.zeroshot=''", env={"OMP_NUM_THREADS": "1"})
+            "--set", "eval.zeroshot=''", "--set", "eval.dense.pamr=true",
+            "--set", "eval.dense.bg_threshold={ projector = 0.25, talk2dino = 0.35 }",
+            "--set", "eval.dense.short_side=224", "--set", "eval.dense.window=224",
+            "--set", "eval.dense.stride=112", "--set", "eval.dense.max_images=4",
+            env={"OMP_NUM_THREADS": "1"})
     run = RunDir(copy)
-    res = json.loads(run.segmentation_results("shapes-seg", "projector").read_text())
-    pairs = []
-    for sample in SegSet(segset_dir(art, "shapes-seg")).samples():
-        with Image.open(run.segmentation_mask("shapes-seg", "projector", sample.key)) as im:
-            mask = np.asarray(im)
-        label = sample.read_label()
-        assert mask.shape == label.shape and ((mask == 255) == (label == 255)).all()
-        assert mask[label != 255].max() < 5
-        pairs.append((mask, label))
-    assert res["mIoU"] == pytest.approx(brute_miou(pairs, 5), abs=1e-9)
+    report, results = run.report.read_text(), json.loads(run.results.read_text())
+    assert list(results["segmentation"]["shapes-seg"]) == [
+        "projector", "projector+pamr", "talk2dino", "talk2dino+pamr"]
+    samples = list(SegSet(segset_dir(art, "shapes-seg")).samples(4))
+    for head, threshold in [("projector", 0.25), ("talk2dino", 0.35)]:
+        for pamr in (False, True):
+            res = json.loads(run.segmentation_results("shapes-seg", head, pamr).read_text())
+            assert res["head"] == head and res["pamr"] is pamr
+            assert res["protocol"]["bg_threshold"] == threshold
+            assert (res["protocol"]["pamr"] or {}).get("dilations") == (
+                [1, 2, 4, 8, 12, 24] if pamr else None)
+            pairs = []
+            for sample in samples:
+                with Image.open(run.segmentation_mask("shapes-seg", head, sample.key,
+                                                      pamr)) as im:
+                    mask = np.asarray(im)
+                label = sample.read_label()
+                assert mask.shape == label.shape and ((mask == 255) == (label == 255)).all()
+                assert mask[label != 255].max() < 5
+                pairs.append((mask, label))
+            assert res["mIoU"] == pytest.approx(brute_miou(pairs, 5), abs=1e-9)
+            shown = head + (" + PAMR" if pamr else "")
+            row = next(x for x in report.splitlines() if x.startswith(f"| shapes-seg | {shown} |"))
+            assert f"| 4 | {res['mIoU']:.2f} |" in row and f"| {threshold:.2f} |" in row
+            assert run.segmentation_plot("shapes-seg", head, pamr).is_file()
+            assert run.segmentation_overlay("shapes-seg", head, "00001", pamr).is_file()
+
+
+def test_a_threshold_per_head_is_read_as_a_table(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[eval.dense]\nhead = 'talk2dino'\n"
+                    "bg_threshold = { projector = 0.2, talk2dino = -0.1 }\n")
+    dense = load_config(path).eval.dense
+    assert dense.threshold("talk2dino") == -0.1 and dense.threshold("projector") == 0.2
+    assert load_config(path, ["eval.dense.bg_threshold=0.4"]).eval.dense.threshold(
+        "talk2dino") == 0.4
+
+
+def test_a_bad_threshold_table_is_one_line_from_the_cli(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[eval.dense]\nhead = ['projector', 'talk2dino']\n")
+    proc = run_cli("eval", "--config", str(path), "--set",
+                   "eval.dense.bg_threshold={ projector = 0.2, talk3dino = 0.5 }", check=False)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --set eval.dense.bg_threshold=") and \
+        "'eval.dense.bg_threshold.talk3dino' is not a dense head" in lines[0]
 
 
 @pytest.mark.parametrize("setting, words", [
@@ -81,6 +124,13 @@ def test_saved_masks_score_what_the_json_says(demo_run, tmp_path):
     ("stride = 500", "'eval.dense.stride' must not exceed window"),
     ("window = 0", "'eval.dense.window' must be at least 1"),
     ("bg_threshold = 1.5", "'eval.dense.bg_threshold' is a cosine"),
+    ("bg_threshold = { projector = 0.2 }\nhead = ['projector', 'talk2dino']",
+     "'eval.dense.bg_threshold' names no threshold for head 'talk2dino'"),
+    ("bg_threshold = { projector = 0.2, talk3dino = 0.5 }",
+     "'eval.dense.bg_threshold.talk3dino' is not a dense head"),
+    ("bg_threshold = { projector = -1.5 }", "'eval.dense.bg_threshold.projector' is a cosine"),
+    ("bg_threshold = 'high'", "'eval.dense.bg_threshold' must be float | dict"),
+    ("pamr = 'yes'", "'eval.dense.pamr' must be bool"),
     ("overlays = -1", "'eval.dense.overlays' must be at least 0"),
     ("sets = ['../x']", "'eval.dense.sets' holds '../x'"),
     ("threshold = 0.3", "unknown key 'eval.dense.threshold'"),

@@ -52,3 +52,41 @@ def test_bad_arguments_are_one_line(tmp_path, args, words):
     result = CliRunner().invoke(app, base + args)
     assert result.exit_code == 2, result.output
     assert f"error: {words}" in result.output and "Traceback" not in result.output
+
+
+def test_pamr_refines_what_segment_writes(demo_run, demo_model, folder, tmp_path,
+                                         monkeypatch):
+    from dinov2clip.dense import pamr as pamr_module
+    from dinov2clip.dense.protocol import Protocol
+
+    refined = []  # the random demo model labels every pixel alike: count the refinements
+    real = pamr_module.pamr
+    monkeypatch.setattr(pamr_module, "pamr", lambda *a, **k: refined.append(1) or real(*a, **k))
+    _, art = demo_run
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "segment", "--run", str(art / "runs" / "demo"), "--images", str(folder), "--classes",
+        "circle, square", "--background", "0.3", "--pamr", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert len(refined) == windows(folder / "a.png") + windows(folder / "sub" / "b.jpg")
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["protocol"]["pamr"]["iterations"] == 10
+    assert summary["protocol"]["bg_threshold"] == 0.3
+    with Image.open(out / "a.png") as mask:
+        written = np.asarray(mask)
+    labels = demo_model.segment(folder / "a.png", ["circle", "square"], background=0.3,
+                                pamr=True)
+    assert (written == labels.numpy()).all()
+    seen = len(refined)
+    demo_model.segment(folder / "a.png", ["circle"], protocol=Protocol(pamr=True))
+    assert len(refined) == seen  # the argument decides, as it does for background
+
+
+def windows(path) -> int:
+    """How many 448 windows the protocol cuts the image into."""
+    from dinov2clip.dense.protocol import window_boxes
+
+    with Image.open(path) as im:
+        w, h = im.size
+    scale = 448 / min(w, h)
+    return len(window_boxes(round(h * scale), round(w * scale), 448, 224))

@@ -79,3 +79,33 @@ def test_ignored_pixels_count_for_nothing():
 def test_bad_maps_are_refused(pred, label, words):
     with pytest.raises(ValueError, match=words):
         confusion(pred, label, 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dataset_level_scores_equal_torchmetrics(seed):
+    import torch
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+    n = 6  # class 5 never drawn, class 4 only ever predicted: both kinds of "absent"
+    g = torch.Generator().manual_seed(seed)
+    per_class = MulticlassJaccardIndex(n, average=None, ignore_index=IGNORE)
+    macro = MulticlassJaccardIndex(n, average="macro", ignore_index=IGNORE)
+    accuracy = MulticlassAccuracy(n, average="micro", ignore_index=IGNORE)
+    meter = SegmentationMeter(n)
+    for _ in range(5):
+        h, w = torch.randint(3, 17, (2,), generator=g).tolist()
+        label = torch.randint(0, 4, (h, w), generator=g)
+        label[torch.rand((h, w), generator=g) < 0.2] = IGNORE
+        pred = torch.randint(0, 5, (h, w), generator=g)
+        meter.update(pred, label)
+        for metric in (per_class, macro, accuracy):
+            metric.update(pred, label)
+    ours, theirs = meter.result(), 100 * per_class.compute().double().numpy()
+    # A class in neither labels nor predictions (class 5) has no IoU: ours is nan, theirs is
+    # its zero_division (0). Both leave it out of the mean (their macro weights a class with
+    # an empty union 0), so per-class IoU is compared where it is defined and mIoU everywhere.
+    assert math.isnan(ours["per_class_iou"][5]) and theirs[5] == 0.0
+    np.testing.assert_allclose(ours["per_class_iou"][:5], theirs[:5], atol=1e-4)
+    assert ours["per_class_iou"][4] == 0.0  # predicted, never true: counted, as IoU 0
+    assert ours["mIoU"] == pytest.approx(100 * macro.compute().item(), abs=1e-4)
+    assert ours["pixel_accuracy"] == pytest.approx(100 * accuracy.compute().item(), abs=1e-4)

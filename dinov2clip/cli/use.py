@@ -64,6 +64,9 @@ def segment(
     background: Annotated[float | None, typer.Option(
         help="A cosine threshold: pixels whose best class scores below it are background "
              "(label 0). Default: no background class.")] = None,
+    pamr: Annotated[bool, typer.Option(
+        help="Refine each window's class scores by its pixels (PAMR, as Talk2DINO evaluates)."
+    )] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "bf16",
     artifacts: ArtifactsOpt = Path("artifacts"),
@@ -72,7 +75,7 @@ def segment(
     from dinov2clip.segment import segment_folder
 
     guarded(lambda: segment_folder(run=run, images=images, classes=classes, out=out,
-                                   background=background, root=artifacts,
+                                   background=background, pamr=pamr, root=artifacts,
                                    options=UseOptions(device=device, dtype=dtype)))
 
 

@@ -334,14 +334,18 @@ class DenseEvalConfig:
     window: int = 448  # sliding window side, pixels
     stride: int = 224
     # Sets with a background class: a pixel whose best class cosine is below this is
-    # background (a constant channel). Heads differ in their cosine range: set it per head.
-    bg_threshold: float = 0.55
+    # background (a constant channel). Heads differ in their cosine range, so a table may name
+    # one per head: { projector = 0.2, talk2dino = 0.55 }, every head in `head` among them.
+    bg_threshold: float | dict[str, float] = 0.55
     max_images: int = 0  # 0: every image of a set
     overlays: int = 4  # image | ground truth | prediction pictures per set
     save_masks: bool = False  # predicted label maps as PNGs beside the set's JSON
     # talk2dino: mix each class's map with its text-weighted head attention (Talk2DINO's
     # background cleaning); the projector head has no attention of its own and ignores it
     bg_clean: bool = False
+    # every (set, head) also scored with PAMR (dense/pamr.py) on each window's class scores, as
+    # Talk2DINO reports it: its own JSON and report row, from the same pass over the windows
+    pamr: bool = False
 
     def __post_init__(self):
         if not self.heads:
@@ -355,19 +359,39 @@ class DenseEvalConfig:
         if self.stride > self.window:
             raise InvalidValue("stride", f"must not exceed window ({self.window}): pixels "
                                f"between windows would never be scored, got {self.stride}")
-        if not -1.0 <= self.bg_threshold <= 1.0:
-            raise InvalidValue("bg_threshold", f"is a cosine: must be in [-1, 1], got "
-                                               f"{self.bg_threshold}")
+        self._check_thresholds()
         _check_at_least("max_images", self.max_images, 0)
         _check_at_least("overlays", self.overlays, 0)
         for name in self.sets:
             if not name or "/" in name or name.startswith("."):
                 raise InvalidValue("sets", f"holds {name!r}, not a plain set name")
 
+    def _check_thresholds(self) -> None:
+        given = self.bg_threshold
+        if isinstance(given, dict):
+            for head in given:
+                if head not in DENSE_HEADS:
+                    raise InvalidValue(f"bg_threshold.{head}", f"is not a dense head (known: "
+                                       f"{', '.join(DENSE_HEADS)})")
+            missing = [head for head in self.heads if head not in given]
+            if missing:
+                raise InvalidValue("bg_threshold", f"names no threshold for head {missing[0]!r}, "
+                                   "which eval.dense.head scores: name every head, or give one "
+                                   "number for all")
+        for key, value in (given.items() if isinstance(given, dict) else [("", given)]):
+            if not -1.0 <= value <= 1.0:
+                raise InvalidValue(f"bg_threshold.{key}" if key else "bg_threshold",
+                                   f"is a cosine: must be in [-1, 1], got {value}")
+
     @property
     def heads(self) -> tuple[str, ...]:
         """The heads to score with, in the order given."""
         return (self.head,) if isinstance(self.head, str) else tuple(self.head)
+
+    def threshold(self, head: str) -> float:
+        """The background threshold of one head."""
+        given = self.bg_threshold
+        return given[head] if isinstance(given, dict) else given
 
 
 @dataclass(frozen=True)

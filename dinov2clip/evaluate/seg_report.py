@@ -16,20 +16,28 @@ def markdown_lines(segmentation: dict) -> list[str]:
     lines = ["## Open-vocabulary segmentation", "",
              "Protocol of GroupViT, TCL, FreeDA and Talk2DINO: short side, sliding window "
              "averaged, bilinear to the label's size, argmax; dataset-level mIoU with label 255 "
-             "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16).", "",
+             "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16). "
+             "+ PAMR: each window's class scores refined by its pixels (10 iterations, "
+             "dilations 1-24); such a row and the head's plain one come from one pass over the "
+             "windows and share its seconds.", "",
              "| set | head | images | mIoU | pixel acc. | mAcc | Talk2DINO ViT-B mIoU | "
              "window / stride / short side | bg threshold | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     rows = [(name, r) for name, by_head in segmentation.items() for r in by_head.values()]
     for name, r in rows:  # one row per set and head: the heads side by side
         p = r["protocol"]
-        head = r["head"] + (" + bg clean" if r.get("bg_clean") else "")
-        lines.append(f"| {name} | {head} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
+        lines.append(f"| {name} | {shown_head(r)} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
                      f"{fmt(r['pixel_accuracy'], 2)} | {fmt(r['mAcc'], 2)} | "
                      f"{fmt(r['published']['talk2dino_vitb'], 1)} | {p['window']} / "
                      f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} | "
                      f"{fmt(r.get('seconds'), 1)} |")
     return [*lines, ""]
+
+
+def shown_head(res: dict) -> str:
+    """How a result's head reads in the report and the log: "talk2dino + bg clean + PAMR"."""
+    return res["head"] + (" + bg clean" if res.get("bg_clean") else "") + (
+        " + PAMR" if res.get("pamr") else "")
 
 
 def _plt():
@@ -51,7 +59,8 @@ def iou_chart(res: dict, path) -> None:
     ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
     ax.axhline(res["mIoU"] or 0.0, color="C1", lw=1, ls="--", label=f"mIoU {fmt(res['mIoU'], 1)}")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set(ylim=(0, 105), ylabel="IoU (%)", title=f"{res['set']}: per-class IoU ({res['head']})")
+    ax.set(ylim=(0, 105), ylabel="IoU (%)",
+           title=f"{res['set']}: per-class IoU ({shown_head(res)})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")

@@ -3,7 +3,8 @@ protocol (dense/protocol.py) with each of eval.dense.head's dense heads, one JSO
 head (RunDir.segmentation_results), a per-class IoU plot, overlay pictures and, with
 --save-masks, the predicted label maps. Every head sees the same images, prompts and protocol,
 so the report's rows compare the heads alone (issue 19: what the projector head costs against
-the learned one)."""
+the learned one). With eval.dense.pamr each head is scored twice from one pass over the windows,
+without and with PAMR, each a result, files and a report row of its own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 from dinov2clip.config import Config, ConfigError
 from dinov2clip.dense.metrics import IGNORE, SegmentationMeter
 from dinov2clip.dense.prompts import SUB_IMAGENET, class_embeddings
-from dinov2clip.dense.protocol import Protocol, predict
+from dinov2clip.dense.protocol import Protocol, predict_each
 from dinov2clip.formats.segsets import SegSet, segset_dir
 from dinov2clip.io_utils import atomic_write, atomic_write_json
 from dinov2clip.store import RunDir
@@ -40,48 +41,62 @@ def check_segmentation(cfg: Config) -> None:
 
 
 def segmentation_for(cfg: Config, run: RunDir) -> dict:
-    """{set: {head: its results}} for every eval.dense set and head, each also written to its
-    JSON."""
+    """{set: {head, or head+pamr: its results}} for every eval.dense set and head, each also
+    written to its JSON."""
     from dinov2clip.models.inference import DinoV2Clip
 
     model = DinoV2Clip.from_pretrained(run.path, device=cfg.eval.device,
                                        dtype=cfg.extract.compute_dtype)
-    return {name: {head: evaluate_set(cfg, run, model, name, head)
-                   for head in cfg.eval.dense.heads} for name in cfg.eval.dense.sets}
+    return {name: {key: res for head in cfg.eval.dense.heads
+                   for key, res in evaluate_set(cfg, run, model, name, head).items()}
+            for name in cfg.eval.dense.sets}
 
 
 def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
-    from dinov2clip.evaluate.seg_report import iou_chart, overlay_picture
+    """{head: results}, and with eval.dense.pamr {head+pamr: results} too, from one pass."""
+    from dinov2clip.evaluate.seg_report import overlay_picture
 
     d = cfg.eval.dense
     seg = SegSet(segset_dir(cfg.root, name))
     classes, background = seg.read_classes()
-    protocol = Protocol(d.short_side, d.window, d.stride,
-                        d.bg_threshold if background else None)
+    protocols = [Protocol(d.short_side, d.window, d.stride,
+                          d.threshold(head) if background else None, pamr=refined)
+                 for refined in ((False, True) if d.pamr else (False,))]
     prompted = classes[1:] if background else classes  # background gets no prompt
-    bg_clean = uses_bg_clean(cfg, head)
     scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET),
-                                head, bg_clean)
-    meter, started = SegmentationMeter(len(classes)), time.perf_counter()
+                                head, uses_bg_clean(cfg, head))
+    meters, started = [SegmentationMeter(len(classes)) for _ in protocols], time.perf_counter()
     for i, sample in enumerate(seg.samples(d.max_images)):
         label = sample.read_label()
-        pred = predict(model.image_tensor(sample.image), scorer, protocol, label.shape).numpy()
-        pred = np.where(label == IGNORE, IGNORE, pred).astype(np.uint8)
-        meter.update(pred, label)
-        if d.save_masks:
-            _save_png(run.segmentation_mask(name, head, sample.key), pred)
-        if i < d.overlays:
-            path = run.segmentation_overlay(name, head, sample.key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp, s=sample, p=pred, lb=label: overlay_picture(
-                s.image, lb, p, classes, tmp))
-    res = _results(cfg, run, name, head, classes, protocol, meter.result())
-    res["seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_json(run.segmentation_results(name, head), res)
-    atomic_write(run.segmentation_plot(name, head), lambda tmp: iou_chart(res, tmp))
-    log.info("segmentation %s: mIoU %.2f, pixel accuracy %.2f over %d images (%s head) in "
-             "%.1fs", name, res["mIoU"], res["pixel_accuracy"], res["n_images"], head,
-             res["seconds"])
+        preds = predict_each(model.image_tensor(sample.image), scorer, protocols, label.shape)
+        for protocol, meter, pred in zip(protocols, meters, preds, strict=True):
+            pred = np.where(label == IGNORE, IGNORE, pred.numpy()).astype(np.uint8)
+            meter.update(pred, label)
+            if d.save_masks:
+                _save_png(run.segmentation_mask(name, head, sample.key, protocol.pamr), pred)
+            if i < d.overlays:
+                path = run.segmentation_overlay(name, head, sample.key, protocol.pamr)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda tmp, s=sample, p=pred, lb=label: overlay_picture(
+                    s.image, lb, p, classes, tmp))
+    seconds = round(time.perf_counter() - started, 3)  # with PAMR: the pass both came from
+    return {head + ("+pamr" if protocol.pamr else ""):
+            _write(cfg, run, name, head, classes, protocol, meter.result(), seconds)
+            for protocol, meter in zip(protocols, meters, strict=True)}
+
+
+def _write(cfg: Config, run: RunDir, name: str, head: str, classes: list[str],
+           protocol: Protocol, scores: dict, seconds: float) -> dict:
+    """One result: its JSON and IoU plot written, a line logged."""
+    from dinov2clip.evaluate.seg_report import iou_chart, shown_head
+
+    res = {**_results(cfg, run, name, head, classes, protocol, scores), "seconds": seconds}
+    atomic_write_json(run.segmentation_results(name, head, protocol.pamr), res)
+    atomic_write(run.segmentation_plot(name, head, protocol.pamr),
+                 lambda tmp: iou_chart(res, tmp))
+    log.info("segmentation %s: mIoU %.2f, pixel accuracy %.2f over %d images (%s) in %.1fs",
+             name, res["mIoU"], res["pixel_accuracy"], res["n_images"], shown_head(res),
+             seconds)
     return res
 
 
@@ -99,7 +114,7 @@ def _results(cfg: Config, run: RunDir, name: str, head: str, classes: list[str],
     per_class = dict(zip(classes, scores.pop("per_class_iou"), strict=True))
     return without_nan({
         "set": name, **scores, "per_class_iou": per_class, "classes": classes,
-        "head": head, "bg_clean": uses_bg_clean(cfg, head),
+        "head": head, "bg_clean": uses_bg_clean(cfg, head), "pamr": protocol.pamr,
         "backbone": models.dino_model,
         "teacher": f"{models.clip_model} {models.clip_pretrained}".strip(),
         "protocol": {**protocol.to_dict(), "prompts": list(SUB_IMAGENET),

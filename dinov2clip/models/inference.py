@@ -330,9 +330,10 @@ class DinoV2Clip:
     @torch.inference_mode()
     def segment(self, image: Image.Image | str | Path, classes: Sequence[str],
                 background: float | None = None, protocol=None, head: str = "projector",
-                bg_clean: bool = False) -> torch.Tensor:
+                bg_clean: bool = False, pamr: bool = False) -> torch.Tensor:
         """(H, W) int64 label map at the image's size: the index of the best class in classes;
-        with background (a cosine threshold), 0 is background and classes[i] is i + 1."""
+        with background (a cosine threshold), 0 is background and classes[i] is i + 1; pamr:
+        each window's class scores refined by its pixels (dense/pamr.py)."""
         from dataclasses import replace
 
         from dinov2clip.dense.prompts import class_embeddings
@@ -340,7 +341,7 @@ class DinoV2Clip:
 
         if not classes:
             raise ConfigError("segment: no classes given")
-        proto = replace(protocol or Protocol(), bg_threshold=background)
+        proto = replace(protocol or Protocol(), bg_threshold=background, pamr=pamr)
         x = self.image_tensor(image)
         text = class_embeddings(self.encode_text, list(classes))
         return predict(x, self.dense_scorer(text, head, bg_clean), proto, tuple(x.shape[-2:]))

@@ -12,7 +12,8 @@
     metrics.jsonl           one JSON line per logged step and per epoch
     loss.png, val.png       training curves
     eval/                   results.json, report.md, recall.png, epochs.json/png, zeroshot.json
-    eval/segmentation/      per set and dense head: <set>-<head>.json, _iou.png, _overlays/, _masks/
+    eval/segmentation/      per set and dense head: <set>-<head>.json, _iou.png, _overlays/,
+                            _masks/; with PAMR (eval.dense.pamr) <set>-<head>-pamr.json, and so on
     zeroshot/<folder>-<hash of its path>.json   `pipeline zeroshot` results
     segment/<folder>-<hash of its path>/        `pipeline segment` output
     index/<name>/           indexes of image collections (IndexDir)
@@ -220,24 +221,31 @@ class RunDir:
     @property
     def segmentation_dir(self) -> Path:
         """eval/segmentation/: per set and dense head <set>-<head>.json, <set>-<head>_iou.png,
-        <set>-<head>_overlays/, <set>-<head>_masks/ (--save-masks)."""
+        <set>-<head>_overlays/, <set>-<head>_masks/ (--save-masks); scored with PAMR, the head's
+        part reads <head>-pamr."""
         return self.eval_dir / "segmentation"
 
-    def segmentation_results(self, set_name: str, head: str) -> Path:
-        """One set scored with one dense head."""
-        return self.segmentation_dir / f"{set_name}-{head}.json"
+    def _segmentation_stem(self, set_name: str, head: str, pamr: bool) -> str:
+        return f"{set_name}-{head}" + ("-pamr" if pamr else "")
 
-    def segmentation_plot(self, set_name: str, head: str) -> Path:
+    def segmentation_results(self, set_name: str, head: str, pamr: bool = False) -> Path:
+        """One set scored with one dense head (pamr: its masks refined by PAMR)."""
+        return self.segmentation_dir / f"{self._segmentation_stem(set_name, head, pamr)}.json"
+
+    def segmentation_plot(self, set_name: str, head: str, pamr: bool = False) -> Path:
         """The per-class IoU bars of one set under one head."""
-        return self.segmentation_dir / f"{set_name}-{head}_iou.png"
+        return self.segmentation_dir / f"{self._segmentation_stem(set_name, head, pamr)}_iou.png"
 
-    def segmentation_overlay(self, set_name: str, head: str, key: str) -> Path:
+    def segmentation_overlay(self, set_name: str, head: str, key: str,
+                             pamr: bool = False) -> Path:
         """image | ground truth | prediction, with a legend, for one image of a set."""
-        return self.segmentation_dir / f"{set_name}-{head}_overlays" / f"{key}.png"
+        stem = self._segmentation_stem(set_name, head, pamr)
+        return self.segmentation_dir / f"{stem}_overlays" / f"{key}.png"
 
-    def segmentation_mask(self, set_name: str, head: str, key: str) -> Path:
+    def segmentation_mask(self, set_name: str, head: str, key: str, pamr: bool = False) -> Path:
         """A predicted label map: PNG, value = class index, 255 = ignored by the label."""
-        return self.segmentation_dir / f"{set_name}-{head}_masks" / f"{key}.png"
+        stem = self._segmentation_stem(set_name, head, pamr)
+        return self.segmentation_dir / f"{stem}_masks" / f"{key}.png"
 
     def segment_dir(self, images: str | Path) -> Path:
         """`pipeline segment`'s default output for an image folder, named as zeroshot_results
