@@ -232,9 +232,9 @@ def test_a_download_that_keeps_breaking_stops_in_one_line_and_the_next_run_resum
     with pytest.raises(ConfigError, match=r"^data.segmentation_sets.voc21: the download of "
                        r"http://127.0.0.1:\d+/VOCtrainval_11-May-2012.tar broke off 2 times "
                        r"\(2,000 of [\d,]+ bytes came\); re-run to resume it from 4,000 bytes, "
-                       r"or download it yourself into .*/downloads/segsets/VOCtrainval_11-May-2012.tar "
-                       r"and re-run, or give data.segmentation_sets.voc21.path = the folder "
-                       r"holding it$") as err:
+                       r"or download it yourself into "
+                       r".*/downloads/segsets/VOCtrainval_11-May-2012.tar and re-run, or give "
+                       r"data.segmentation_sets.voc21.path = the folder holding it$") as err:
         data.run(cfg)
     assert "\n" not in str(err.value)
     part = cfg.root / "downloads" / "segsets" / (VOC_TAR + ".part")
@@ -445,7 +445,8 @@ def test_a_downloaded_voc21_is_scored_by_pipeline_eval(demo_run, tmp_path, serve
     shutil.copytree(demo_art / "runs" / "demo", run_copy)
     (cfg.root / "embeddings").symlink_to(demo_art / "embeddings")  # the retrieval set's
     run_cli("eval", "--config", str(config_path), "--run", str(run_copy),
-            "--set", f'artifacts="{cfg.root}"', "--set", "eval.zeroshot=''", "--set", "eval.dense.sets=['voc21']",
+            "--set", f'artifacts="{cfg.root}"', "--set", "eval.zeroshot=''",
+            "--set", "eval.dense.sets=['voc21']",
             "--set", "eval.dense.head='projector'", env={"OMP_NUM_THREADS": "1"})
     from dinov2clip.store import RunDir
 
