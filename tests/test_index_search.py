@@ -102,6 +102,55 @@ def test_resume_redoes_only_the_missing_chunk(demo_run, collection, flat_index, 
     assert (tmp_path / "precious" / "thesis.tex").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate_emb", "truncate_dino", "bad_meta"])
+def test_a_damaged_chunk_is_embedded_again_to_the_same_rows(demo_run, collection, flat_index,
+                                                             tmp_path, damage, caplog):
+    _, art = demo_run
+    src, _ = flat_index
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(src, out)
+    chunks = out / "chunks"
+    target = {"truncate_emb": chunks / "emb" / "00001.npy",
+              "truncate_dino": chunks / "dino" / "00001.npy",
+              "bad_meta": chunks / "meta" / "00001.parquet"}[damage]
+    original = target.read_bytes()
+    target.write_bytes(original[: len(original) // 2])
+    kept = (chunks / "emb" / "00000.npy").stat().st_mtime_ns
+    with caplog.at_level("WARNING"):
+        summary = build_index(run=art / "runs" / "demo", images=collection, out_dir=out,
+                              chunk_size=4, options=CPU3)
+    assert "chunk 00001" in caplog.text and str(target) in caplog.text
+    assert summary["n_images"] == 9
+    assert (chunks / "emb" / "00000.npy").stat().st_mtime_ns == kept  # the sound ones stay
+    assert (pq.read_table(out / "meta.parquet").to_pydict()
+            == pq.read_table(src / "meta.parquet").to_pydict())
+    np.testing.assert_array_equal(np.load(chunks / "emb" / "00001.npy"),
+                                  np.load(src / "chunks" / "emb" / "00001.npy"))
+
+
+def test_a_chunk_damaged_after_its_rank_finished_stops_the_build_in_one_line(
+        demo_run, collection, flat_index, tmp_path):
+    """Rank 0 does not re-embed another rank's chunk: it names the file instead of FAISS or
+    numpy failing on it."""
+    from dinov2clip.index.build import models_hash
+    from dinov2clip.index.chunks import ChunkStore
+    from dinov2clip.store import IndexDir, RunDir
+
+    _, art = demo_run
+    src, _ = flat_index
+    import shutil
+
+    out = tmp_path / "other-rank"
+    shutil.copytree(src, out)
+    bad = out / "chunks" / "dino" / "00002.npy"
+    bad.write_bytes(bad.read_bytes()[:100])
+    store = ChunkStore(IndexDir(out), models_hash(RunDir(art / "runs" / "demo")))
+    with pytest.raises(ConfigError, match=f"{bad}.*re-run `pipeline index`"):
+        store.check_files(["00000", "00001", "00002"])
+
+
 def test_ranks_split_the_chunks_and_rank_0_builds_the_same_index(demo_run, collection,
                                                                   flat_index, tmp_path,
                                                                   monkeypatch):
@@ -131,7 +180,8 @@ def test_rank_0_waits_for_the_other_ranks_chunks(demo_run, collection, flat_inde
     from types import SimpleNamespace
 
     from dinov2clip.index import build
-    from dinov2clip.index.build import ChunkStore, models_hash, wait_for_chunks
+    from dinov2clip.index.build import models_hash, wait_for_chunks
+    from dinov2clip.index.chunks import ChunkStore
     from dinov2clip.index.sources import plan_chunks
     from dinov2clip.store import IndexDir, RunDir
 
@@ -185,6 +235,15 @@ def test_ivf_above_the_threshold_and_webdataset_shards(demo_run, tmp_path):
         f"https://example.org/{i}.jpg" for i in range(5)}
     assert {h["caption"] for h in hits} == {"colour 0", "colour 1", "colour 2", "", "colour 4"}
     assert page.read_text().count("data:image/jpeg;base64,") == 5  # read back from the tar
+    meta = pq.read_table(out / "meta.parquet").to_pydict()
+    st = (shards / "00000.tar").stat()
+    assert set(zip(meta["size"], meta["mtime_ns"], strict=True)) == {(st.st_size, st.st_mtime_ns)}
+    # The tar rewritten with other pictures under the same keys: none of them is shown as a hit.
+    with wds.TarWriter(str(shards / "00000.tar")) as sink:
+        for i in range(5):
+            sink.write({"__key__": f"k{i}", "jpg": jpeg_bytes(Image.new("RGB", (60, 40)))})
+    search(index_dir=out, query="a green photo", k=5, html_out=page, options=CPU)
+    assert "data:image" not in page.read_text()
 
 
 def _clustered(n: int, dim: int, seed: int) -> np.ndarray:

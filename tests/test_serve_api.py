@@ -247,6 +247,26 @@ def rss_growth():
         out.append(max(peak[0], rss()) - start)
 
 
+def test_a_48_megapixel_phone_jpeg_is_searched_at_the_size_it_decodes_to(served, demo_model):
+    """The pixel cap guards what is decoded: a JPEG decodes at 1/8 of 8,000 x 6,000 for a
+    224 crop, so a phone's 48 M pixel photo is searched, while a PNG that size is refused."""
+    _, engine, _ = served
+    client = TestClient(create_app(engine), raise_server_exceptions=False)  # the 20 MB cap
+    photo = Image.new("RGB", (8000, 6000), (200, 40, 40))
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=80)
+    with rss_growth() as growth:
+        r = client.post("/api/search_image", content=buf.getvalue(),
+                        headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and len(r.json()["results"]) > 0
+    assert growth[0] < 100 << 20, f"memory grew {growth[0] >> 20} MB"  # 144 MB decoded in full
+    buf = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(buf, format="PNG")
+    r = client.post("/api/search_image", content=buf.getvalue(),
+                    headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "48.0 M pixels, more than the 40 M allowed" in r.json()["error"]
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL's, at 89 M
 @pytest.mark.parametrize("as_form", [False, True])
 def test_an_upload_of_too_many_pixels_is_refused_before_it_is_decoded(served, huge_png, as_form):
@@ -352,6 +372,18 @@ def test_an_unchanged_file_is_served_and_a_restored_one_again(changing):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: as indexed
     assert client.get("/api/image/1?size=0").status_code == 200
     assert client.get("/api/image/0?size=0").content == (root / "circle" / "0.png").read_bytes()
+
+
+def test_a_thumbnail_cached_before_its_file_changed_is_not_served(changing):
+    client, root, _, _ = changing
+    assert client.get("/api/image/2?size=64").status_code == 200  # rendered and cached
+    path = root / "circle" / "2.png"
+    data, st = path.read_bytes(), path.stat()
+    path.write_bytes(data[:-1] + b"\1")
+    r = client.get("/api/image/2?size=64")
+    assert r.status_code == 404 and "has changed since it was indexed" in r.json()["error"]
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as indexed again: served again
+    assert client.get("/api/image/2?size=64").status_code == 200
 
 
 def test_an_index_without_file_stamps_still_refuses_links(demo_run, tmp_path, caplog):

@@ -97,34 +97,59 @@ class ImageGone(LookupError):
 def original_bytes(kind: str, path: str, key: str, size: int | None = None,
                    mtime_ns: int | None = None) -> bytes:
     """The encoded bytes of an indexed image: a file ("file"), or a sample in a shard ("tar").
-    size, mtime_ns: the file's as indexed (meta.parquet; None in an index from before they were
-    kept). Raises ImageGone."""
+    size, mtime_ns: the file's (a sample's: its tar's) as indexed (meta.parquet; None in an
+    index from before they were kept). Raises ImageGone."""
     if kind == "file":
         return _indexed_file(path, None if size is None else [size, mtime_ns])
+    if kind == "tar":
+        check_still_indexed(kind, path, size, mtime_ns)
     data = read_tar_member(Path(path), key) if kind == "tar" else None
     if data is None:
         raise ImageGone(f"is no longer readable in {path}")
     return data
 
 
+def check_still_indexed(kind: str, path: str, size: int | None = None,
+                        mtime_ns: int | None = None) -> None:
+    """Raises ImageGone when an indexed file, or a sample's tar, is no longer the one indexed,
+    without reading it: for what was rendered from it earlier and cached (a thumbnail), and
+    before a tar is searched for a sample."""
+    if kind not in ("file", "tar"):
+        return
+    if kind == "file" and os.path.realpath(path) != path:
+        raise _changed(path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        raise ImageGone(f"is no longer readable at {path}") from None
+    if not _as_indexed(st, None if size is None else [size, mtime_ns]):
+        raise _changed(path)
+
+
 def _indexed_file(path: str, stamp: list[int] | None) -> bytes:
     """The file's bytes if it is still the one indexed. The index keeps the resolved path, so a
     symlink on it now (say an image replaced by a link to /etc/passwd) is a change, and so is
     another size or mtime, read from the opened file itself so nothing can swap in between."""
-    changed = ImageGone(f"has changed since it was indexed ({path})")
     if os.path.realpath(path) != path:
-        raise changed
+        raise _changed(path)
     try:  # O_NOFOLLOW: a link swapped in after the check; O_NONBLOCK: a FIFO must not hang us
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or (
-                    stamp is not None and [st.st_size, st.st_mtime_ns] != stamp):
-                raise changed
+            if not _as_indexed(os.fstat(f.fileno()), stamp):
+                raise _changed(path)
             return f.read()
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise changed from None
+            raise _changed(path) from None
         raise ImageGone(f"is no longer readable at {path}") from None
+
+
+def _as_indexed(st: os.stat_result, stamp: list[int] | None) -> bool:
+    """A regular file with the size and mtime indexed (stamp None: an index that kept none)."""
+    return stat.S_ISREG(st.st_mode) and (stamp is None or [st.st_size, st.st_mtime_ns] == stamp)
+
+
+def _changed(path: str) -> ImageGone:
+    return ImageGone(f"has changed since it was indexed ({path})")
 
 
 def thumbnail_jpeg(data: bytes, size: int) -> bytes:

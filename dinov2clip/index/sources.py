@@ -8,7 +8,7 @@ again, never mixed.
 Indexes grow: the folder chunks of the last finished index keep their file lists, and files
 added since then go into new chunks after them, so re-indexing embeds only the new files. A file
 changed in place (its size or mtime moved) counts as new: it is embedded again in a new chunk,
-and its row in the old chunk is left out of the index (build._live_rows), never served stale.
+and its row in the old chunk is left out of the index (assemble._live_rows), never served stale.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class ChunkItems:
     rows: list[dict] = field(default_factory=list)  # key, path, url, caption, kind (+stamp)
     skipped: Counter = field(default_factory=Counter)
     skipped_names: dict[str, str] = field(default_factory=dict)  # file or sample key -> reason
+    shard_stamp: list[int] | None = None  # a shard chunk: its tar's [size, mtime_ns] as read
 
 
 def plan_chunks(images: Path, chunk_size: int,
@@ -113,8 +114,9 @@ def chunk_items(chunk: Chunk, root: Path) -> ChunkItems:
 
 def _read_tar(path: Path) -> ChunkItems:
     """A webdataset tar's images, with its .txt caption and .json url where present."""
+    stamp = file_stamp(path)  # before reading: a tar rewritten meanwhile is not this one
     groups, skipped = read_groups(path)
-    out = ChunkItems(skipped=skipped)
+    out = ChunkItems(skipped=skipped, shard_stamp=stamp)
     out.skipped_names.update({f"{path.name}:{reason}": reason for reason in skipped})
     for key, parts in groups:
         image = image_bytes(parts)

@@ -202,16 +202,17 @@ def decode(image_bytes: bytes, *, max_pixels: int | None = None, min_side: int =
     as each reference does. Raises NotAnImage, TooLarge, or another OSError/ValueError for a
     corrupt or cut file.
 
-    max_pixels: TooLarge before any pixel is decoded when the header says more (a one-colour
-    PNG of 156 M pixels is a few hundred KB). min_side: a JPEG is decoded at the smallest DCT
-    scale (1/2, 1/4, 1/8) that keeps both sides at least this long, for a caller that shrinks
-    it anyway; other formats decode in full.
+    max_pixels: TooLarge before any pixel is decoded when more would be (a one-colour PNG of
+    156 M pixels is a few hundred KB). min_side: a JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) that keeps both sides at least this long, for a caller that shrinks it
+    anyway; other formats decode in full. The cap counts the pixels decoded, so a 48 M pixel
+    photo decoded at 1/8 passes it.
     """
     try:
         img = Image.open(io.BytesIO(image_bytes))  # reads the header only
-        _check_pixels(img, max_pixels)
         if min_side and img.format == "JPEG":
-            img.draft(img.mode, (min_side, min_side))
+            img.draft(img.mode, (min_side, min_side))  # sets the size it will decode at
+        _check_pixels(img, max_pixels)
         img.load()  # decode now, so a truncated file fails here and is counted
     except UnidentifiedImageError:
         raise NotAnImage("not an image") from None

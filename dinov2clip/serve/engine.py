@@ -21,7 +21,12 @@ import torch
 
 from dinov2clip.config import ConfigError
 from dinov2clip.config.schema import DENSE_HEADS, TRAINED_DENSE_HEADS
-from dinov2clip.formats.images import ImageGone, original_bytes, thumbnail_jpeg
+from dinov2clip.formats.images import (
+    ImageGone,
+    check_still_indexed,
+    original_bytes,
+    thumbnail_jpeg,
+)
 from dinov2clip.index.search import load_dino_index, load_index
 
 log = logging.getLogger(__name__)
@@ -43,8 +48,9 @@ class NoDenseHead(LookupError):
     """A dense head the served run has not trained (talk2dino), or one no code knows."""
 
 
-# 40 M pixels: an 8000 x 5000 photo. Decoded as RGB that is 120 MB, several times that while
-# converted and resized: the cap, with the app's bound on concurrent decodes, bounds memory.
+# 40 M pixels decoded: an 8000 x 5000 PNG (a JPEG decodes at 1/2 to 1/8 scale first). Decoded as
+# RGB that is 120 MB, several times that while converted and resized: the cap, with the app's
+# bound on concurrent decodes, bounds memory.
 MAX_UPLOAD_PIXELS = 40_000_000
 # A heatmap is drawn on the image shrunk to this (the PNG's longest side): the protocol scores
 # it at short side 448 anyway, and a page tile shows a few hundred pixels.
@@ -199,14 +205,17 @@ class SearchEngine:
 
     def original(self, image_id: int) -> tuple[bytes, str]:
         """(bytes, content type) of an indexed image, from its file or its shard."""
-        self.check_id(image_id)
-        kind, path, key, size, mtime_ns = (self.meta[c][image_id] for c in
-                                           ("kind", "path", "key", "size", "mtime_ns"))
+        kind, path, key, size, mtime_ns = self._indexed(image_id)
         try:
             data = original_bytes(kind, path, key, size, mtime_ns)
         except ImageGone as err:
             raise UnknownImage(f"image {image_id} ({key}) {err}") from None
         return data, mimetypes.guess_type(key)[0] or _sniff_type(data)
+
+    def _indexed(self, image_id: int) -> tuple:
+        """(kind, path, key, size, mtime_ns) of an indexed image, as meta.parquet has it."""
+        self.check_id(image_id)
+        return tuple(self.meta[c][image_id] for c in ("kind", "path", "key", "size", "mtime_ns"))
 
     def heatmap(self, image_id: int, text: str, head: str = "projector") -> tuple[bytes, dict]:
         """(PNG, facts) of an indexed image, at most HEATMAP_PX a side, with text's similarity
@@ -237,8 +246,18 @@ class SearchEngine:
         img.thumbnail((size, size), Image.BICUBIC)
         return img
 
-    @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
     def thumbnail(self, image_id: int, size: int) -> bytes:
+        """A JPEG of an indexed image, at most size a side; cached, but never served from the
+        cache once its file has changed (a cheap stat, as the full image's check)."""
+        kind, path, key, stamp_size, mtime_ns = self._indexed(image_id)
+        try:
+            check_still_indexed(kind, path, stamp_size, mtime_ns)
+        except ImageGone as err:
+            raise UnknownImage(f"image {image_id} ({key}) {err}") from None
+        return self._thumbnail(image_id, size)
+
+    @lru_cache(maxsize=2048)  # noqa: B019 - one engine per process, kept for its lifetime
+    def _thumbnail(self, image_id: int, size: int) -> bytes:
         data, _ = self.original(image_id)
         try:
             return thumbnail_jpeg(data, size)

@@ -4,13 +4,15 @@
     chunks/dino/<chunk>.npy     float16 (n, D) L2-normalised pooled backbone features, the same
                                 rows: image-to-image similarity is judged in the backbone's space
     chunks/meta/<chunk>.parquet one row per embedded image: key, path, url, caption, kind
-    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys
-                                and each file's [size, mtime_ns] as embedded
+    chunks/done/<chunk>.json    done-marker, written last: counts, skips, fingerprints, keys,
+                                each file's [size, mtime_ns] as embedded, and each chunk
+                                file's shape, dtype and bytes (store/integrity.py): a damaged
+                                chunk is embedded again, or named in one line
     index.faiss                 all live rows in order; FAISS id i = row i of meta.parquet
     dino.faiss                  the same rows' backbone features, the same ids
     meta.parquet                key, path, url, caption, kind, chunk, and a file's size and
-                                mtime_ns as embedded (null for shards): what the server checks
-                                before showing a file
+                                mtime_ns as embedded (a shard sample: its tar's): what the
+                                server checks before showing an image
     index.json                  written last: run, models, kind, counts, chunks, skipped files
 
 IndexDir is the only place that knows these names: build, search and serve go through it.
