@@ -19,7 +19,7 @@ JSON is rewritten after each, so a crash or a timeout still leaves what was meas
 - dense: open-vocabulary segmentation under the eval's protocol (short side 448, windows of 448
   every 224, averaged, bilinear, argmax) with the `projector` head (the seed projector on every
   patch token of dinov2-base): images/s at VOC's 500 x 375 (2 windows an image), windows/s, the
-  GPU memory it peaks at.
+  GPU memory it peaks at; and images/s with PAMR on each window (eval.dense.pamr).
 
     python bench/gpu_check.py          # the GPU box, < 8 min: bench/results/gpu_check-<gpu>.json
     python bench/gpu_check.py --smoke  # CPU, tiny models, a few hundred images, < 3 min
@@ -426,13 +426,21 @@ def check_dense(models: dict, device: torch.device, size: dict, out: dict) -> No
         for x in images[1:]:
             labels = predict(x, scorer, protocol, (h, w))  # .cpu() inside: synchronises
         seconds = time.perf_counter() - t
+        # The same with PAMR on each window (eval.dense.pamr's extra row), on a quarter of them
+        refined = images[1:max(2, len(images) // 4)]
+        t = time.perf_counter()
+        for x in refined:
+            predict(x, scorer, replace(protocol, pamr=True), (h, w))
+        pamr_seconds = time.perf_counter() - t
     n = len(images) - 1
     windows = len(window_boxes(448, 597, protocol.window, protocol.stride))
     out.update(images=n, image_size=[w, h], windows_per_image=windows,
                classes=size["dense_classes"], head="projector", projector=name,
                projector_params=count_parameters(projector), compute_dtype=str(dtype),
                images_per_s=round(n / seconds, 2), windows_per_s=round(n * windows / seconds, 2),
-               seconds=round(seconds, 3), labels_shape=list(labels.shape),
+               seconds=round(seconds, 3), pamr_images=len(refined),
+               pamr_images_per_s=round(len(refined) / pamr_seconds, 2),
+               labels_shape=list(labels.shape),
                labels_in_range=bool(0 <= int(labels.min()) and
                                     int(labels.max()) <= size["dense_classes"]))
     if device.type == "cuda":

@@ -37,3 +37,4 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     assert dense["images"] == 2 and dense["windows_per_image"] == 2 and dense["images_per_s"] > 0
     assert dense["labels_shape"] == [375, 500] and dense["labels_in_range"]
     assert dense["head"] == "projector" and dense["classes"] == 5
+    assert dense["pamr_images"] == 1 and dense["pamr_images_per_s"] > 0

@@ -37,6 +37,10 @@ URL_LIST_FORMATS = ("tsv", "tsv.gz", "csv", "csv.gz", "parquet", "json", "json.g
                     "jsonl.gz", "txt", "txt.gz")  # img2dataset's input formats
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")  # img2dataset
 EVALSET_SOURCES = ("hf", "local", "karpathy")
+# The segmentation benchmarks of GroupViT, TCL, FreeDA and Talk2DINO that data.segmentation_sets
+# installs (dinov2clip/data/segmentation/sources.py describes each; a test holds the two equal).
+SEGSET_KINDS = ("voc21", "voc20", "ade20k", "coco-stuff", "coco-object", "context59",
+                "context60", "cityscapes")
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
 TEMPLATE_SETS = ("imagenet80", "short", "plain")
 DENSE_HEADS = ("projector", "talk2dino")  # dense/heads.py builds each
@@ -131,6 +135,27 @@ class EvalSetConfig:
 
 
 @dataclass(frozen=True)
+class SegSetSourceConfig:
+    """Where one segmentation benchmark comes from; it is installed as <artifacts>/segsets/<name>.
+    Which kinds need a path, and how many urls each takes, is the data stage's to check."""
+
+    kind: str = ""  # one of SEGSET_KINDS; empty: the set's name
+    # the extracted dataset, or a folder holding its archives; empty: download them (context59,
+    # context60 and cityscapes have no public download and need it)
+    path: str = ""
+    urls: list[str] = field(default_factory=list)  # one per archive, in order; empty: published
+    max_images: int = 0  # 0: every image of the split; N: the first N keys in sorted order
+
+    def __post_init__(self):
+        if self.kind:
+            _check_one_of("kind", self.kind, SEGSET_KINDS)
+        _check_at_least("max_images", self.max_images, 0)
+
+    def resolved_kind(self, name: str) -> str:
+        return self.kind or name
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cc12m"  # name under <artifacts>/shards/
     url_list: str = ""  # CC12M TSV/Parquet (path or URL); empty: skip the img2dataset download
@@ -151,12 +176,26 @@ class DataConfig:
     ray_address: str = ""  # ray: e.g. head:6379 or ray://head:10001; empty: "auto", the running one
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)  # evalsets/<name>/test
     webdatasets: dict[str, str] = field(default_factory=dict)  # shards/<name> -> an existing dir
+    # segsets/<name>: the segmentation benchmarks (voc21, ade20k, coco-stuff, ...), downloaded or
+    # read from a path
+    segmentation_sets: dict[str, SegSetSourceConfig] = field(default_factory=dict)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
         _check_one_of("distributor", self.distributor, DISTRIBUTORS)
         _check_one_of("input_format", self.input_format, URL_LIST_FORMATS)
         _check_one_of("resize_mode", self.resize_mode, RESIZE_MODES)
+        for name, spec in self.segmentation_sets.items():
+            key = f"segmentation_sets.{name}"
+            if not name or "/" in name or name.startswith("."):
+                raise InvalidValue(key, "is not a usable set name (a plain directory name is "
+                                        "needed)")
+            if spec.resolved_kind(name) not in SEGSET_KINDS:
+                raise InvalidValue(f"{key}.kind", f"is empty and {name!r} is not a kind: name "
+                                   f"one of {', '.join(SEGSET_KINDS)}")
+            if self.synthetic.num_segmentation and name == self.synthetic.segmentation_name:
+                raise InvalidValue(key, f"segsets/{name} is also the synthetic segmentation set "
+                                   "(data.synthetic.segmentation_name); use another name")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""The data stage: training shards and retrieval eval sets, into <artifacts>/shards, /evalsets.
+"""The data stage: training shards, retrieval eval sets and segmentation benchmarks, into
+<artifacts>/shards, /evalsets, /segsets.
 
 Each thing it does ends in one summary line in the log: the img2dataset download (successes and
-failures by reason), each eval set (images, captions, where from), each linked webdataset.
+failures by reason), each eval set (images, captions, where from), each segmentation set
+(images, skipped by reason, archives), each linked webdataset.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ def run(cfg: Config) -> None:
         from dinov2clip.data.evalsets import format_eval_summary, install_eval_set
 
         log.info(format_eval_summary(name, install_eval_set(name, spec, root / "evalsets" / name)))
+    for name, spec in d.segmentation_sets.items():
+        from dinov2clip.data.segmentation import format_summary, install_segmentation_set
+        from dinov2clip.formats.segsets import segset_dir
+
+        result = install_segmentation_set(name, spec, segset_dir(root, name),
+                                          root / "downloads" / "segsets")
+        log.info(format_summary(name, result))
     if d.url_list:  # last: the long job, after every quick check above has passed
         from dinov2clip.data.download import download_pairs, format_summary
 
@@ -56,6 +65,11 @@ def check_names(cfg: Config) -> None:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"data: {name!r} is not a usable dataset name (a plain directory "
                               "name is needed)")
+    if d.segmentation_sets:  # a missing path or a wrong count of urls, before any download
+        from dinov2clip.data.segmentation import source_record
+
+        for name, spec in d.segmentation_sets.items():
+            source_record(name, spec)
 
 
 def _make_synthetic(cfg: Config) -> None:

@@ -36,7 +36,9 @@ def check_segmentation(cfg: Config) -> None:
         path = segset_dir(cfg.root, name)
         if not path.is_dir():
             raise ConfigError(f"eval.dense.sets: no segmentation set {name!r} at {path} (the "
-                              "data stage writes one with data.synthetic.num_segmentation)")
+                              "data stage installs one: a benchmark from "
+                              f"data.segmentation_sets.{name}, or the synthetic shapes set "
+                              "with data.synthetic.num_segmentation)")
         SegSet(path).read_classes()
 
 

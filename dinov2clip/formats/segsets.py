@@ -5,8 +5,10 @@ eval stage and tests read it.
     <set>/labels/<key>.png        "L" PNG of class indices, 255 = ignored
     <set>/classes.json            written last: {"classes": [...], "background": bool, ...};
                                   with background, classes[0] is it ("background")
+    <set>/pending.json            while a set is being installed: where it comes from
 
-A set without classes.json is unfinished and refused.
+A set without classes.json is unfinished and refused. A sample's label is written before its
+image, each renamed into place whole, so a sample whose image exists is complete.
 """
 
 from __future__ import annotations
@@ -59,15 +61,52 @@ class SegSet:
     def classes_file(self) -> Path:
         return self.path / "classes.json"
 
+    @property
+    def pending_file(self) -> Path:
+        return self.path / "pending.json"
+
     def write_sample(self, key: str, image: Image.Image, label: Image.Image) -> None:
         for folder in (self.images, self.labels):
             folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.images / f"{key}.png", lambda tmp: image.save(tmp, "PNG"))
         atomic_write(self.labels / f"{key}.png", lambda tmp: label.save(tmp, "PNG"))
 
-    def write_classes(self, classes: list[str], background: bool, source: str) -> None:
+    def write_encoded(self, key: str, image: bytes, suffix: str, label: np.ndarray) -> None:
+        """An image's file bytes as they are (a JPEG is not re-encoded) and its (H, W) uint8
+        label map as an "L" PNG; the label first, so an image on disk has its label."""
+        for folder in (self.images, self.labels):
+            folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), "L")
+        atomic_write(self.labels / f"{key}.png", lambda tmp: picture.save(tmp, "PNG"))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(image)
+
+        atomic_write(self.images / f"{key}{suffix}", write)
+
+    def has_image(self, key: str, suffix: str) -> bool:
+        """Whether the sample is written (its image is written last)."""
+        return (self.images / f"{key}{suffix}").is_file()
+
+    def clear(self) -> None:
+        """Every sample and the classes file gone: a partial build from another source."""
+        import shutil
+
+        for folder in (self.images, self.labels):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.classes_file.unlink(missing_ok=True)
+
+    def write_classes(self, classes: list[str], background: bool, source: str | dict,
+                      **extra) -> None:
+        """Written last: the set is finished. extra: what else to record (counts, archives)."""
         atomic_write_json(self.classes_file, {"classes": list(classes),
-                                              "background": bool(background), "source": source})
+                                              "background": bool(background), "source": source,
+                                              **extra})
+
+    def read_meta(self) -> dict:
+        """classes.json as written, or {} for an unfinished set."""
+        return read_json(self.classes_file) if self.classes_file.is_file() else {}
 
     def read_classes(self) -> tuple[list[str], bool]:
         """(class names, has background); refuses an unfinished set in one line."""
