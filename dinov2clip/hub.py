@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from dinov2clip.config import Config, ConfigError
-from dinov2clip.config.schema import TRAINED_DENSE_HEADS
+from dinov2clip.config.values import TRAINED_DENSE_HEADS
 from dinov2clip.io_utils import read_json
 from dinov2clip.store import RunDir
 from dinov2clip.store.remote import (

@@ -1,10 +1,23 @@
 """Experiment configuration: one frozen dataclass per stage, read from TOML, checked strictly.
 
-schema.py holds what a config is (the dataclasses and their value checks, UseOptions,
-ConfigError); loading.py how one is read (TOML + --set, a run's config.json) and written back.
+values.py holds the allowed values and ConfigError; data.py, extract.py, train.py and
+evaluate.py one section each; schema.py the whole Config and UseOptions; loading.py how one is
+read (TOML + --set, a run's config.json) and written back.
 Everything is imported from here: `from dinov2clip.config import load_config, ConfigError`.
 """
 
+from dinov2clip.config.data import (
+    DataConfig,
+    EvalSetConfig,
+    SegSetSourceConfig,
+    SyntheticConfig,
+)
+from dinov2clip.config.evaluate import (
+    EvalConfig,
+)
+from dinov2clip.config.extract import (
+    ExtractConfig,
+)
 from dinov2clip.config.loading import (
     MISSING,
     REMOVED,
@@ -18,6 +31,15 @@ from dinov2clip.config.loading import (
     write_resolved,
 )
 from dinov2clip.config.schema import (
+    Config,
+    UseOptions,
+)
+from dinov2clip.config.train import (
+    DenseTrainConfig,
+    ProjectorConfig,
+    TrainConfig,
+)
+from dinov2clip.config.values import (
     COMPUTE_DTYPES,
     DECODE_MODES,
     DISTRIBUTORS,
@@ -38,19 +60,8 @@ from dinov2clip.config.schema import (
     URL_LIST_FORMATS,
     VAL_KS,
     VAL_RECALLS,
-    Config,
     ConfigError,
-    DataConfig,
-    DenseTrainConfig,
-    EvalConfig,
-    EvalSetConfig,
-    ExtractConfig,
     InvalidValue,
-    ProjectorConfig,
-    SegSetSourceConfig,
-    SyntheticConfig,
-    TrainConfig,
-    UseOptions,
     select_metrics,
 )
 

@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from dinov2clip.config.schema import Config, ConfigError, InvalidValue
+from dinov2clip.config.schema import Config
+from dinov2clip.config.values import ConfigError, InvalidValue
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dinov2clip.config.schema import DENSE_HEADS  # noqa: F401 - the heads built here
+from dinov2clip.config.values import DENSE_HEADS  # noqa: F401 - the heads built here
 
 
 def split_tokens(hidden: torch.Tensor, n_registers: int, grid: tuple[int, int]

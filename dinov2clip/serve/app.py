@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dinov2clip.config.schema import DENSE_HEADS
+from dinov2clip.config.values import DENSE_HEADS
 from dinov2clip.serve.engine import (
     BadImage,
     ImageTooLarge,

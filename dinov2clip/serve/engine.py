@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dinov2clip.config import ConfigError
-from dinov2clip.config.schema import DENSE_HEADS, TRAINED_DENSE_HEADS
+from dinov2clip.config.values import DENSE_HEADS, TRAINED_DENSE_HEADS
 from dinov2clip.formats.images import (
     ImageGone,
     check_still_indexed,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
-from dinov2clip.config.schema import TRAINED_DENSE_HEADS
+from dinov2clip.config.values import TRAINED_DENSE_HEADS
 
 HUB_PREFIX = "hf-hub:"
 MODEL_CARD = "README.md"
