@@ -18,7 +18,9 @@ in its own mode (a palette image with nearest-neighbour, as PIL does for mode P)
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -226,6 +228,16 @@ def _check_pixels(img: Image.Image, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
         raise TooLarge(f"{w} x {h} is {w * h / 1e6:.1f} M pixels, more than the "
                        f"{max_pixels / 1e6:g} M allowed")
+
+
+# What encode_image and friends take: images, files, or a batch tensor (cropped or normalised)
+ImageInput = Sequence[Image.Image | str | Path] | Image.Image | torch.Tensor
+
+
+def open_image(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image as it is, or a file decoded in its own mode: resize_and_crop makes it RGB
+    where the reference processor does."""
+    return image if isinstance(image, Image.Image) else decode(Path(image).read_bytes())
 
 
 def decode_or_skip(image_bytes: bytes) -> tuple[Image.Image | None, str]:
