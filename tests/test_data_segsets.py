@@ -453,5 +453,20 @@ def test_a_downloaded_voc21_is_scored_by_pipeline_eval(demo_run, tmp_path, serve
     res = json.loads(RunDir(run_copy).segmentation_results("voc21", "projector").read_text())
     assert res["set"] == "voc21" and res["n_images"] == 2
     assert res["classes"] == list(KINDS["voc21"].classes)
-    assert res["published"] == {"talk2dino_vitb": 61.5}
+    assert res["published"]["talk2dino_vitb"] == 61.5
+    assert "unverified" in res["published"]["source"]
     assert 0.0 <= res["mIoU"] <= 100.0
+
+
+def test_the_published_number_follows_the_sets_kind_not_its_name(tmp_path):
+    """A set installed under any name is compared with its benchmark's published number."""
+    from dinov2clip.evaluate.segmentation import published_for
+    from dinov2clip.formats.segsets import SegSet
+
+    seg = SegSet(tmp_path / "my-ade")
+    seg.write_classes(list(KINDS["ade20k"].classes), False, source={}, kind="ade20k")
+    assert published_for(seg, "my-ade")["talk2dino_vitb"] == 21.1
+    shapes = SegSet(tmp_path / "voc20")  # a set not from data.segmentation_sets: by its name
+    shapes.write_classes(["a", "b"], False, source="synthetic")
+    assert published_for(shapes, "voc20")["talk2dino_vitb"] == 87.1
+    assert published_for(SegSet(tmp_path / "shapes-seg"), "shapes-seg")["talk2dino_vitb"] is None

@@ -16,7 +16,8 @@ def markdown_lines(segmentation: dict) -> list[str]:
     lines = ["## Open-vocabulary segmentation", "",
              "Protocol of GroupViT, TCL, FreeDA and Talk2DINO: short side, sliding window "
              "averaged, bilinear to the label's size, argmax; dataset-level mIoU with label 255 "
-             "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16). "
+             "ignored. Talk2DINO: its ViT-B numbers (DINOv2 ViT-B/14-reg, CLIP ViT-B/16) as "
+             "issue 19 quotes the paper, not yet checked against its table. "
              "+ PAMR: each window's class scores refined by its pixels (10 iterations, "
              "dilations 1-24); such a row and the head's plain one come from one pass over the "
              "windows and share its seconds.", "",
