@@ -2,6 +2,7 @@
 `pipeline run --stage all`, --save-masks, the reports, and every bad eval.dense value."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -60,12 +61,14 @@ def test_saved_masks_and_pamr_rows_score_what_their_json_says(demo_run, tmp_path
     config, art = demo_run
     copy = tmp_path / "demo-copy"
     shutil.copytree(art / "runs" / "demo", copy)
-    run_cli("eval", "--config", str(config), "--run", str(copy), "--save-masks",
+    proc = run_cli("eval", "--config", str(config), "--run", str(copy), "--save-masks",
             "--set", "eval.zeroshot=''", "--set", "eval.dense.pamr=true",
             "--set", "eval.dense.bg_threshold={ projector = 0.25, talk2dino = 0.35 }",
             "--set", "eval.dense.short_side=224", "--set", "eval.dense.window=224",
             "--set", "eval.dense.stride=112", "--set", "eval.dense.max_images=4",
             env={"OMP_NUM_THREADS": "1"})
+    # off a terminal, each (set, head) pass logs its progress: here the closing line
+    assert re.search(r"segment shapes-seg \(talk2dino\): 4/4 img", proc.stderr), proc.stderr
     run = RunDir(copy)
     report, results = run.report.read_text(), json.loads(run.results.read_text())
     assert list(results["segmentation"]["shapes-seg"]) == [

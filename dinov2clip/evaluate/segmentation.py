@@ -21,6 +21,7 @@ from dinov2clip.dense.protocol import Protocol, predict_each
 from dinov2clip.formats.segsets import SegSet, segset_dir
 from dinov2clip.io_utils import atomic_write, atomic_write_json
 from dinov2clip.store import RunDir
+from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
     scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET),
                                 head, uses_bg_clean(cfg, head))
     meters, started = [SegmentationMeter(len(classes)) for _ in protocols], time.perf_counter()
-    for i, sample in enumerate(seg.samples(d.max_images)):
+    samples = seg.samples(d.max_images)
+    bar = progress(samples, desc=f"segment {name} ({head})", unit="img")
+    for i, sample in enumerate(bar):
         label = sample.read_label()
         preds = predict_each(model.image_tensor(sample.image), scorer, protocols, label.shape)
         for protocol, meter, pred in zip(protocols, meters, preds, strict=True):
