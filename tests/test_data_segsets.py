@@ -116,6 +116,18 @@ def test_every_kind_is_known_with_its_published_classes():
                                                              "cityscapes"}
 
 
+def test_voc_and_context_are_prompted_with_groupvits_names():
+    """The protocol prompts "table", "plant", "monitor" (and Context's "airplane"), as GroupViT's
+    dataset classes name them; every other kind prompts its classes as they are."""
+    voc, ctx = KINDS["voc20"].prompts, KINDS["context59"].prompts
+    assert (voc[10], voc[15], voc[19]) == ("table", "plant", "monitor")
+    assert ctx[0] == "airplane" and "monitor" in ctx and "tvmonitor" not in ctx
+    assert ctx.count("table") == 1 and ctx.count("plant") == 1
+    assert KINDS["voc21"].prompts[0] == "background"
+    for kind in ("ade20k", "coco-stuff", "coco-object", "cityscapes"):
+        assert KINDS[kind].prompts == KINDS[kind].classes
+
+
 # Each label value in the fakes -> the class it must become (absent: 255, ignored).
 VOC21 = {v: v for v in range(21)}
 VOC20 = {v: v - 1 for v in range(1, 21)}
@@ -455,6 +467,8 @@ def test_a_downloaded_voc21_is_scored_by_pipeline_eval(demo_run, tmp_path, serve
     assert res["classes"] == list(KINDS["voc21"].classes)
     assert res["published"]["talk2dino_vitb"] == 61.5
     assert "unverified" in res["published"]["source"]
+    assert res["prompted_as"] == {"diningtable": "table", "pottedplant": "plant",
+                                  "tvmonitor": "monitor"}
     assert 0.0 <= res["mIoU"] <= 100.0
 
 
@@ -470,3 +484,17 @@ def test_the_published_number_follows_the_sets_kind_not_its_name(tmp_path):
     shapes.write_classes(["a", "b"], False, source="synthetic")
     assert published_for(shapes, "voc20")["talk2dino_vitb"] == 87.1
     assert published_for(SegSet(tmp_path / "shapes-seg"), "shapes-seg")["talk2dino_vitb"] is None
+
+
+def test_a_sets_prompt_names_are_read_checked_and_default_to_its_classes(tmp_path):
+    from dinov2clip.formats.segsets import SegSet
+
+    seg = SegSet(tmp_path / "s")
+    seg.write_classes(["background", "diningtable"], True, source={})
+    assert seg.read_prompts() == ["background", "diningtable"]  # a set from before prompts
+    seg.write_classes(["background", "diningtable"], True, source={},
+                      prompts=["background", "table"])
+    assert seg.read_prompts() == ["background", "table"]
+    seg.write_classes(["background", "diningtable"], True, source={}, prompts=["table"])
+    with pytest.raises(ConfigError, match="'prompts' must name each of the 2 classes"):
+        seg.read_prompts()

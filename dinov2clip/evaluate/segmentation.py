@@ -68,7 +68,8 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
     protocols = [Protocol(d.short_side, d.window, d.stride,
                           d.threshold(head) if background else None, pamr=refined)
                  for refined in ((False, True) if d.pamr else (False,))]
-    prompted = classes[1:] if background else classes  # background gets no prompt
+    prompts = seg.read_prompts()  # the protocol's names ("table" for VOC's "diningtable")
+    prompted = prompts[1:] if background else prompts  # background gets no prompt
     scorer = model.dense_scorer(class_embeddings(model.encode_text, prompted, SUB_IMAGENET),
                                 head, uses_bg_clean(cfg, head))
     meters, started = [SegmentationMeter(len(classes)) for _ in protocols], time.perf_counter()
@@ -88,9 +89,10 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
                 atomic_write(path, lambda tmp, s=sample, p=pred, lb=label: overlay_picture(
                     s.image, lb, p, classes, tmp))
     seconds = round(time.perf_counter() - started, 3)  # with PAMR: the pass both came from
-    published = published_for(seg, name)
+    recorded = {"published": published_for(seg, name), "prompted_as": {
+        c: p for c, p in zip(classes, prompts, strict=True) if c != p}}
     return {head + ("+pamr" if protocol.pamr else ""):
-            _write(cfg, run, name, head, classes, protocol, meter.result(), seconds, published)
+            _write(cfg, run, name, head, classes, protocol, meter.result(), seconds, recorded)
             for protocol, meter in zip(protocols, meters, strict=True)}
 
 
@@ -102,12 +104,13 @@ def published_for(seg: SegSet, name: str) -> dict:
 
 
 def _write(cfg: Config, run: RunDir, name: str, head: str, classes: list[str],
-           protocol: Protocol, scores: dict, seconds: float, published: dict) -> dict:
-    """One result: its JSON and IoU plot written, a line logged."""
+           protocol: Protocol, scores: dict, seconds: float, recorded: dict) -> dict:
+    """One result: its JSON and IoU plot written, a line logged. recorded: what the set adds
+    (the published number, the classes prompted under another name)."""
     from dinov2clip.evaluate.seg_report import iou_chart, shown_head
 
     res = {**_results(cfg, run, name, head, classes, protocol, scores), "seconds": seconds,
-           "published": published}
+           **recorded}
     atomic_write_json(run.segmentation_results(name, head, protocol.pamr), res)
     atomic_write(run.segmentation_plot(name, head, protocol.pamr),
                  lambda tmp: iou_chart(res, tmp))

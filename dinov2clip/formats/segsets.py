@@ -4,7 +4,9 @@ eval stage and tests read it.
     <set>/images/<key>.png|.jpg   the picture
     <set>/labels/<key>.png        "L" PNG of class indices, 255 = ignored
     <set>/classes.json            written last: {"classes": [...], "background": bool, ...};
-                                  with background, classes[0] is it ("background")
+                                  with background, classes[0] is it ("background"); optional
+                                  "prompts": the name each class is prompted with, where the
+                                  protocol renames one ("diningtable" -> "table")
     <set>/pending.json            while a set is being installed: where it comes from
 
 A set without classes.json is unfinished and refused. A sample's label is written before its
@@ -119,6 +121,18 @@ class SegSet:
                 isinstance(c, str) and c for c in classes):
             raise ConfigError(f"{self.classes_file}: 'classes' must be a non-empty list of names")
         return classes, bool(meta.get("background", False))
+
+    def read_prompts(self) -> list[str]:
+        """The name each class is prompted with: classes.json's "prompts", else the classes."""
+        classes, _ = self.read_classes()
+        prompts = self.read_meta().get("prompts")
+        if prompts is None:
+            return classes
+        if not isinstance(prompts, list) or len(prompts) != len(classes) or not all(
+                isinstance(p, str) and p for p in prompts):
+            raise ConfigError(f"{self.classes_file}: 'prompts' must name each of the "
+                              f"{len(classes)} classes")
+        return prompts
 
     def samples(self, limit: int = 0) -> list[SegSample]:
         """Every image with its label, in key order; an image without a label is an error."""

@@ -1,6 +1,6 @@
-"""The published class lists of the segmentation benchmarks, named as the GroupViT / TCL /
-FreeDA / Talk2DINO line of work prompts them (mmsegmentation's dataset classes), in the order of
-the label values each dataset's own files use. sources.py derives every label mapping from
+"""The published class lists of the segmentation benchmarks (mmsegmentation's dataset classes),
+in the order of the label values each dataset's own files use, and the names the GroupViT / TCL
+/ FreeDA / Talk2DINO line of work prompts VOC and Context with where they differ. sources.py derives every label mapping from
 these lists; nothing here is a hand-written value -> class table."""
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 VOC = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
        "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
        "sheep", "sofa", "train", "tvmonitor")
+
+# The names GroupViT's dataset classes prompt VOC and Context with where they differ from the
+# lists above (TCL, FreeDA and Talk2DINO evaluate through those classes): "a photo of a table",
+# not "a photo of a diningtable". classes.json keeps both; the eval prompts with these.
+VOC_PROMPT_NAMES = {"diningtable": "table", "pottedplant": "plant", "tvmonitor": "monitor"}
+CONTEXT_PROMPT_NAMES = {**VOC_PROMPT_NAMES, "aeroplane": "airplane"}
 
 # Pascal Context (VOC2010 images, mmsegmentation's converted SegmentationClassContext): label
 # value = position here, 0 background. mmsegmentation's PascalContextDataset (its 59-class set

@@ -93,7 +93,7 @@ def install_segmentation_set(name: str, spec: SegSetSourceConfig, dest: Path,
             tree.close()
     result = {"source": record, "archives": archives, "kind": record["kind"],
               "published_images": kind.published_images, **counts}
-    seg.write_classes(list(kind.classes), kind.background, **result)
+    seg.write_classes(list(kind.classes), kind.background, prompts=list(kind.prompts), **result)
     seg.pending_file.unlink()
     return {"classes": list(kind.classes), "background": kind.background, **result}
 

@@ -7,7 +7,7 @@ Member names are matched by pattern, so the same kind reads its archive, the ext
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -101,10 +101,16 @@ class Kind:
     split: re.Pattern | None  # the list file naming the split's keys; None: every image found
     archives: tuple[Archive, ...]  # in the order data.segmentation_sets.<name>.urls gives them
     layout: str  # what a path must hold, for the error that finds none
+    prompt_names: dict[str, str] = field(default_factory=dict)  # class -> the name prompted
 
     @property
     def needs_path(self) -> bool:
         return not self.archives
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The names the protocol prompts each class with (classes.py's *_PROMPT_NAMES)."""
+        return tuple(self.prompt_names.get(c, c) for c in self.classes)
 
 
 def _member(pattern: str) -> re.Pattern:
@@ -134,7 +140,8 @@ def _voc(background: bool) -> Kind:
         labels=(Labels(_member(_VOC + r"SegmentationClass/(?P<key>[^/]+)\.png$"),
                        as_is(21) if background else without_zero(20)),),
         split=_member(_VOC + r"ImageSets/Segmentation/val\.txt$"), archives=(VOC_TAR,),
-        layout="VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/val.txt}")
+        layout="VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/val.txt}",
+        prompt_names=published.VOC_PROMPT_NAMES)
 
 
 def _context(background: bool) -> Kind:
@@ -146,7 +153,8 @@ def _context(background: bool) -> Kind:
                        as_is(60) if background else without_zero(59)),),
         split=_member(_CONTEXT + r"ImageSets/SegmentationContext/val\.txt$"), archives=(),
         layout="VOCdevkit/VOC2010/{JPEGImages,SegmentationClassContext,"
-               "ImageSets/SegmentationContext/val.txt} (mmsegmentation's converted Context)")
+               "ImageSets/SegmentationContext/val.txt} (mmsegmentation's converted Context)",
+        prompt_names=published.CONTEXT_PROMPT_NAMES)
 
 
 def _coco(objects: bool) -> Kind:
