@@ -466,7 +466,10 @@ def test_a_downloaded_voc21_is_scored_by_pipeline_eval(demo_run, tmp_path, serve
     assert res["set"] == "voc21" and res["n_images"] == 2
     assert res["classes"] == list(KINDS["voc21"].classes)
     assert res["published"]["talk2dino_vitb"] == 61.5
-    assert "unverified" in res["published"]["source"]
+    assert "unverified" in res["published"]["source"] and res["published"]["images"] == 1449
+    report = RunDir(run_copy).report.read_text()  # 2 of VOC's 1449 images: marked, explained
+    assert "| voc21 | projector | 2 |" in report and "| 61.5* |" in report
+    assert "\\* scored here on fewer images than the published split" in report
     assert res["prompted_as"] == {"diningtable": "table", "pottedplant": "plant",
                                   "tvmonitor": "monitor"}
     assert 0.0 <= res["mIoU"] <= 100.0

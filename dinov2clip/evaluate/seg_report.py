@@ -29,10 +29,21 @@ def markdown_lines(segmentation: dict) -> list[str]:
         p = r["protocol"]
         lines.append(f"| {name} | {shown_head(r)} | {r['n_images']} | {fmt(r['mIoU'], 2)} | "
                      f"{fmt(r['pixel_accuracy'], 2)} | {fmt(r['mAcc'], 2)} | "
-                     f"{fmt(r['published']['talk2dino_vitb'], 1)} | {p['window']} / "
+                     f"{published_cell(r)} | {p['window']} / "
                      f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} | "
                      f"{fmt(r.get('seconds'), 1)} |")
+    if any(published_cell(r).endswith("*") for _, r in rows):
+        lines += ["", "\\* scored here on fewer images than the published split (max_images, or "
+                  "samples skipped when installed): not the published number's set."]
     return [*lines, ""]
+
+
+def published_cell(res: dict) -> str:
+    """Talk2DINO's number, marked * when this result scored fewer images than its split."""
+    published = res["published"]
+    number, images = published.get("talk2dino_vitb"), published.get("images")
+    subset = number is not None and images is not None and res["n_images"] < images
+    return fmt(number, 1) + ("*" if subset else "")
 
 
 def shown_head(res: dict) -> str:

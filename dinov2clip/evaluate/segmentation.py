@@ -99,8 +99,12 @@ def evaluate_set(cfg: Config, run: RunDir, model, name: str, head: str) -> dict:
 def published_for(seg: SegSet, name: str) -> dict:
     """Talk2DINO's number for the set's benchmark: by the kind its classes.json records (a set
     the data stage installed under any name), else by the set's own name."""
-    kind = seg.read_meta().get("kind") or name.lower()
-    return {"talk2dino_vitb": TALK2DINO_VITB.get(kind), "source": PUBLISHED_SOURCE}
+    meta = seg.read_meta()
+    kind = meta.get("kind") or name.lower()
+    # the split's size as published (a data-stage set records it): fewer images scored here,
+    # by max_images or skips, is not the number's set, and the report marks it
+    return {"talk2dino_vitb": TALK2DINO_VITB.get(kind), "source": PUBLISHED_SOURCE,
+            "images": meta.get("published_images")}
 
 
 def _write(cfg: Config, run: RunDir, name: str, head: str, classes: list[str],

@@ -1,7 +1,7 @@
 """The published class lists of the segmentation benchmarks (mmsegmentation's dataset classes),
 in the order of the label values each dataset's own files use, and the names the GroupViT / TCL
-/ FreeDA / Talk2DINO line of work prompts VOC and Context with where they differ. sources.py derives every label mapping from
-these lists; nothing here is a hand-written value -> class table."""
+/ FreeDA / Talk2DINO line of work prompts VOC and Context with where they differ. sources.py
+derives every label mapping from these lists; nothing here is a value -> class table."""
 
 from __future__ import annotations
 
