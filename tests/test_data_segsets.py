@@ -212,7 +212,8 @@ def test_every_kind_installs_its_labels_mapped_and_its_images_as_they_are(tmp_pa
     # voc21 and voc20 share one download, coco-stuff and coco-object two
     assert gets(server, f"/{VOC_TAR}") == [None]
     assert gets(server, f"/{COCO_ZIPS[0]}") == [None] and gets(server, f"/{COCO_ZIPS[1]}") == [None]
-    assert sorted(p.name for p in (art / "downloads" / "segsets").iterdir()) == sorted(
+    assert sorted(p.name for p in (art / "downloads" / "segsets").iterdir()
+                  if not p.name.endswith(".lock")) == sorted(
         [VOC_TAR, ADE_ZIP, *COCO_ZIPS] + [f + ".sha256" for f in (VOC_TAR, ADE_ZIP, *COCO_ZIPS)])
 
 
@@ -397,7 +398,8 @@ def test_each_mistake_is_one_line_through_the_cli_before_anything_is_written(
     assert proc.stderr.rstrip().endswith(lines[0])
     assert re.search(message, lines[0]), lines[0]
     assert "Traceback" not in proc.stderr
-    assert not (art / "segsets").exists()
+    # nothing, or only the set's hidden, empty lock file (store/lock.py keeps it beside it)
+    assert [p.name for p in (art / "segsets").glob("[!.]*")] == []
 
 
 def test_a_full_disk_is_one_line_naming_the_download(tmp_path, server, monkeypatch):
@@ -501,3 +503,25 @@ def test_a_sets_prompt_names_are_read_checked_and_default_to_its_classes(tmp_pat
     seg.write_classes(["background", "diningtable"], True, source={}, prompts=["table"])
     with pytest.raises(ConfigError, match="'prompts' must name each of the 2 classes"):
         seg.read_prompts()
+
+
+@pytest.mark.parametrize("held", ["set", "archive"])
+def test_a_second_install_meets_the_first_ones_lock(tmp_path, server, held, monkeypatch):
+    """Two data stages at once: voc20 and voc21 share the VOC tar, and two writers appending to
+    one .part would make a corrupt archive. The second stops in one line, or with --wait waits
+    and then finds the work done."""
+    from dinov2clip.store import WriterLock
+    from tests.test_store_lock import wait_hook
+
+    cfg = config(tmp_path, {"voc21": {"urls": urls(server, "voc21")}})
+    target = (segset_dir(cfg.root, "voc21") if held == "set" else
+              cfg.root / "downloads" / "segsets" / VOC_TAR)
+    holder = WriterLock(target, command="data").acquire()
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(target))} is being written by "
+                                          r".*`pipeline data --wait`"):
+        data.run(cfg)
+    assert not (segset_dir(cfg.root, "voc21") / "classes.json").exists()
+    assert not gets(server, f"/{VOC_TAR}")  # nothing downloaded behind the lock
+    waits = wait_hook(monkeypatch, holder)  # the holder finishes while we wait
+    data.run(cfg, wait=True)
+    assert waits == [True] and meta(cfg.root, "voc21")["kind"] == "voc21"

@@ -34,7 +34,7 @@ def run_stage(stage: str, cfg: Config, resume: bool = False, force: bool = False
     if stage == "data":
         from dinov2clip import data
 
-        data.run(cfg)
+        data.run(cfg, wait=wait)
     elif stage == "extract":
         from dinov2clip import extract
 
@@ -74,9 +74,9 @@ def run(
     guarded(go, TRAIN_INTERRUPTED if stage in (Stage.train, Stage.all) else INTERRUPTED)
 
 
-def data(config: ConfigOpt, overrides: SetOpt = None) -> None:
+def data(config: ConfigOpt, overrides: SetOpt = None, wait: WaitOpt = False) -> None:
     """Download CC12M (img2dataset), install eval sets, link webdatasets, or make the demo set."""
-    guarded(lambda: run_stage("data", load(config, overrides)))
+    guarded(lambda: run_stage("data", load(config, overrides), wait=wait))
 
 
 def extract(config: ConfigOpt, overrides: SetOpt = None, wait: WaitOpt = False) -> None:

@@ -15,7 +15,8 @@ from dinov2clip.config import Config, ConfigError, write_resolved
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config) -> None:
+def run(cfg: Config, wait: bool = False) -> None:
+    """wait: a segmentation set or archive another data stage is writing is waited for."""
     root, d = cfg.root, cfg.data
     check_names(cfg)
     if d.url_list:
@@ -41,7 +42,7 @@ def run(cfg: Config) -> None:
         from dinov2clip.formats.segsets import segset_dir
 
         result = install_segmentation_set(name, spec, segset_dir(root, name),
-                                          root / "downloads" / "segsets")
+                                          root / "downloads" / "segsets", wait)
         log.info(format_summary(name, result))
     if d.url_list:  # last: the long job, after every quick check above has passed
         from dinov2clip.data.download import download_pairs, format_summary

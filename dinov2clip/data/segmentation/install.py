@@ -23,6 +23,7 @@ from dinov2clip.data.segmentation.fetch import fetch
 from dinov2clip.data.segmentation.sources import KINDS, Kind, LabelMap
 from dinov2clip.formats.segsets import SegSet
 from dinov2clip.io_utils import atomic_write_json, read_json, remove_dead_temps
+from dinov2clip.store import WriterLock
 from dinov2clip.terminal import progress
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,17 @@ def describe(record: dict) -> str:
 
 
 def install_segmentation_set(name: str, spec: SegSetSourceConfig, dest: Path,
-                             downloads: Path) -> dict:
-    """Write segsets/<name> at dest; returns what classes.json records (reused: already there)."""
-    key = f"data.segmentation_sets.{name}"
-    record = source_record(name, spec)
-    seg = SegSet(dest)
+                             downloads: Path, wait: bool = False) -> dict:
+    """Write segsets/<name> at dest; returns what classes.json records (reused: already there).
+    One writer at a time: a second data stage on the same set stops in one line, or with wait
+    waits for the first (store/lock.py), and then finds the set done."""
+    record = source_record(name, spec)  # a mistake is one line before any lock is taken
+    with WriterLock(dest, command="data").acquire(wait):
+        return _install(name, record, SegSet(dest), downloads, wait)
+
+
+def _install(name: str, record: dict, seg: SegSet, downloads: Path, wait: bool) -> dict:
+    key, dest = f"data.segmentation_sets.{name}", seg.path
     meta = seg.read_meta()
     if meta:
         if meta.get("source") == record:
@@ -84,7 +91,7 @@ def install_segmentation_set(name: str, spec: SegSetSourceConfig, dest: Path,
                     describe(pending))
         seg.clear()
     kind = KINDS[record["kind"]]
-    trees, archives = _open_sources(key, kind, record, downloads)  # downloads come first
+    trees, archives = _open_sources(key, kind, record, downloads, wait)  # downloads first
     atomic_write_json(seg.pending_file, record)
     try:
         counts = _write_samples(key, name, kind, trees, seg, record["max_images"])
@@ -98,13 +105,15 @@ def install_segmentation_set(name: str, spec: SegSetSourceConfig, dest: Path,
     return {"classes": list(kind.classes), "background": kind.background, **result}
 
 
-def _open_sources(key: str, kind: Kind, record: dict,
-                  downloads: Path) -> tuple[list[tuple[Tree, Tree]], dict[str, str]]:
+def _open_sources(key: str, kind: Kind, record: dict, downloads: Path,
+                  wait: bool) -> tuple[list[tuple[Tree, Tree]], dict[str, str]]:
     """[(tree the images are in, tree the labels are in)], {archive file: sha256}."""
     if "urls" in record:
         paths = []
         for archive, url in zip(kind.archives, record["urls"], strict=True):
-            sha = fetch(url, downloads / archive.file, key)
+            # sets share archives (voc20 and voc21 the tar): one writer appends to a .part
+            with WriterLock(downloads / archive.file, command="data").acquire(wait):
+                sha = fetch(url, downloads / archive.file, key)
             paths.append((downloads / archive.file, sha))
     else:
         root = Path(record["path"])
