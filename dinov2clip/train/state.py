@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PROJECTOR_LINES = ("step", "epoch")  # metrics.jsonl kinds a projector resume truncates
 HEAD_LINES = ("dense_step", "dense_epoch")  # and a dense head's
 
+
 class EMA:
     """An exponential moving average of the weights: ema += (1 - decay) * (weights - ema)."""
 
