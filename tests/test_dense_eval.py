@@ -153,3 +153,31 @@ def test_a_missing_segmentation_set_is_one_line(demo_run):
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert lines[-1].startswith("error: eval.dense.sets: no segmentation set 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def _result(name: str, head: str, miou: float, published: float | None, n: int = 10,
+            pamr: bool = False) -> dict:
+    return {"set": name, "head": head, "pamr": pamr, "n_images": n, "mIoU": miou,
+            "pixel_accuracy": 50.0, "mAcc": 40.0, "seconds": 1.0,
+            "protocol": {"window": 448, "stride": 224, "short_side": 448, "bg_threshold": None},
+            "published": {"talk2dino_vitb": published, "images": n}}
+
+
+def test_the_report_averages_each_head_over_the_sets_as_papers_do():
+    from dinov2clip.evaluate.seg_report import markdown_lines
+
+    seg = {"voc20": {"projector": _result("voc20", "projector", 40.0, 87.1),
+                     "talk2dino": _result("voc20", "talk2dino", 80.0, 87.1),
+                     "talk2dino+pamr": _result("voc20", "talk2dino", 82.0, 87.1, pamr=True)},
+           "ade20k": {"projector": _result("ade20k", "projector", 10.0, 21.1),
+                      "talk2dino": _result("ade20k", "talk2dino", 20.0, 21.1)}}
+    md = "\n".join(markdown_lines(seg))
+    # mean of the sets each head was scored on; Talk2DINO's mean over the same sets
+    assert "| mean of 2 sets | projector | 20 | 25.00 |  |  | 54.1 |" in md
+    assert "| mean of 2 sets | talk2dino | 20 | 50.00 |  |  | 54.1 |" in md
+    assert "mean of 1 set" not in md  # talk2dino + PAMR ran on one set only: no mean row
+    one = "\n".join(markdown_lines({"voc20": seg["voc20"]}))
+    assert "mean of" not in one  # one set: nothing to average
+    seg["ade20k"]["projector"]["published"]["talk2dino_vitb"] = None  # a set with no number
+    assert "| mean of 2 sets | projector | 20 | 25.00 |  |  |  |" in "\n".join(
+        markdown_lines(seg))

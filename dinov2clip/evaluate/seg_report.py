@@ -20,7 +20,8 @@ def markdown_lines(segmentation: dict) -> list[str]:
              "issue 19 quotes the paper, not yet checked against its table. "
              "+ PAMR: each window's class scores refined by its pixels (10 iterations, "
              "dilations 1-24); such a row and the head's plain one come from one pass over the "
-             "windows and share its seconds.", "",
+             "windows and share its seconds. A head scored on several sets gets a 'mean of N "
+             "sets' row, beside Talk2DINO's mean over the same sets.", "",
              "| set | head | images | mIoU | pixel acc. | mAcc | Talk2DINO ViT-B mIoU | "
              "window / stride / short side | bg threshold | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
@@ -32,10 +33,33 @@ def markdown_lines(segmentation: dict) -> list[str]:
                      f"{published_cell(r)} | {p['window']} / "
                      f"{p['stride']} / {p['short_side']} | {fmt(p['bg_threshold'], 2)} | "
                      f"{fmt(r.get('seconds'), 1)} |")
+    lines += mean_rows([r for _, r in rows])
     if any(published_cell(r).endswith("*") for _, r in rows):
         lines += ["", "\\* scored here on fewer images than the published split (max_images, or "
                   "samples skipped when installed): not the published number's set."]
     return [*lines, ""]
+
+
+def mean_rows(results: list[dict]) -> list[str]:
+    """Per head (PAMR apart), the mean mIoU over the sets it was scored on, as papers report
+    an average over their benchmarks, beside Talk2DINO's mean over the same sets (blank when a
+    set has no published number); only for a head scored on two sets or more."""
+    by_head: dict[str, list[dict]] = {}
+    for r in results:
+        by_head.setdefault(shown_head(r), []).append(r)
+    rows = []
+    for head, rs in by_head.items():
+        if len(rs) < 2:
+            continue
+        published = [r["published"].get("talk2dino_vitb") for r in rs]
+        ours = [r["mIoU"] for r in rs]
+        mean_published = (fmt(sum(published) / len(published), 1)
+                          + ("*" if any(published_cell(r).endswith("*") for r in rs) else "")
+                          if None not in published else "")
+        mean = fmt(sum(ours) / len(ours), 2) if None not in ours else ""
+        rows.append(f"| mean of {len(rs)} sets | {head} | {sum(r['n_images'] for r in rs)} | "
+                    f"{mean} |  |  | {mean_published} |  |  |  |")
+    return rows
 
 
 def published_cell(res: dict) -> str:
