@@ -175,9 +175,9 @@ def test_the_report_averages_each_head_over_the_sets_as_papers_do():
     # mean of the sets each head was scored on; Talk2DINO's mean over the same sets
     assert "| mean of 2 sets | projector | 20 | 25.00 |  |  | 54.1 |" in md
     assert "| mean of 2 sets | talk2dino | 20 | 50.00 |  |  | 54.1 |" in md
-    assert "mean of 1 set" not in md  # talk2dino + PAMR ran on one set only: no mean row
+    assert "| mean of 1 set" not in md  # talk2dino + PAMR ran on one set only: no mean row
     one = "\n".join(markdown_lines({"voc20": seg["voc20"]}))
-    assert "mean of" not in one  # one set: nothing to average
+    assert "| mean of" not in one  # one set: nothing to average
     seg["ade20k"]["projector"]["published"]["talk2dino_vitb"] = None  # a set with no number
     assert "| mean of 2 sets | projector | 20 | 25.00 |  |  |  |" in "\n".join(
         markdown_lines(seg))
