@@ -525,3 +525,45 @@ def test_a_second_install_meets_the_first_ones_lock(tmp_path, server, held, monk
     waits = wait_hook(monkeypatch, holder)  # the holder finishes while we wait
     data.run(cfg, wait=True)
     assert waits == [True] and meta(cfg.root, "voc21")["kind"] == "voc21"
+
+
+def test_a_member_the_archive_cannot_give_back_is_skipped_and_counted(tmp_path, caplog):
+    """A zip whose bytes were damaged after it was written (a bad disk, a bad copy): the
+    member that fails its CRC is one counted skip with a warning to fetch the archive again,
+    not zipfile's traceback; the rest of the set installs."""
+    import zipfile
+
+    from tests.segsets_fakes import write_zip
+
+    (tmp_path / "src").mkdir()
+    archive = write_zip(tmp_path / "src" / ADE_ZIP, ade_members())
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("ADEChallengeData2016/images/validation/ADE_val_00000001.jpg")
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw = bytearray(archive.read_bytes())
+    raw[start + 100:start + 120] = b"x" * 20  # inside that JPEG's stored bytes
+    archive.write_bytes(bytes(raw))
+    cfg = config(tmp_path, {"ade20k": {"path": str(archive)}})
+    with caplog.at_level(logging.WARNING):
+        data.run(cfg)
+    m = meta(cfg.root, "ade20k")
+    assert m["images"] == len(ADE_LABELS) - 1 and m["skipped"] == {"damaged_in_archive": 1}
+    assert "ADE_val_00000001.jpg" in caplog.text and "fetch it again" in caplog.text
+
+
+def test_a_split_list_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    from dinov2clip.data.segmentation import archives
+
+    root = write_folder(tmp_path / "voc", voc_members())
+    real = archives.FolderTree._read
+
+    def failing(self, name):
+        if name.endswith("ImageSets/Segmentation/val.txt"):
+            raise OSError(5, "Input/output error")
+        return real(self, name)
+
+    monkeypatch.setattr(archives.FolderTree, "_read", failing)
+    cfg = config(tmp_path, {"voc21": {"path": str(root)}})
+    with pytest.raises(ConfigError, match=r"data.segmentation_sets.voc21: cannot read the split "
+                                          r"list .*val.txt \(\[Errno 5\] Input/output error\)"):
+        data.run(cfg)

@@ -8,9 +8,15 @@ import hashlib
 import os
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from dinov2clip.config import ConfigError
+
+
+class DamagedMember(Exception):
+    """A member its archive (or folder) cannot give back whole: a zip CRC that fails, a tar cut
+    short, an unreadable file. The message names the member and why."""
 
 
 class Tree:
@@ -20,6 +26,13 @@ class Tree:
         self.path, self.names = path, names
 
     def read(self, name: str) -> bytes:
+        """The member's bytes; raises DamagedMember where the archive cannot give them back."""
+        try:
+            return self._read(name)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as err:
+            raise DamagedMember(f"{self.path}: {name} ({' '.join(str(err).split())})") from None
+
+    def _read(self, name: str) -> bytes:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -34,7 +47,7 @@ class FolderTree(Tree):
             names += [f if rel == "." else f"{rel}/{f}" for f in files]
         super().__init__(path, sorted(names))
 
-    def read(self, name: str) -> bytes:
+    def _read(self, name: str) -> bytes:
         return (self.path / name).read_bytes()
 
 
@@ -44,7 +57,7 @@ class ZipTree(Tree):
         self.by_name = {_clean(i.filename): i for i in self.zip.infolist() if not i.is_dir()}
         super().__init__(path, sorted(self.by_name))
 
-    def read(self, name: str) -> bytes:
+    def _read(self, name: str) -> bytes:
         return self.zip.read(self.by_name[name])
 
     def close(self) -> None:
@@ -57,7 +70,7 @@ class TarTree(Tree):
         self.by_name = {_clean(m.name): m for m in self.tar if m.isfile()}
         super().__init__(path, sorted(self.by_name))
 
-    def read(self, name: str) -> bytes:
+    def _read(self, name: str) -> bytes:
         return self.tar.extractfile(self.by_name[name]).read()
 
     def close(self) -> None:

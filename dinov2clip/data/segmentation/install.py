@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dinov2clip.config import ConfigError, SegSetSourceConfig
-from dinov2clip.data.segmentation.archives import Tree, open_tree, sha256_of
+from dinov2clip.data.segmentation.archives import DamagedMember, Tree, open_tree, sha256_of
 from dinov2clip.data.segmentation.fetch import fetch
 from dinov2clip.data.segmentation.sources import KINDS, Kind, LabelMap
 from dinov2clip.formats.segsets import SegSet
@@ -160,7 +160,12 @@ def _index(key: str, kind: Kind, pairs: list[tuple[Tree, Tree]]):
             raise ConfigError(f"{key}: expected one split list ({kind.split.pattern}) in {where}, "
                               f"found {found}: expected {kind.layout}")
         tree, name = splits[0]
-        split = [line.strip() for line in tree.read(name).decode().splitlines() if line.strip()]
+        try:
+            text = tree.read(name).decode("utf-8", "replace")
+        except DamagedMember as err:  # without its list the split is unknown: nothing to skip
+            raise ConfigError(f"{key}: cannot read the split list {err}; the archive is "
+                              "damaged: delete it (and its .sha256) and re-run") from None
+        split = [line.strip() for line in text.splitlines() if line.strip()]
     return images, {k: v[1:] for k, v in labels.items()}, split
 
 
@@ -182,15 +187,24 @@ def _write_samples(key: str, name: str, kind: Kind, pairs, seg: SegSet, max_imag
             skipped["no_label"] += 1
             continue
         label_tree, label_name, mapping = labels[k]
-        values, problem = _decode_label(label_tree.read(label_name))
+        image_tree, image_name = images[k]
+        suffix = Path(image_name).suffix.lower()
+        done = seg.has_image(k, suffix)  # written by an earlier, interrupted run
+        try:
+            label_data = label_tree.read(label_name)
+            data = None if done else image_tree.read(image_name)
+        except DamagedMember as err:
+            skipped["damaged_in_archive"] += 1
+            log.warning("segmentation set %s: cannot read %s; skipped. The archive is "
+                        "damaged: delete it (and its .sha256) and re-run to fetch it again",
+                        name, err)
+            continue
+        values, problem = _decode_label(label_data)
         if values is None:
             skipped[problem] += 1
             continue
         mapped, odd = mapping.apply(values)
-        image_tree, image_name = images[k]
-        suffix = Path(image_name).suffix.lower()
-        if not seg.has_image(k, suffix):  # else: written by an earlier, interrupted run
-            data = image_tree.read(image_name)
+        if not done:
             size = _image_size(data)
             if size is None:
                 skipped["unreadable_image"] += 1
