@@ -567,3 +567,16 @@ def test_a_split_list_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"data.segmentation_sets.voc21: cannot read the split "
                                           r"list .*val.txt \(\[Errno 5\] Input/output error\)"):
         data.run(cfg)
+
+
+def test_a_file_that_is_no_archive_is_one_line_through_the_cli(tmp_path):
+    junk = tmp_path / "VOCtrainval_11-May-2012.tar"
+    junk.write_bytes(bytes(range(256)) * 20)  # neither zip nor tar: tarfile tries four ways
+    path = tmp_path / "c.toml"
+    path.write_text(f'artifacts = "{tmp_path / "art"}"\n[data.synthetic]\ntiny_models = false\n'
+                    f'[data.segmentation_sets]\nvoc21 = {{ path = "{junk}" }}\n')
+    proc = run_cli("data", "--config", str(path), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: data.segmentation_sets.voc21: {junk} is not a readable zip "
+                           "or tar (") and last.endswith("fetch it again"), proc.stderr

@@ -92,8 +92,9 @@ def open_tree(path: Path, key: str) -> Tree:
             return ZipTree(path)
         return TarTree(path)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
-        raise ConfigError(f"{key}: {path} is not a readable zip or tar ({err}); delete it and "
-                          "re-run to fetch it again") from None
+        why = " ".join(str(err).split())  # tarfile's message spans lines: one line here
+        raise ConfigError(f"{key}: {path} is not a readable zip or tar ({why}); if it was "
+                          "downloaded, delete it and re-run to fetch it again") from None
 
 
 def sha256_of(path: Path) -> str:
