@@ -75,6 +75,25 @@ def test_heatmap_and_segment_come_at_the_image_size(tiny_models):
         m.segment(img, [])
 
 
+def test_a_heatmap_refined_by_pamr_follows_the_images_edges(tiny_models):
+    """pamr=True: each window's similarity refined by its pixels, as segment(pamr=True) does;
+    a map on a different grid, and the protocol's own refinement, not another one."""
+    from dataclasses import replace
+
+    from dinov2clip.dense.protocol import Protocol, segment_logits
+
+    m = model(tiny_models, "dino", "patch_mean")
+    img = picture(w=60, h=40, seed=3)
+    small = Protocol(short_side=56, window=56, stride=28)
+    plain, refined = (m.heatmap(img, "a red circle", protocol=small, pamr=p) for p in (0, 1))
+    assert refined.shape == plain.shape == (40, 60) and not torch.allclose(refined, plain)
+    x = m.image_tensor(img)
+    scorer = m.dense_scorer(m.encode_text(["a red circle"]), "projector")
+    with torch.inference_mode():
+        want = segment_logits(x, scorer, replace(small, pamr=True), (40, 60))[0]
+    torch.testing.assert_close(refined, want)
+
+
 def test_split_tokens_refuses_a_grid_that_does_not_fit():
     with pytest.raises(ValueError, match="4x4 grid"):
         split_tokens(torch.zeros(1, 1 + 15, 8), 0, (4, 4))

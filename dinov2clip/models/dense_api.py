@@ -96,14 +96,19 @@ class DenseMixin:
 
     @torch.inference_mode()
     def heatmap(self, image: Image.Image | str | Path, text: str, protocol=None,
-                head: str = "projector", bg_clean: bool = False) -> torch.Tensor:
+                head: str = "projector", bg_clean: bool = False,
+                pamr: bool = False) -> torch.Tensor:
         """(H, W) float32 cosine between text and each pixel's patch, at the image's size,
-        under the segmentation protocol (short side 448, sliding windows, bilinear)."""
+        under the segmentation protocol (short side 448, sliding windows, bilinear); pamr: each
+        window's map refined by its pixels first (dense/pamr.py), so it follows the edges."""
+        from dataclasses import replace
+
         from dinov2clip.dense.protocol import Protocol, segment_logits
 
         x = self.image_tensor(image)
         scorer = self.dense_scorer(self.encode_text([text]), head, bg_clean)
-        return segment_logits(x, scorer, protocol or Protocol(), tuple(x.shape[-2:]))[0].cpu()
+        proto = replace(protocol or Protocol(), pamr=pamr)  # the argument decides, as in segment
+        return segment_logits(x, scorer, proto, tuple(x.shape[-2:]))[0].cpu()
 
     @torch.inference_mode()
     def segment(self, image: Image.Image | str | Path, classes: Sequence[str],
